@@ -1,0 +1,24 @@
+"""cocoa-clip: what in this image looks like X rather than Y, to CLIP?
+
+COCOA (Contrastive Corpus Attribution, Lin et al., ICLR 2023) on CLIP, in four lines:
+
+    import cocoa_clip as cc
+    model = cc.load("ViT-B/32")                                    # or cc.load(weights="clip.pt")
+    answer = cc.explain(model, "dog.jpg", cc.Question(corpus=["dog"], foil=["cat"]))
+    answer.overlay().save("overlay.png"); print(answer.score)
+"""
+from .errors import CocoaError, ImageError, ModelLoadError, QuestionError, SettingsError
+from .explain import METHODS, Explanation, explain, score
+from .images import FRAMINGS, load_image
+from .models import ClipModel, available_models, load
+from .presets import DEFAULT_TEMPLATE, FOIL_PRESETS, class_names
+from .render import overlay, save_heatmap
+from .rise import ESTIMATORS, PassCache, RiseSettings
+from .targets import TARGETS, Question, Target
+
+__all__ = [
+    "load", "available_models", "ClipModel", "Question", "Target", "explain", "score", "Explanation",
+    "load_image", "overlay", "save_heatmap", "class_names", "PassCache", "RiseSettings",
+    "METHODS", "TARGETS", "FRAMINGS", "ESTIMATORS", "FOIL_PRESETS", "DEFAULT_TEMPLATE",
+    "CocoaError", "ImageError", "ModelLoadError", "QuestionError", "SettingsError",
+]

@@ -1,0 +1,187 @@
+"""Command line: `python -m cocoa_clip explain|evaluate|models`.
+
+    python -m cocoa_clip explain dog.jpg --corpus dog --foil cat --out overlay.png
+    python -m cocoa_clip evaluate dog.jpg --corpus dog --foil-preset cifar100 --json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .errors import CocoaError
+from .evaluate import insertion_deletion
+from .explain import METHODS, Explanation, explain
+from .images import FRAMINGS
+from .models import DEFAULT_MODEL, PRECISIONS, ClipModel, available_models, load
+from .presets import DEFAULT_TEMPLATE, FOIL_PRESETS
+from .render import SCALES
+from .rise import ESTIMATORS, RiseSettings
+from .targets import SIMILARITIES, TARGETS, Question
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m cocoa_clip",
+        description="Explain what in an image makes CLIP see the corpus rather than the foil (COCOA).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{explain,evaluate,models}")
+    explain_parser = commands.add_parser(
+        "explain", help="heatmap of an image for a question", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Write a heatmap of IMAGE: where CLIP sees the corpus rather than the foil. Prints the score.")
+    _question_options(explain_parser)
+    explain_parser.add_argument("--out", metavar="PNG", help="overlay at the image's own size (default: IMAGE_cocoa.png here)")
+    explain_parser.add_argument("--heatmap", metavar="NPY", help="also save the raw heatmap, float32 H x W of the image")
+    explain_parser.add_argument("--colorbar", metavar="PNG", help="also save the raw heatmap with a colour bar")
+    explain_parser.add_argument("--opacity", type=float, default=0.5, help="weight of the heatmap in the overlay, 0 to 1")
+    explain_parser.add_argument("--scale", choices=("auto",) + SCALES, default="auto",
+                                help="colours: minmax (RISE, as in the paper) or signed (centred on zero); auto picks by method")
+    explain_parser.add_argument("--cmap", help="matplotlib colour map (default: jet for minmax, bwr for signed)")
+
+    evaluate_parser = commands.add_parser(
+        "evaluate", help="insertion/deletion check of a heatmap", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Explain IMAGE (or read --from-heatmap), then measure insertion and deletion curves of "
+                    "contrastive corpus similarity for the corpus and foil, next to a random pixel order.")
+    _question_options(evaluate_parser)
+    evaluate_parser.add_argument("--from-heatmap", metavar="NPY", help="evaluate this saved heatmap instead of computing one")
+    evaluate_parser.add_argument("--steps", type=int, default=50, help="points on each curve")
+    evaluate_parser.add_argument("--plot", metavar="PNG", help="save the curves as a plot")
+
+    commands.add_parser("models", help="list the model names --model accepts")
+    return parser
+
+
+def _question_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("image", metavar="IMAGE", help="the picture to explain (any size; PNG, JPEG, WebP, TIFF ...)")
+    what = parser.add_argument_group("question")
+    what.add_argument("--corpus", action="append", default=[], metavar="TEXT", help="what to look for; repeat for several captions")
+    foils = what.add_mutually_exclusive_group()
+    foils.add_argument("--foil", action="append", default=[], metavar="TEXT", help="what to contrast with; repeat for several")
+    foils.add_argument("--foil-preset", choices=sorted(FOIL_PRESETS),
+                       help="foil = these classes minus the corpus (cifar100: the paper's 99 other classes)")
+    what.add_argument("--corpus-image", action="append", default=[], metavar="PATH", help="an image for the corpus; repeatable")
+    what.add_argument("--foil-image", action="append", default=[], metavar="PATH", help="an image for the foil; repeatable")
+    what.add_argument("--template", default=DEFAULT_TEMPLATE, help="caption template; '{}' uses captions as written")
+    what.add_argument("--target", choices=TARGETS, default="cocoa",
+                      help="cocoa: corpus rather than foil; corpus: corpus only; label-free: the image itself (RELAX); "
+                           "contrastive-label-free: the image itself rather than the foil")
+    what.add_argument("--similarity", choices=SIMILARITIES, default="cosine", help="cosine (the paper) or dot product")
+    how = parser.add_argument_group("method")
+    how.add_argument("--method", choices=METHODS, default="rise", help="attribution method")
+    how.add_argument("--masks", type=int, default=None, help="RISE masks (default: 20000 on a GPU, 2000 on a CPU)")
+    how.add_argument("--seed", type=int, default=0, help="random seed of the masks / noise")
+    how.add_argument("--estimator", choices=ESTIMATORS, default="centered",
+                     help="RISE estimator: centered (mean score subtracted, less noise) or paper (the paper's)")
+    how.add_argument("--framing", choices=FRAMINGS, default="pad",
+                     help="pad: whole image on a square; crop: CLIP's centre crop; squash: resize to square")
+    how.add_argument("--batch-size", type=int, default=None, help="masked images per forward pass (default: by device)")
+    model = parser.add_argument_group("model")
+    models = model.add_mutually_exclusive_group()
+    models.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME", help="CLIP model name (see `models`)")
+    models.add_argument("--weights", metavar="PATH", help="local CLIP checkpoint: OpenAI JIT archive or state dict")
+    model.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
+    model.add_argument("--precision", choices=PRECISIONS, default="auto",
+                       help="auto: fp16 on CUDA, bf16 autocast on CPUs that have it, else fp32")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "models":
+            print("\n".join(available_models()))
+            return 0
+        return _run(args)
+    except CocoaError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except OSError as error:
+        print(f"error: {error.strerror or error} ({error.filename or 'file'})", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    question = Question(corpus=args.corpus, foil=args.foil, foil_preset=args.foil_preset,
+                        corpus_images=args.corpus_image, foil_images=args.foil_image,
+                        target=args.target, template=args.template, similarity=args.similarity)
+    if args.masks is not None:
+        RiseSettings(n_masks=args.masks)  # refuse bad counts before loading a model
+    model = load(args.model, weights=args.weights, device=args.device, precision=args.precision)
+    if args.command == "evaluate" and args.from_heatmap:
+        heatmap = _read_heatmap(args.from_heatmap)
+    else:
+        answer = _explain(model, question, args)
+        heatmap = answer.heatmap
+        if args.command == "explain":
+            return _report_explanation(answer, args)
+    curves = insertion_deletion(model, args.image, heatmap, question, framing=args.framing, steps=args.steps, seed=args.seed)
+    if args.plot:
+        curves.plot(question.describe()).save(args.plot, format="PNG")
+    aucs = curves.aucs()
+    if args.json:
+        print(json.dumps({**curves.to_dict(), "question": question.describe(), "target": args.target,
+                          "method": args.method}))
+    else:
+        for name, value in aucs.items():
+            print(f"{name:22s} {value: .4f}")
+        print("(contrastive corpus similarity; insertion: higher is better, deletion: lower is better)")
+    return 0
+
+
+def _explain(model: ClipModel, question: Question, args: argparse.Namespace) -> Explanation:
+    bar = None
+    if not args.quiet and args.method == "rise":
+        from tqdm import tqdm
+
+        bar = tqdm(total=RiseSettings(args.masks).masks_for(model.device), unit="mask", disable=None, file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        bar.update(done - bar.n)
+
+    try:
+        return explain(model, args.image, question, method=args.method, masks=args.masks, seed=args.seed,
+                       framing=args.framing, estimator=args.estimator, batch_size=args.batch_size,
+                       progress=progress if bar is not None else None, cache=None)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _report_explanation(answer: Explanation, args: argparse.Namespace) -> int:
+    out = args.out or f"{Path(args.image).stem}_cocoa.png"
+    style = {"opacity": args.opacity, "scale": None if args.scale == "auto" else args.scale, "cmap": args.cmap}
+    answer.save(overlay=out, heatmap=args.heatmap, **style)
+    if args.colorbar:
+        answer.colorbar(scale=style["scale"], cmap=args.cmap).save(args.colorbar, format="PNG")
+    for note in answer.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"score": answer.score, "question": answer.question.describe(), "target": args.target,
+                          "method": answer.method, "overlay": out, "heatmap": args.heatmap,
+                          "details": answer.details, "notes": list(answer.notes)}))
+        return 0
+    label = "contrastive corpus similarity" if args.target == "cocoa" else f"{args.target} score"
+    print(f"score {answer.score:+.4f}  ({label}: {answer.question.describe()})")
+    print(f"{answer.method}, {answer.details['precision']} on {answer.details['device']}, {answer.details['seconds']:.1f} s"
+          + (f", {answer.details['masks']} masks" if answer.method == "rise" else ""))
+    print(f"overlay -> {out}" + (f"\nheatmap -> {args.heatmap}" if args.heatmap else ""))
+    return 0
+
+
+def _read_heatmap(path: str) -> np.ndarray:
+    try:
+        heatmap = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise CocoaError(f"Could not read {path} as a .npy heatmap ({error}).") from error
+    if heatmap.ndim != 2:
+        raise CocoaError(f"{path} holds a {heatmap.ndim}-d array; a heatmap is 2-d (H x W).")
+    return heatmap.astype(np.float32)
+

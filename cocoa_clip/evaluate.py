@@ -1,0 +1,154 @@
+"""Faithfulness: insertion and deletion curves (Petsiuk et al., 2018; the paper's section 4.1).
+
+Pixels of the picture are ranked by attribution. Deletion starts from the picture and replaces
+the most important pixels first with the blurred picture; insertion starts from the blurred
+picture and puts the most important pixels back. After each step the curve records the
+contrastive corpus similarity of the result for the question's corpus and foil, whatever
+target produced the heatmap, so that targets can be compared as in the paper's tables.
+A faithful heatmap gives a high insertion area and a low deletion area; a random ranking of
+the pixels gives the baseline both should beat.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image
+
+from .errors import QuestionError, SettingsError
+from .images import Framed, ImageSource, blur, frame, load_image
+from .models import ClipModel, eval_mode
+from .targets import Question, Target, resolve
+
+
+@dataclass(frozen=True)
+class Curves:
+    """Insertion and deletion curves; every curve is (steps + 1,) contrastive corpus similarities
+    at `fractions` (share of the picture's pixels inserted or deleted, 0 to 1)."""
+
+    fractions: np.ndarray
+    insertion: np.ndarray
+    deletion: np.ndarray
+    random_insertion: np.ndarray
+    random_deletion: np.ndarray
+
+    @staticmethod
+    def area(curve: np.ndarray, fractions: np.ndarray) -> float:
+        return float(np.sum((curve[1:] + curve[:-1]) / 2 * np.diff(fractions)))
+
+    def aucs(self) -> dict[str, float]:
+        """Areas under the curves (trapezoid rule over the fraction of pixels)."""
+        return {f"{name}_auc": self.area(getattr(self, name), self.fractions)
+                for name in ("insertion", "deletion", "random_insertion", "random_deletion")}
+
+    def to_dict(self) -> dict:
+        return {**self.aucs(), **{f.name: getattr(self, f.name).tolist() for f in dataclasses.fields(self)}}
+
+    def plot(self, title: str = "") -> Image.Image:
+        """Both curves next to the random baseline, as an RGB image."""
+        figure = Figure(figsize=(8, 3.4), dpi=100)
+        FigureCanvasAgg(figure)
+        aucs = self.aucs()
+        for index, name in enumerate(("insertion", "deletion")):
+            axes = figure.add_subplot(1, 2, index + 1)
+            axes.plot(self.fractions, getattr(self, name), color="C3", label=f"heatmap (AUC {aucs[name + '_auc']:.3f})")
+            axes.plot(self.fractions, getattr(self, "random_" + name), color="0.5", linestyle="--",
+                      label=f"random (AUC {aucs['random_' + name + '_auc']:.3f})")
+            axes.set_title(f"{name.capitalize()} ({'higher' if name == 'insertion' else 'lower'} is better)", fontsize=10)
+            axes.set_xlabel(f"share of pixels {'inserted' if name == 'insertion' else 'deleted'}")
+            axes.set_ylabel("contrastive corpus similarity")
+            axes.legend(fontsize=8)
+        if title:
+            figure.suptitle(title, fontsize=10)
+        figure.tight_layout()
+        figure.canvas.draw()
+        return Image.fromarray(np.asarray(figure.canvas.buffer_rgba())[..., :3].copy())
+
+
+def measure_of(question: Question) -> Question:
+    """The question's contrastive corpus similarity (cosine, COCOA), whatever its target."""
+    if not (question.corpus or question.corpus_images) or not (question.foil or question.foil_images or question.foil_preset):
+        raise QuestionError("Insertion and deletion measure contrastive corpus similarity: give a corpus and a foil.")
+    return dataclasses.replace(question, target="cocoa", similarity="cosine")
+
+
+def insertion_deletion(
+    model: ClipModel,
+    image: ImageSource,
+    heatmap: np.ndarray,
+    question: Question,
+    *,
+    framing: str = "pad",
+    steps: int = 50,
+    seed: int = 0,
+    batch_size: int = 64,
+) -> Curves:
+    """Insertion and deletion curves of a heatmap for a question.
+
+    heatmap: (H, W) at the picture's size, as `explain` returns it (NaN pixels rank last).
+    steps: points on each curve after the first. seed: the random baseline's pixel order.
+    """
+    if not (isinstance(steps, int) and 2 <= steps <= 1000):
+        raise SettingsError(f"steps must be a whole number from 2 to 1000; got {steps!r}.")
+    picture = load_image(image)
+    if heatmap.shape != (picture.height, picture.width):
+        raise SettingsError(f"The heatmap is {heatmap.shape[1]}x{heatmap.shape[0]} but the image is {picture.width}x{picture.height}.")
+    framed = frame(picture, model.n_px, framing)
+    content = framed.content.to(model.device)
+    baseline = blur(content, model.n_px)
+    with eval_mode(model):
+        embedding = model.encode_images(framed.canvas[None].to(model.device))[0]
+    target = resolve(model, measure_of(question), embedding, framing)
+
+    ranking = content_ranking(heatmap, framed)
+    generator = torch.Generator().manual_seed(seed)
+    shuffled = torch.randperm(ranking.numel(), generator=generator)
+    fractions = np.linspace(0.0, 1.0, steps + 1)
+
+    def curve(order: torch.Tensor, start: torch.Tensor, end: torch.Tensor) -> np.ndarray:
+        return _curve(model, framed, target, order.to(model.device), start, end, fractions, batch_size)
+
+    return Curves(
+        fractions=fractions,
+        insertion=curve(ranking, baseline, content),
+        deletion=curve(ranking, content, baseline),
+        random_insertion=curve(shuffled, baseline, content),
+        random_deletion=curve(shuffled, content, baseline),
+    )
+
+
+def content_ranking(heatmap: np.ndarray, framed: Framed) -> torch.Tensor:
+    """Pixel indices of the content box, most important first: (h * w,) int64.
+
+    The picture-sized heatmap is brought back to the content box by area averaging.
+    """
+    top, left, height, width = framed.source_box
+    region = heatmap[top:top + height, left:left + width]
+    finite = np.isfinite(region)
+    region = np.where(finite, region, region[finite].min() - 1.0 if finite.any() else 0.0)
+    region = torch.from_numpy(region.astype(np.float32))
+    box_height, box_width = framed.box[2:]
+    small = F.interpolate(region[None, None], size=(box_height, box_width), mode="area")[0, 0]
+    return torch.argsort(small.flatten(), descending=True, stable=True)
+
+
+def _curve(model: ClipModel, framed: Framed, target: Target, order: torch.Tensor, start: torch.Tensor,
+           end: torch.Tensor, fractions: np.ndarray, batch_size: int) -> np.ndarray:
+    """Scores of pictures where the first k pixels of `order` come from `end`, the rest from `start`."""
+    n_pixels = order.numel()
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(n_pixels, device=order.device)
+    rank = rank.view(start.shape[-2:])
+    counts = torch.tensor(np.round(fractions * n_pixels), device=order.device)
+    scores = []
+    with eval_mode(model):
+        for first in range(0, len(counts), batch_size):
+            chosen = (rank[None] < counts[first:first + batch_size, None, None]).float()[:, None]  # shape = [B, 1, h, w]
+            pixels = framed.with_content(start + chosen * (end - start))
+            scores.append(target(model.encode_images(pixels)))
+    return torch.cat(scores).float().cpu().numpy()

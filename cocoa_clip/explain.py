@@ -1,0 +1,162 @@
+"""The top-level pipeline: a picture and questions in, heatmaps over the whole picture out.
+
+    captions -> text embeddings -> contrastive direction            (targets.resolve)
+    picture -> framed canvas -> masked batch -> image embeddings    (images.frame, rise.masked_pass)
+    embeddings x directions -> scores -> heatmap -> overlay         (rise.saliency, images.unframe, render)
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import render
+from .errors import SettingsError
+from .gradients import GRADIENT_METHODS, GradientSettings, attribute
+from .images import Framed, ImageSource, frame, load_image, unframe
+from .models import ClipModel, eval_mode
+from .rise import ESTIMATORS, MaskedPass, PassCache, Progress, RiseSettings, masked_pass, saliency
+from .targets import Question, Target, resolve
+
+METHODS = ("rise",) + GRADIENT_METHODS
+DEFAULT_CACHE = PassCache()  # masked passes of recent pictures, so a new question costs no forward pass
+
+
+@dataclass
+class Explanation:
+    """One answer: where in `image` the model sees the question's corpus rather than its foil.
+
+    heatmap: (H, W) float32 at the picture's own size; NaN outside what the model saw (crop framing).
+    score: the target on the whole picture; for COCOA, its contrastive corpus similarity
+        (mean cosine similarity to the corpus minus that to the foil).
+    details: how it was computed (masks, seconds, cached, precision, batch size, ...).
+    notes: things the user should know (e.g. a caption was truncated).
+    """
+
+    heatmap: np.ndarray
+    score: float
+    image: Image.Image
+    question: Question
+    method: str
+    details: dict = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+    @property
+    def scale(self) -> str:
+        """The colour scale that suits the method: min-max for RISE (as in the paper), signed otherwise."""
+        return "minmax" if self.method == "rise" else "signed"
+
+    def overlay(self, *, opacity: float = 0.5, scale: str | None = None, cmap: str | None = None) -> Image.Image:
+        """The heatmap over the picture, at the picture's size (RGB)."""
+        return render.overlay(self.image, self.heatmap, scale=scale or self.scale, cmap=cmap, opacity=opacity)
+
+    def colorbar(self, *, scale: str | None = None, cmap: str | None = None) -> Image.Image:
+        """The raw heatmap with a colour bar (RGB)."""
+        return render.colorbar_figure(self.heatmap, scale=scale or self.scale, cmap=cmap, title=self.question.describe())
+
+    def save(self, overlay: str | os.PathLike | None = None, heatmap: str | os.PathLike | None = None,
+             **style: object) -> None:
+        """Write the overlay as PNG and/or the raw heatmap as float32 .npy."""
+        if overlay is not None:
+            self.overlay(**style).save(overlay, format="PNG")
+        if heatmap is not None:
+            render.save_heatmap(heatmap, self.heatmap)
+
+
+def explain(
+    model: ClipModel,
+    image: ImageSource,
+    questions: Question | Sequence[Question],
+    *,
+    method: str = "rise",
+    masks: int | None = None,
+    seed: int = 0,
+    framing: str = "pad",
+    estimator: str = "centered",
+    batch_size: int | None = None,
+    gradient: GradientSettings = GradientSettings(),
+    progress: Progress | None = None,
+    time_budget: float | None = None,
+    cache: PassCache | None = DEFAULT_CACHE,
+) -> Explanation | list[Explanation]:
+    """Explain one picture for one question, or for several at the price of one RISE pass.
+
+    image: a path, bytes, PIL image or array. masks: RISE masks (default 20,000 on a GPU, 2,000
+    on a CPU). framing: "pad" (whole picture, default), "crop" (CLIP's centre crop) or "squash".
+    estimator: "centered" (default, less noise) or "paper". time_budget: seconds after which
+    RISE stops and answers from the masks done. Returns a list when given a list.
+
+    >>> model = load("shapes-demo")                                         # doctest: +SKIP
+    >>> answer = explain(model, "scene.png", Question(corpus=["red circle"], foil=["blue star"]))
+    >>> answer.overlay().save("overlay.png")                                # doctest: +SKIP
+    """
+    if method not in METHODS:
+        raise SettingsError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}.")
+    if estimator not in ESTIMATORS:
+        raise SettingsError(f"Unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}.")
+    single = isinstance(questions, Question)
+    questions = [questions] if single else list(questions)
+    if not questions or not all(isinstance(q, Question) for q in questions):
+        raise SettingsError("Give at least one Question to explain.")
+    picture = load_image(image)
+    framed = frame(picture, model.n_px, framing)
+    started = time.perf_counter()
+
+    if method == "rise":
+        run = _rise_pass(model, framed, RiseSettings(masks, seed=seed, batch_size=batch_size), progress, time_budget, cache)
+        targets = [resolve(model, q, run.image_embedding, framing) for q in questions]
+        maps = saliency(run, targets, estimator)
+        image_embedding = run.image_embedding
+        details = {"masks": len(run.masks), "estimator": estimator, "seed": seed, "cached": run.cached,
+                   "complete": run.complete, "batch_size": run.batch_size, "pass_seconds": run.seconds}
+    else:
+        image_embedding = _embed(model, framed)
+        targets = [resolve(model, q, image_embedding, framing) for q in questions]
+        results = [attribute(model, framed, t, method, gradient) for t in targets]
+        maps = [m for m, _ in results]
+        details = {"convergence_delta": [d for _, d in results], "seed": gradient.seed}
+    details.update(precision=model.precision, device=str(model.device), framing=framing, model=model.name,
+                   seconds=time.perf_counter() - started)
+
+    answers = [
+        Explanation(heatmap=unframe(heat, framed), score=float(target(image_embedding[None])[0]), image=picture,
+                    question=target.question, method=method, details=dict(details), notes=target.notes)
+        for heat, target in zip(maps, targets)
+    ]
+    return answers[0] if single else answers
+
+
+def _rise_pass(model: ClipModel, framed: Framed, settings: RiseSettings, progress: Progress | None,
+               time_budget: float | None, cache: PassCache | None) -> MaskedPass:
+    key = PassCache.key(model, framed, settings)
+    run = cache.get(key) if cache is not None else None
+    if run is not None:
+        if progress is not None:
+            progress(len(run.masks), len(run.masks))
+        return dataclasses.replace(run, cached=True)
+    deadline = time.monotonic() + time_budget if time_budget is not None else None
+    run = masked_pass(model, framed, settings, progress, deadline)
+    if cache is not None:
+        cache.put(key, run)
+    return run
+
+
+def score(model: ClipModel, image: ImageSource, question: Question, framing: str = "pad") -> float:
+    """The question's target on the whole picture (for COCOA: contrastive corpus similarity)."""
+    framed = frame(load_image(image), model.n_px, framing)
+    embedding = _embed(model, framed)
+    target: Target = resolve(model, question, embedding, framing)
+    return float(target(embedding[None])[0])
+
+
+def _embed(model: ClipModel, framed: Framed) -> torch.Tensor:
+    """(D,) raw embedding of the whole framed picture."""
+    with eval_mode(model):
+        return model.encode_images(framed.canvas[None].to(model.device))[0]
+

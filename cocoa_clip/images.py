@@ -1,0 +1,211 @@
+"""Reading pictures safely, fitting them onto the model's square input, and mapping heatmaps back.
+
+Framing is how a photo of any shape becomes CLIP's n_px x n_px input:
+
+- "pad" (default): the whole photo, scaled so its long side is n_px and centred on a
+  square filled with CLIP's mean colour (zero after normalisation). Nothing is cut and
+  nothing distorted, so the heatmap covers the whole photo at its own aspect ratio.
+- "crop": CLIP's own preprocessing (short side to n_px, centre crop). The heatmap covers
+  the crop only; pixels outside it are NaN.
+- "squash": the whole photo resized to the square, aspect ratio ignored.
+
+RISE masks are laid over the photo's content box only, so its 7x7 grid follows the photo
+and not the padding.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageError
+from .models import MEAN
+
+FRAMINGS = ("pad", "crop", "squash")
+MAX_PIXELS = 50_000_000  # refuse larger images before decoding them (decompression bombs)
+ImageSource = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
+
+
+def load_image(source: ImageSource, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Read an image as 8-bit RGB, upright as its EXIF orientation says.
+
+    Accepts a path, encoded bytes, a PIL image or an (H, W[, C]) uint8/float array.
+    Grayscale, palette, 16-bit and CMYK images are converted; transparency is composited
+    on white. Raises ImageError with a plain sentence for anything unreadable.
+    """
+    if isinstance(source, Image.Image):
+        image = source
+    elif isinstance(source, np.ndarray):
+        image = _from_array(source)
+    else:
+        image = _open(source)
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageError(
+            f"The image is {width}x{height} pixels ({width * height / 1e6:.0f} MP); "
+            f"the limit is {max_pixels / 1e6:.0f} MP. Downscale it first."
+        )
+    if width == 0 or height == 0:
+        raise ImageError("The image has no pixels.")
+    try:
+        image = ImageOps.exif_transpose(image)
+        return _to_rgb(image)
+    except (OSError, ValueError, SyntaxError) as error:
+        raise ImageError(f"The image could not be decoded ({error}); the file may be truncated or corrupt.") from error
+
+
+def _open(source: str | os.PathLike | bytes) -> Image.Image:
+    if isinstance(source, bytes):
+        if not source:
+            raise ImageError("The uploaded file is empty.")
+        stream, label = io.BytesIO(source), "The uploaded data"
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ImageError(f"No image file at {path}.")
+        if path.stat().st_size == 0:
+            raise ImageError(f"{path} is empty.")
+        stream, label = path, str(path)
+    try:
+        return Image.open(stream)  # reads the header only; load_image checks the size before decoding
+    except Image.DecompressionBombError as error:
+        raise ImageError(f"{label} is far too large to decode safely ({error}).") from error
+    except UnidentifiedImageError as error:
+        raise ImageError(f"{label} is not an image PIL can read (PNG, JPEG, WebP, TIFF, BMP, GIF ...).") from error
+    except OSError as error:
+        raise ImageError(f"{label} could not be read: {error}.") from error
+
+
+def _from_array(array: np.ndarray) -> Image.Image:
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
+        raise ImageError(f"An image array must be (H, W) or (H, W, 1|3|4); got shape {array.shape}.")
+    if array.dtype != np.uint8:
+        array = np.asarray(array, dtype=np.float64)
+        if not np.isfinite(array).all():
+            raise ImageError("The image array holds NaN or infinite values.")
+        scale = 255.0 if array.max(initial=0) <= 1.0 else 255.0 / max(array.max(), 1.0)
+        array = np.clip(array * scale, 0, 255).round().astype(np.uint8)
+    return Image.fromarray(array.squeeze(2) if array.ndim == 3 and array.shape[2] == 1 else array)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        # PIL's convert("RGB") clips 16-bit values at 255; rescale to 8 bits instead.
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+        if image.mode == "F":
+            top = max(values.max(initial=0), 1e-12)
+        image = Image.fromarray(np.clip(values / top * 255.0, 0, 255).round().astype(np.uint8))
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, image.convert("RGBA"))
+    image = image.convert("RGB")
+    image.load()
+    return image
+
+
+@dataclass(frozen=True)
+class Framed:
+    """A picture placed on the model's square input.
+
+    canvas: (3, n_px, n_px) float32 RGB in [0, 1], what the model sees.
+    box: (top, left, height, width) of the picture's content inside the canvas, in canvas pixels.
+    source_box: (top, left, height, width) of the part of the original picture the content shows.
+    image_size: (H, W) of the original picture.
+    """
+
+    canvas: torch.Tensor
+    box: tuple[int, int, int, int]
+    source_box: tuple[int, int, int, int]
+    image_size: tuple[int, int]
+
+    @property
+    def content(self) -> torch.Tensor:
+        """(3, h, w): the picture's pixels inside the canvas."""
+        top, left, height, width = self.box
+        return self.canvas[:, top:top + height, left:left + width]
+
+    def with_content(self, content: torch.Tensor) -> torch.Tensor:
+        """Canvases with new content: content (B, 3, h, w) -> (B, 3, n_px, n_px); the padding is kept."""
+        top, left, height, width = self.box
+        if (height, width) == tuple(self.canvas.shape[1:]):
+            return content
+        canvas = self.canvas.to(content).expand(content.shape[0], -1, -1, -1).clone()
+        canvas[:, :, top:top + height, left:left + width] = content
+        return canvas
+
+
+def frame(image: Image.Image, n_px: int, mode: str = "pad") -> Framed:
+    """Fit an RGB picture onto an n_px square as `mode` says (see the module docstring)."""
+    if mode not in FRAMINGS:
+        raise ImageError(f"Unknown framing {mode!r}; choose one of {', '.join(FRAMINGS)}.")
+    width, height = image.size
+    full = (0, 0, height, width)
+    if mode == "squash":
+        return Framed(_to_tensor(image.resize((n_px, n_px), Image.BICUBIC)), (0, 0, n_px, n_px), full, (height, width))
+    if mode == "crop":
+        scale = n_px / min(width, height)
+        side = n_px / scale  # the crop's side in original pixels
+        top, left = round((height - side) / 2), round((width - side) / 2)
+        resized = image.resize((max(n_px, round(width * scale)), max(n_px, round(height * scale))), Image.BICUBIC)
+        rtop, rleft = (resized.height - n_px) // 2, (resized.width - n_px) // 2
+        crop = resized.crop((rleft, rtop, rleft + n_px, rtop + n_px))
+        return Framed(_to_tensor(crop), (0, 0, n_px, n_px), (top, left, round(side), round(side)), (height, width))
+    scale = n_px / max(width, height)
+    w, h = max(1, round(width * scale)), max(1, round(height * scale))
+    top, left = (n_px - h) // 2, (n_px - w) // 2
+    canvas = torch.tensor(MEAN).view(3, 1, 1).repeat(1, n_px, n_px)
+    canvas[:, top:top + h, left:left + w] = _to_tensor(image.resize((w, h), Image.BICUBIC))
+    return Framed(canvas, (top, left, h, w), full, (height, width))
+
+
+def unframe(content_map: torch.Tensor, framed: Framed) -> np.ndarray:
+    """Map a heatmap over the content box, (h, w), to the original picture: (H, W) float32.
+
+    Bilinear resampling; NaN outside the part of the picture the model saw (crop framing).
+    """
+    top, left, height, width = framed.source_box
+    resized = F.interpolate(content_map[None, None].float().cpu(), size=(height, width), mode="bilinear", align_corners=False)
+    out = np.full(framed.image_size, np.nan, dtype=np.float32)
+    # The crop box can reach one pixel past the picture through rounding.
+    rows, cols = min(height, framed.image_size[0] - top), min(width, framed.image_size[1] - left)
+    out[top:top + rows, left:left + cols] = resized[0, 0, :rows, :cols].numpy()
+    return out
+
+
+def blur(content: torch.Tensor, n_px: int) -> torch.Tensor:
+    """The RISE/Integrated-Gradients baseline: a Gaussian blur of the picture.
+
+    content: (..., 3, h, w). Kernel 21, sigma 5 at 224 px as in the paper, scaled with the
+    model's input size. Reflect padding at the edges, replicate where the picture is too thin.
+    """
+    sigma = 5.0 * n_px / 224
+    radius = max(1, round(10 * n_px / 224))
+    x = torch.arange(-radius, radius + 1, dtype=content.dtype, device=content.device)
+    kernel = torch.exp(-(x ** 2) / (2 * sigma ** 2))
+    kernel = kernel / kernel.sum()
+    flat = content.reshape(-1, 1, *content.shape[-2:])
+    mode = "reflect" if radius < min(content.shape[-2:]) else "replicate"
+    flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode=mode), kernel.view(1, 1, 1, -1))
+    flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode=mode), kernel.view(1, 1, -1, 1))
+    return flat.reshape(content.shape)
+
+
+def _to_tensor(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+
+
+def digest(tensor: torch.Tensor) -> str:
+    """A content hash of a tensor, for cache keys."""
+    return hashlib.sha1(tensor.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+

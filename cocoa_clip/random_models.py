@@ -1,0 +1,37 @@
+"""CLIP-format models with random weights, for tests and speed benchmarks.
+
+A CLIP model is fully described by its state dict (`clip.model.build_model` reads every size off
+the weight shapes), so a random one written to disk goes through exactly the loading path of
+real weights. Speed does not depend on the weight values.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+# Sizes as clip.model.CLIP takes them. The text side keeps CLIP's tokenizer (vocabulary 49408,
+# context 77); widths must be multiples of 64 (heads = width // 64).
+ARCHITECTURES = {
+    "tiny": dict(embed_dim=32, image_resolution=32, vision_layers=1, vision_width=64, vision_patch_size=8,
+                 context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1, transformer_layers=1),
+    "ViT-B/32": dict(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768, vision_patch_size=32,
+                     context_length=77, vocab_size=49408, transformer_width=512, transformer_heads=8, transformer_layers=12),
+}
+
+
+def random_state_dict(architecture: str = "tiny", seed: int = 0, **overrides: int) -> dict[str, torch.Tensor]:
+    """The state dict of a randomly initialised CLIP (float32) of a named architecture."""
+    from .models import clip_package
+
+    CLIP = clip_package().model.CLIP
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLIP(**{**ARCHITECTURES[architecture], **overrides})
+    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+
+def write_checkpoint(path: str | os.PathLike, architecture: str = "tiny", seed: int = 0, **overrides: int) -> str:
+    """Save a random CLIP as a plain state dict that `clip.load` / `cocoa_clip.load(weights=...)` read."""
+    torch.save(random_state_dict(architecture, seed, **overrides), path)
+    return str(path)

@@ -1,0 +1,183 @@
+"""Explanation targets: what scalar of the image embedding an attribution explains.
+
+Every target of the paper is a linear functional of the (unit-normalised) image
+embedding z = f(x)/|f(x)| (Proposition 3.3): score(x) = <z, d> for a direction d.
+
+=======================  ==============================================  ===============
+target                   direction d (cosine similarity)                 paper's name
+=======================  ==============================================  ===============
+cocoa                    mean_c z(c) - mean_f z(f)                       COCOA
+corpus                   mean_c z(c)                                     corpus
+label-free               z(x), the explicand itself                      label-free/RELAX
+contrastive-label-free   z(x) - mean_f z(f)                              contrastive label-free
+=======================  ==============================================  ===============
+
+With `similarity="dot"` the embeddings are not normalised (paper, appendix M).
+Corpus and foil may mix captions (wrapped by a template) and images.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Sequence
+
+import torch
+
+from .errors import QuestionError
+from .images import ImageSource, frame, load_image
+from .models import ClipModel, eval_mode
+from .presets import DEFAULT_TEMPLATE, preset_foil
+
+TARGETS = ("cocoa", "corpus", "label-free", "contrastive-label-free")
+SIMILARITIES = ("cosine", "dot")
+_NEEDS_CORPUS = ("cocoa", "corpus")
+_NEEDS_FOIL = ("cocoa", "contrastive-label-free")
+
+
+@dataclass(frozen=True)
+class Question:
+    """What to explain: "why does this image look like the corpus rather than the foil?"
+
+    >>> Question(corpus=["dog"], foil=["cat"]).describe()
+    '"dog" rather than "cat"'
+    """
+
+    corpus: Sequence[str] = ()
+    foil: Sequence[str] = ()
+    foil_preset: str | None = None  # "cifar100" or "imagenet": the preset's classes minus the corpus
+    corpus_images: Sequence[ImageSource] = ()
+    foil_images: Sequence[ImageSource] = ()
+    target: str = "cocoa"
+    template: str = DEFAULT_TEMPLATE  # "{}" uses captions as written
+    similarity: str = "cosine"
+
+    def __post_init__(self) -> None:
+        for name in ("corpus", "foil", "corpus_images", "foil_images"):
+            value = getattr(self, name)
+            value = (value,) if isinstance(value, str) or not isinstance(value, Sequence) else tuple(value)
+            object.__setattr__(self, name, value)
+        for name in ("corpus", "foil"):
+            object.__setattr__(self, name, tuple(_caption(c, name, i) for i, c in enumerate(getattr(self, name), 1)))
+        if self.target not in TARGETS:
+            raise QuestionError(f"Unknown target {self.target!r}; choose one of {', '.join(TARGETS)}.")
+        if self.similarity not in SIMILARITIES:
+            raise QuestionError(f"Unknown similarity {self.similarity!r}; choose cosine or dot.")
+        _check_template(self.template)
+        if self.target in _NEEDS_CORPUS and not (self.corpus or self.corpus_images):
+            raise QuestionError(f"The {self.target} target needs a corpus: at least one caption or corpus image.")
+        if self.target in _NEEDS_FOIL and not (self.foil or self.foil_images or self.foil_preset):
+            raise QuestionError(f"The {self.target} target needs a foil: captions, a foil preset or foil images.")
+        if self.foil_preset is not None:
+            preset_foil(self.foil_preset)  # unknown presets fail here, not mid-run
+
+    @property
+    def foil_captions(self) -> tuple[str, ...]:
+        """Foil captions before templating: those given, then the preset's classes not in the corpus."""
+        preset = preset_foil(self.foil_preset, self.corpus) if self.foil_preset else ()
+        return tuple(dict.fromkeys(self.foil + preset))
+
+    def swapped(self) -> Question:
+        """The reverse question: the foil becomes the corpus. Needs explicit foil captions or images."""
+        if self.foil_preset:
+            raise QuestionError("A question with a foil preset cannot be swapped; give the foil as captions.")
+        if self.target != "cocoa":
+            raise QuestionError("Only COCOA questions (corpus rather than foil) can be swapped.")
+        return Question(**{**_as_dict(self), "corpus": self.foil, "foil": self.corpus,
+                           "corpus_images": self.foil_images, "foil_images": self.corpus_images})
+
+    def describe(self) -> str:
+        """A short human label, e.g. '"dog" rather than "cat"'."""
+        corpus = _listing(self.corpus, self.corpus_images)
+        foil = _listing(self.foil, self.foil_images) if not self.foil_preset else f"the {self.foil_preset} classes"
+        if self.foil and self.foil_preset:
+            foil = f"{_listing(self.foil, self.foil_images)} and the {self.foil_preset} classes"
+        return {
+            "cocoa": f"{corpus} rather than {foil}",
+            "corpus": f"{corpus}",
+            "label-free": "the image itself",
+            "contrastive-label-free": f"the image itself rather than {foil}",
+        }[self.target]
+
+
+@dataclass(frozen=True)
+class Target:
+    """A resolved target, callable on image embeddings: (B, D) -> (B,) scores."""
+
+    direction: torch.Tensor  # (D,) float32, on the model's device
+    normalize: bool  # True for cosine similarity: embeddings are unit-normalised first
+    question: Question
+    notes: tuple[str, ...] = field(default=())
+
+    def __call__(self, embeddings: torch.Tensor) -> torch.Tensor:
+        if self.normalize:
+            embeddings = embeddings / embeddings.norm(dim=-1, keepdim=True)
+        return embeddings.float() @ self.direction
+
+
+def resolve(model: ClipModel, question: Question, image_embedding: torch.Tensor, framing: str = "pad") -> Target:
+    """Turn a question into a direction in the model's embedding space.
+
+    image_embedding: (D,) raw embedding of the explicand (used by the label-free targets).
+    """
+    cosine = question.similarity == "cosine"
+    notes: list[str] = []
+
+    def mean_of(captions: Sequence[str], images: Sequence[ImageSource]) -> torch.Tensor:
+        embeddings = embed(model, [question.template.format(c) for c in captions], images, framing, notes)
+        if cosine:
+            embeddings = embeddings / embeddings.norm(dim=-1, keepdim=True)
+        return embeddings.mean(0)
+
+    itself = image_embedding.float() / (image_embedding.norm() if cosine else 1.0)
+    if question.target in _NEEDS_CORPUS:
+        direction = mean_of(question.corpus, question.corpus_images)
+    else:
+        direction = itself
+    if question.target in _NEEDS_FOIL:
+        direction = direction - mean_of(question.foil_captions, question.foil_images)
+    return Target(direction=direction, normalize=cosine, question=question, notes=tuple(notes))
+
+
+def embed(model: ClipModel, captions: Sequence[str], images: Sequence[ImageSource], framing: str,
+          notes: list[str] | None = None) -> torch.Tensor:
+    """Embed captions (as written) and images into one (K, D) float32 tensor, raw (not normalised)."""
+    parts = []
+    if captions:
+        texts, text_notes = model.encode_texts(list(captions))
+        parts.append(texts)
+        if notes is not None:
+            notes.extend(text_notes)
+    if images:
+        canvases = torch.stack([frame(load_image(image), model.n_px, framing).canvas for image in images])
+        with eval_mode(model):
+            parts.append(model.encode_images(canvases.to(model.device)))
+    return torch.cat(parts)
+
+
+def _caption(caption: object, where: str, index: int) -> str:
+    if not isinstance(caption, str):
+        raise QuestionError(f"{where.capitalize()} caption {index} is a {type(caption).__name__}, not text.")
+    caption = " ".join(caption.split())
+    if not caption:
+        raise QuestionError(f"{where.capitalize()} caption {index} is empty; write what to look for, e.g. 'dog'.")
+    return caption
+
+
+def _check_template(template: str) -> None:
+    advice = "e.g. 'This is a photo of a {}', or '{}' for captions as written"
+    if not isinstance(template, str) or template.count("{}") != 1:
+        raise QuestionError(f"The template must contain {{}} exactly once, where the caption goes ({advice}).")
+    try:
+        template.format("x")
+    except (IndexError, KeyError, ValueError) as error:
+        raise QuestionError(f"The template has stray braces ({advice}).") from error
+
+
+def _listing(captions: Sequence[str], images: Sequence[ImageSource]) -> str:
+    parts = [f'"{c}"' for c in captions[:3]] + (["..."] if len(captions) > 3 else [])
+    if images:
+        parts.append(f"{len(images)} image{'s' if len(images) > 1 else ''}")
+    return " / ".join(parts)
+
+
+def _as_dict(question: Question) -> dict:
+    return {f.name: getattr(question, f.name) for f in fields(question)}
