@@ -7,7 +7,11 @@ target(picture) - target(baseline), up to the integral's discretisation error.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
 
 import torch
 from captum.attr import GradientShap, IntegratedGradients
@@ -57,12 +61,23 @@ def attribute(model: ClipModel, framed: Framed, target: Target, method: str = "i
     def forward(normalised: torch.Tensor) -> torch.Tensor:
         return target(model.net.encode_image(normalised).float())
 
-    devices = [model.device] if model.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):  # captum's GradientSHAP draws from the global generator
-        torch.manual_seed(settings.seed)
+    with _seeded(settings.seed, model.device):
         attributions, delta = _run(method, forward, inputs, baselines, settings)
     top, left, height, width = framed.box
     return attributions[0].sum(0)[top:top + height, left:left + width].float().detach(), delta
+
+
+@contextlib.contextmanager
+def _seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed torch's and numpy's global generators (captum's GradientSHAP draws from both), then restore them."""
+    state = np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            np.random.seed(seed % 2 ** 32)
+            yield
+    finally:
+        np.random.set_state(state)
 
 
 def _run(method: str, forward, inputs: torch.Tensor, baselines: torch.Tensor,

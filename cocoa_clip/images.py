@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -75,7 +76,9 @@ def _open(source: str | os.PathLike | bytes) -> Image.Image:
             raise ImageError(f"{path} is empty.")
         stream, label = path, str(path)
     try:
-        return Image.open(stream)  # reads the header only; load_image checks the size before decoding
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # load_image refuses those itself
+            return Image.open(stream)  # reads the header only; load_image checks the size before decoding
     except Image.DecompressionBombError as error:
         raise ImageError(f"{label} is far too large to decode safely ({error}).") from error
     except UnidentifiedImageError as error:

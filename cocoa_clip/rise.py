@@ -137,10 +137,12 @@ def saliency(run: MaskedPass, targets: Sequence[Target], estimator: str = "cente
         raise SettingsError(f"Unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}.")
     if len(run.masks) == 0:
         raise SettingsError("The time budget ran out before the first batch of masks; allow more time or fewer masks.")
-    scores = torch.stack([target(run.embeddings) for target in targets], dim=1)  # shape = [N, Q]
+    # Float64 scores: similarities near 1 differ in their 7th digit, which centring brings to the front.
+    embeddings = run.embeddings.double()
+    scores = torch.stack([target(embeddings) for target in targets], dim=1)  # shape = [N, Q]
     if estimator == "centered":
         scores = scores - scores.mean(0, keepdim=True)
-    return run.masks.weighted_sum(scores) / (len(run.masks) * run.masks.p_keep)
+    return run.masks.weighted_sum(scores.float()) / (len(run.masks) * run.masks.p_keep)
 
 
 def default_batch_size(model: ClipModel) -> int:

@@ -108,9 +108,12 @@ class Target:
     notes: tuple[str, ...] = field(default=())
 
     def __call__(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Scores in float32, or float64 when given float64 embeddings."""
+        if embeddings.dtype != torch.float64:
+            embeddings = embeddings.float()
         if self.normalize:
             embeddings = embeddings / embeddings.norm(dim=-1, keepdim=True)
-        return embeddings.float() @ self.direction
+        return embeddings @ self.direction.to(embeddings.dtype)
 
 
 def resolve(model: ClipModel, question: Question, image_embedding: torch.Tensor, framing: str = "pad") -> Target:

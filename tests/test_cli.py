@@ -1,0 +1,124 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cocoa_clip.cli import build_parser, main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def picture(tmp_path, photo) -> str:
+    path = tmp_path / "photo.jpg"
+    photo.save(path, quality=95)
+    return str(path)
+
+
+def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    """The command line as a user runs it: a fresh interpreter, `python -m cocoa_clip`."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "cocoa_clip", *args], capture_output=True, text=True,
+                          timeout=300, cwd=cwd, env=env)
+
+
+def test_explain_end_to_end_with_a_tiny_checkpoint(tiny_checkpoint, picture, tmp_path):
+    result = run_cli("explain", picture, "--corpus", "dog", "--foil", "cat", "--weights", tiny_checkpoint,
+                     "--masks", "200", "--out", str(tmp_path / "o.png"), "--heatmap", str(tmp_path / "h.npy"),
+                     "--colorbar", str(tmp_path / "c.png"))
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout.startswith("score ") and '"dog" rather than "cat"' in result.stdout
+    with Image.open(tmp_path / "o.png") as overlay:
+        assert overlay.size == (70, 45) and overlay.format == "PNG"
+    heatmap = np.load(tmp_path / "h.npy")
+    assert heatmap.shape == (45, 70) and heatmap.dtype == np.float32 and np.isfinite(heatmap).all()
+    assert (tmp_path / "c.png").stat().st_size > 1000
+
+
+def test_default_output_is_named_after_the_image(tiny_checkpoint, picture, tmp_path):
+    result = run_cli("explain", picture, "--target", "label-free", "--weights", tiny_checkpoint, "--masks", "20",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "photo_cocoa.png").is_file()
+
+
+def test_json_output_and_gradient_method(tiny_checkpoint, picture, tmp_path, capsys):
+    code = main(["explain", picture, "--corpus", "dog", "--foil-preset", "cifar100", "--weights", tiny_checkpoint,
+                 "--method", "integrated-gradients", "--out", str(tmp_path / "o.png"), "--json", "--device", "cpu"])
+    assert code == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["method"] == "integrated-gradients" and isinstance(answer["score"], float)
+    assert answer["question"] == '"dog" rather than the cifar100 classes'
+
+
+def test_evaluate_prints_the_four_areas_as_json(tiny_checkpoint, picture, tmp_path, capsys):
+    code = main(["evaluate", picture, "--corpus", "dog", "--foil", "cat", "--weights", tiny_checkpoint,
+                 "--masks", "50", "--steps", "10", "--json", "--plot", str(tmp_path / "curves.png")])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    for key in ("insertion_auc", "deletion_auc", "random_insertion_auc", "random_deletion_auc"):
+        assert isinstance(result[key], float)
+    assert len(result["insertion"]) == 11
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+
+
+def test_evaluate_a_saved_heatmap(tiny_checkpoint, picture, tmp_path, capsys):
+    np.save(tmp_path / "h.npy", np.random.rand(45, 70).astype(np.float32))
+    assert main(["evaluate", picture, "--corpus", "dog", "--foil", "cat", "--weights", tiny_checkpoint,
+                 "--from-heatmap", str(tmp_path / "h.npy"), "--steps", "5"]) == 0
+    assert "insertion_auc" in capsys.readouterr().out
+    np.save(tmp_path / "bad.npy", np.zeros(3))
+    assert main(["evaluate", picture, "--corpus", "dog", "--foil", "cat", "--weights", tiny_checkpoint,
+                 "--from-heatmap", str(tmp_path / "bad.npy")]) == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--corpus", "dog", "--foil", "cat", "--masks", "0"], "number of masks"),
+    (["--corpus", "dog", "--foil", "cat", "--masks", "100000000"], "number of masks"),
+    (["--foil", "cat"], "needs a corpus"),
+    (["--corpus", "   ", "--foil", "cat"], "caption 1 is empty"),
+    (["--corpus", "dog"], "needs a foil"),
+    (["--corpus", "dog", "--foil", "cat", "--template", "no slot"], "template must contain"),
+    (["--corpus", "dog", "--foil", "cat", "--weights", "/no/such/file.pt"], "No checkpoint file"),
+    (["--corpus", "dog", "--foil", "cat", "--model", "ViT-Q/1"], "Unknown model"),
+    (["--corpus", "dog", "--foil", "cat", "--corpus-image", "/no/such.png"], "No image file"),
+])
+def test_bad_input_exits_non_zero_with_one_sentence(tiny_checkpoint, picture, args, message, capsys):
+    if "--weights" not in args and "--model" not in args:
+        args = args + ["--weights", tiny_checkpoint]
+    assert main(["explain", picture, *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+
+
+def test_unreadable_image_in_a_fresh_process(tiny_checkpoint, tmp_path):
+    bad = tmp_path / "notes.txt"
+    bad.write_text("hello")
+    result = run_cli("explain", str(bad), "--corpus", "dog", "--foil", "cat", "--weights", tiny_checkpoint)
+    assert result.returncode == 2
+    assert "not an image" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_help_explains_every_contract_option_with_defaults():
+    text = build_parser()._subparsers._group_actions[0].choices["explain"].format_help()
+    for option in ("--corpus", "--foil", "--foil-preset", "--corpus-image", "--foil-image", "--template", "--target",
+                   "--method", "--masks", "--seed", "--model", "--weights", "--device", "--out", "--heatmap"):
+        assert option in text
+    assert "This is a photo of a {}" in text and "default: ViT-B/32" in text
+
+
+def test_foil_and_preset_are_exclusive(picture):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["explain", picture, "--corpus", "a", "--foil", "b", "--foil-preset", "cifar100"])
+    assert exit_info.value.code == 2
+
+
+def test_models_lists_clip_names(capsys):
+    assert main(["models"]) == 0
+    assert "ViT-B/32" in capsys.readouterr().out.split()

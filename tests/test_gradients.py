@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+import torch
+
+import cocoa_clip as cc
+from cocoa_clip.gradients import GradientSettings, attribute
+from cocoa_clip.images import blur, frame
+from cocoa_clip.targets import resolve
+
+DOG_CAT = cc.Question(corpus=["dog"], foil=["cat"])
+
+
+def target_and_framed(model, picture):
+    framed = frame(picture, model.n_px)
+    with torch.no_grad():
+        embedding = model.encode_images(framed.canvas[None])[0]
+    return resolve(model, DOG_CAT, embedding), framed
+
+
+def test_integrated_gradients_is_complete(tiny, photo):
+    """Attributions sum to target(picture) - target(blurred picture)."""
+    target, framed = target_and_framed(tiny, photo)
+    heatmap, delta = attribute(tiny, framed, target, "integrated-gradients", GradientSettings(n_steps=100))
+    with torch.no_grad():
+        baseline = framed.with_content(blur(framed.content[None], tiny.n_px))
+        expected = (target(tiny.encode_images(framed.canvas[None])) - target(tiny.encode_images(baseline))).item()
+    assert abs(expected) > 1e-4
+    assert heatmap.sum().item() == pytest.approx(expected, rel=0.02, abs=1e-6)
+    assert abs(delta) < 0.02 * abs(expected) + 1e-6
+
+
+def test_gradient_shap_is_seeded_and_leaves_the_global_generator_alone(tiny, photo):
+    target, framed = target_and_framed(tiny, photo)
+    torch.manual_seed(5)
+    expected_next = torch.rand(2)
+    torch.manual_seed(5)
+    first, _ = attribute(tiny, framed, target, "gradient-shap", GradientSettings(n_samples=8, seed=1))
+    assert torch.equal(torch.rand(2), expected_next)
+    second, _ = attribute(tiny, framed, target, "gradient-shap", GradientSettings(n_samples=8, seed=1))
+    third, _ = attribute(tiny, framed, target, "gradient-shap", GradientSettings(n_samples=8, seed=2))
+    assert torch.equal(first, second) and not torch.equal(first, third)
+
+
+def test_swapping_negates_gradient_maps(tiny, photo):
+    forward, backward = cc.explain(tiny, photo, [DOG_CAT, DOG_CAT.swapped()], method="integrated-gradients")
+    np.testing.assert_allclose(backward.heatmap, -forward.heatmap, rtol=1e-4, atol=1e-9)
+    assert forward.scale == "signed"
+
+
+def test_padding_gets_no_attribution(planted):
+    """Only the picture's pixels differ from the baseline, so a wide picture's map has no padding in it."""
+    from PIL import Image
+
+    wide = Image.fromarray((np.random.default_rng(0).integers(0, 2, (20, 64, 1)) * 255).repeat(3, 2).astype(np.uint8))
+    answer = cc.explain(planted, wide, DOG_CAT, method="integrated-gradients")
+    assert answer.heatmap.shape == (20, 64) and np.isfinite(answer.heatmap).all()
+
+
+def test_bad_gradient_settings():
+    with pytest.raises(cc.SettingsError, match="n_steps"):
+        GradientSettings(n_steps=0)
+    with pytest.raises(cc.SettingsError, match="stdev"):
+        GradientSettings(stdev=-1)

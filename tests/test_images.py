@@ -1,0 +1,133 @@
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import cocoa_clip as cc
+from cocoa_clip.images import blur, frame, load_image, unframe
+
+
+def save(image: Image.Image, path, **kwargs):
+    image.save(path, **kwargs)
+    return path
+
+
+def test_grayscale_palette_rgba_cmyk_become_rgb(tmp_path):
+    base = Image.fromarray(np.arange(60 * 40 * 3, dtype=np.uint8).reshape(40, 60, 3) % 251)
+    for mode in ("L", "P", "RGBA", "CMYK", "LA", "1"):
+        image = load_image(save(base.convert(mode), tmp_path / f"{mode}.{'jpg' if mode == 'CMYK' else 'png'}"))
+        assert image.mode == "RGB" and image.size == (60, 40)
+
+
+def test_transparency_is_composited_on_white():
+    clear = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
+    assert load_image(clear).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_sixteen_bit_images_keep_their_contrast(tmp_path):
+    ramp = (np.linspace(0, 65535, 64 * 32).reshape(32, 64)).astype(np.uint16)
+    image = load_image(save(Image.fromarray(ramp), tmp_path / "deep.png"))
+    values = np.asarray(image)[..., 0]
+    assert values.min() == 0 and values.max() == 255 and len(np.unique(values)) > 100
+
+
+def test_exif_orientation_is_respected(tmp_path):
+    upright = Image.new("RGB", (30, 20), "red")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees clockwise
+    path = save(upright, tmp_path / "rotated.jpg", exif=exif.tobytes())
+    assert load_image(path).size == (20, 30)
+
+
+def test_arrays_of_any_range_are_read():
+    assert load_image(np.random.rand(10, 12, 3)).size == (12, 10)
+    assert load_image(np.zeros((10, 12), dtype=np.uint16)).size == (12, 10)
+    with pytest.raises(cc.ImageError, match="shape"):
+        load_image(np.zeros((2, 3, 4, 5)))
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "empty"),
+    (b"this is not an image at all", "not an image"),
+])
+def test_unreadable_files_say_so(tmp_path, content, message):
+    path = tmp_path / "bad.png"
+    path.write_bytes(content)
+    with pytest.raises(cc.ImageError, match=message):
+        load_image(path)
+    with pytest.raises(cc.ImageError, match=message):
+        load_image(content)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(cc.ImageError, match="No image file"):
+        load_image(tmp_path / "missing.jpg")
+
+
+def test_truncated_file_says_corrupt(tmp_path):
+    data = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8)).save(data, "JPEG")
+    with pytest.raises(cc.ImageError, match="truncated or corrupt"):
+        load_image(data.getvalue()[: len(data.getvalue()) // 2])
+
+
+def huge_png_header(width: int, height: int) -> bytes:
+    """A PNG that claims width x height pixels: only its header is valid, as in a decompression bomb."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("side", [10_000, 100_000])
+def test_decompression_bombs_are_refused_before_decoding(side):
+    with pytest.raises(cc.ImageError, match="too large|limit is 50 MP"):
+        load_image(huge_png_header(side, side))
+
+
+def test_pad_framing_keeps_the_whole_picture_and_aspect():
+    image = Image.new("RGB", (200, 100), "white")
+    framed = frame(image, 64, "pad")
+    top, left, height, width = framed.box
+    assert (height, width) == (32, 64) and top == 16 and left == 0
+    assert framed.canvas.shape == (3, 64, 64)
+    assert torch.allclose(framed.content, torch.ones(3, 32, 64))
+    # The padding is CLIP's mean colour: zero after CLIP's normalisation.
+    assert torch.allclose(framed.canvas[:, 0, 0], torch.tensor(cc.models.MEAN))
+
+
+def test_crop_framing_marks_outside_the_crop_as_nan():
+    framed = frame(Image.new("RGB", (300, 100)), 32, "crop")
+    heatmap = unframe(torch.ones(32, 32), framed)
+    assert heatmap.shape == (100, 300)
+    assert np.isnan(heatmap[:, :90]).all() and np.isnan(heatmap[:, 210:]).all()
+    assert (heatmap[:, 110:190] == 1).all()
+
+
+@pytest.mark.parametrize("mode", ["pad", "crop", "squash"])
+def test_heatmaps_come_back_at_the_picture_size(tiny, mode):
+    image = Image.new("RGB", (123, 47), "gray")
+    answer = cc.explain(tiny, image, cc.Question(corpus=["dog"], foil=["cat"]), masks=20, framing=mode, cache=None)
+    assert answer.heatmap.shape == (47, 123) and answer.heatmap.dtype == np.float32
+    assert answer.overlay().size == (123, 47)
+
+
+def test_thin_pictures_still_blur():
+    thin = torch.rand(3, 2, 224)
+    assert blur(thin, 224).shape == thin.shape
+
+
+def test_blur_keeps_constants_and_smooths_noise():
+    flat = torch.full((3, 40, 40), 0.3)
+    assert torch.allclose(blur(flat, 224), flat, atol=1e-6)
+    noise = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0))
+    assert blur(noise, 224).std() < noise.std() / 3
+
+
+def test_unknown_framing(tiny):
+    with pytest.raises(cc.ImageError, match="framing"):
+        frame(Image.new("RGB", (4, 4)), 32, "stretch")

@@ -1,0 +1,56 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+import cocoa_clip as cc
+from cocoa_clip.render import colorbar_figure, colorize, limits, overlay, save_heatmap
+
+
+def test_limits_minmax_and_signed():
+    heatmap = np.array([[-1.0, 0.5], [2.0, np.nan]])
+    assert limits(heatmap, "minmax") == (-1.0, 2.0)
+    assert limits(heatmap, "signed") == (-2.0, 2.0)
+    assert limits(np.zeros((2, 2)), "minmax")[0] < 0 < limits(np.zeros((2, 2)), "minmax")[1]
+
+
+def test_signed_scale_puts_zero_in_the_middle_of_the_colour_map():
+    colours = colorize(np.array([[-3.0, 0.0, 1.0]]), "signed", "bwr")
+    middle = colours[0, 1, :3]
+    np.testing.assert_allclose(middle, [1.0, 1.0, 1.0], atol=0.01)  # bwr's centre is white
+
+
+def test_overlay_blends_by_opacity_and_leaves_nan_pixels_alone():
+    photo = Image.new("RGB", (3, 2), (10, 20, 30))
+    heatmap = np.array([[0.0, 1.0, np.nan], [0.5, 0.2, 0.1]], dtype=np.float32)
+    untouched = np.asarray(overlay(photo, heatmap, opacity=0.0))
+    assert (untouched == [10, 20, 30]).all()
+    full = np.asarray(overlay(photo, heatmap, opacity=1.0, cmap="gray"))
+    assert tuple(full[0, 0]) == (0, 0, 0) and tuple(full[0, 1]) == (255, 255, 255)
+    assert tuple(full[0, 2]) == (10, 20, 30)
+
+
+def test_overlay_refuses_mismatched_shapes_and_bad_opacity():
+    photo = Image.new("RGB", (3, 2))
+    with pytest.raises(cc.SettingsError, match="heatmap is"):
+        overlay(photo, np.zeros((3, 3)))
+    with pytest.raises(cc.SettingsError, match="Opacity"):
+        overlay(photo, np.zeros((2, 3)), opacity=2)
+    with pytest.raises(cc.SettingsError, match="colour map"):
+        overlay(photo, np.zeros((2, 3)), cmap="no-such-map")
+
+
+def test_colorbar_figure_is_an_image():
+    figure = colorbar_figure(np.random.rand(30, 60), scale="signed", title="dog rather than cat")
+    assert figure.mode == "RGB" and figure.width == 640 and 200 < figure.height < 640
+
+
+def test_exports_keep_size_and_dtype(tiny, photo, tmp_path):
+    answer = cc.explain(tiny, photo, cc.Question(corpus=["dog"], foil=["cat"]), masks=30, cache=None)
+    answer.save(overlay=tmp_path / "o.png", heatmap=tmp_path / "h.npy")
+    saved = np.load(tmp_path / "h.npy")
+    assert saved.dtype == np.float32 and saved.shape == (45, 70)
+    np.testing.assert_array_equal(saved, answer.heatmap)
+    with Image.open(tmp_path / "o.png") as image:
+        assert image.format == "PNG" and image.size == (70, 45)
+    save_heatmap(tmp_path / "x.npy", np.ones((2, 2), dtype=np.float64))
+    assert np.load(tmp_path / "x.npy").dtype == np.float32

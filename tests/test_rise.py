@@ -1,0 +1,153 @@
+import numpy as np
+import pytest
+import torch
+
+import cocoa_clip as cc
+from cocoa_clip.images import blur, frame
+from cocoa_clip.rise import PassCache, RiseSettings, masked_pass, saliency
+from cocoa_clip.targets import resolve
+
+from conftest import PLANTED_REGION
+from test_masks import reference_mask
+
+DOG_CAT = cc.Question(corpus=["dog"], foil=["cat"])
+
+
+def test_matches_a_plain_one_mask_at_a_time_reference(tiny, photo):
+    """Batching, grid-resolution accumulation and the cache change nothing beyond float error."""
+    answer = cc.explain(tiny, photo, DOG_CAT, masks=60, seed=4, estimator="paper", batch_size=16, cache=None)
+
+    framed = frame(photo, tiny.n_px)
+    content = framed.content
+    baseline = blur(content, tiny.n_px)
+    masks = cc.rise.sample_masks(60, tuple(content.shape[1:]), seed=4)
+    with torch.no_grad():
+        target = resolve(tiny, DOG_CAT, tiny.encode_images(framed.canvas[None])[0])
+        total = torch.zeros(content.shape[1:])
+        for grid, shift in zip(masks.grids, masks.shifts):
+            mask = reference_mask(grid, shift, masks.size, masks.cells)
+            pixels = framed.with_content((baseline + mask * (content - baseline))[None])
+            total += target(tiny.encode_images(pixels))[0] * mask
+    expected = cc.images.unframe(total / (60 * 0.5), framed)
+    np.testing.assert_allclose(answer.heatmap, expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
+
+
+def test_reproducible_with_a_seed_and_independent_of_batch_size(tiny, photo):
+    runs = [cc.explain(tiny, photo, DOG_CAT, masks=200, seed=s, batch_size=b, cache=None)
+            for s, b in ((3, 7), (3, 200), (4, 200))]
+    np.testing.assert_allclose(runs[0].heatmap, runs[1].heatmap, rtol=1e-4, atol=1e-7)
+    assert not np.allclose(runs[1].heatmap, runs[2].heatmap)
+
+
+def test_swapping_corpus_and_foil_negates_score_and_map(tiny, photo):
+    for estimator in ("paper", "centered"):
+        forward, backward = cc.explain(tiny, photo, [DOG_CAT, DOG_CAT.swapped()], masks=150, estimator=estimator, cache=None)
+        assert backward.score == pytest.approx(-forward.score, abs=1e-6)
+        np.testing.assert_allclose(backward.heatmap, -forward.heatmap, atol=1e-6)
+        assert np.abs(forward.heatmap).max() > 0
+
+
+def test_many_questions_in_one_pass_equal_separate_passes(tiny, photo):
+    questions = [DOG_CAT, cc.Question(corpus=["a red car"], foil_preset="cifar100"),
+                 cc.Question(target="label-free"), cc.Question(corpus=["tree"], target="corpus", similarity="dot")]
+    together = cc.explain(tiny, photo, questions, masks=120, cache=None)
+    for question, joint in zip(questions, together):
+        alone = cc.explain(tiny, photo, question, masks=120, cache=None)
+        np.testing.assert_allclose(joint.heatmap, alone.heatmap, rtol=1e-5, atol=1e-7)
+        assert joint.score == pytest.approx(alone.score)
+
+
+def test_a_cached_second_question_runs_no_image_forward_pass(planted, noise_square):
+    cache = PassCache()
+    first = cc.explain(planted, noise_square, DOG_CAT, masks=100, cache=cache)
+    calls = planted.net.calls
+    second = cc.explain(planted, noise_square, DOG_CAT.swapped(), masks=100, cache=cache)
+    assert planted.net.calls == calls
+    assert second.details["cached"] and not first.details["cached"]
+    fresh = cc.explain(planted, noise_square, DOG_CAT.swapped(), masks=100, cache=None)
+    np.testing.assert_allclose(second.heatmap, fresh.heatmap, atol=1e-7)
+    # Other settings or another picture are different entries.
+    cc.explain(planted, noise_square, DOG_CAT, masks=100, seed=1, cache=cache)
+    assert planted.net.calls > calls and len(cache) == 2
+
+
+def test_cache_stays_within_its_byte_budget(tiny, photo):
+    framed = frame(photo, tiny.n_px)
+    run = masked_pass(tiny, framed, RiseSettings(50))
+    cache = PassCache(max_bytes=int(run.nbytes * 2.5))
+    for seed in range(4):
+        cache.put(("key", seed), run)
+    assert len(cache) == 2 and cache.get(("key", 0)) is None and cache.get(("key", 3)) is run
+
+
+@pytest.mark.parametrize("method", ["rise", "integrated-gradients"])
+def test_planted_region_gets_the_maximum(planted, noise_square, method):
+    answer = cc.explain(planted, noise_square, DOG_CAT, method=method, masks=1500, cache=None)
+    row, col = np.unravel_index(np.argmax(answer.heatmap), answer.heatmap.shape)
+    assert row < PLANTED_REGION[0].stop and col < PLANTED_REGION[1].stop
+    inside = answer.heatmap[PLANTED_REGION].mean()
+    outside = answer.heatmap[30:, 30:].mean()
+    assert inside > outside
+
+
+def test_out_of_memory_halves_the_batch_and_carries_on(tiny, photo, monkeypatch):
+    framed = frame(photo, tiny.n_px)
+    expected = masked_pass(tiny, framed, RiseSettings(100, batch_size=100))
+    encode = tiny.net.encode_image
+    sizes = []
+
+    def small_memory(pixels):
+        sizes.append(len(pixels))
+        if len(pixels) > 24:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return encode(pixels)
+
+    monkeypatch.setattr(tiny.net, "encode_image", small_memory)
+    run = masked_pass(tiny, framed, RiseSettings(100, batch_size=100))
+    assert run.batch_size == 12 and 100 in sizes and 50 in sizes and 25 in sizes
+    torch.testing.assert_close(run.embeddings, expected.embeddings, rtol=1e-4, atol=1e-5)
+
+
+def test_time_budget_stops_early_and_is_not_cached(tiny, photo):
+    cache = PassCache()
+    answer = cc.explain(tiny, photo, DOG_CAT, masks=50_000, batch_size=10, time_budget=0.3, cache=cache)
+    assert not answer.details["complete"] and 0 < answer.details["masks"] < 50_000
+    assert np.isfinite(answer.heatmap).all() and len(cache) == 0
+
+
+def test_progress_reports_masks_done(tiny, photo):
+    seen = []
+    cc.explain(tiny, photo, DOG_CAT, masks=100, batch_size=30, progress=lambda d, t: seen.append((d, t)), cache=None)
+    assert seen == [(30, 100), (60, 100), (90, 100), (100, 100)]
+
+
+def test_centered_estimator_reaches_the_converged_map_with_fewer_masks(planted, noise_square):
+    """Both estimators converge to the same map up to a constant; the centred one gets there sooner."""
+    reference = cc.explain(planted, noise_square, DOG_CAT, masks=20_000, seed=99, estimator="paper", cache=None).heatmap
+
+    def correlation(estimator: str) -> float:
+        heatmap = cc.explain(planted, noise_square, DOG_CAT, masks=300, estimator=estimator, cache=None).heatmap
+        return np.corrcoef(heatmap.ravel(), reference.ravel())[0, 1]
+
+    assert correlation("centered") > max(0.9, correlation("paper") + 0.02)
+
+
+def test_bf16_autocast_keeps_the_map(tiny_checkpoint, photo):
+    fp32 = cc.load(weights=tiny_checkpoint, device="cpu", precision="fp32")
+    bf16 = cc.load(weights=tiny_checkpoint, device="cpu", precision="bf16")
+    maps = [cc.explain(m, photo, DOG_CAT, masks=300, cache=None).heatmap for m in (fp32, bf16)]
+    assert np.corrcoef(maps[0].ravel(), maps[1].ravel())[0, 1] > 0.9
+
+
+@pytest.mark.parametrize("settings", [dict(n_masks=0), dict(n_masks=-5), dict(n_masks=10**9), dict(n_masks=2.5),
+                                      dict(p_keep=1.0), dict(seed=-1), dict(grid=1), dict(batch_size=0)])
+def test_bad_settings_are_refused_with_a_sentence(settings):
+    with pytest.raises(cc.SettingsError, match="must"):
+        RiseSettings(**settings)
+
+
+def test_saliency_refuses_an_unknown_estimator(tiny, photo):
+    framed = frame(photo, tiny.n_px)
+    run = masked_pass(tiny, framed, RiseSettings(10))
+    with pytest.raises(cc.SettingsError, match="estimator"):
+        saliency(run, [resolve(tiny, DOG_CAT, run.image_embedding)], "median")
