@@ -14,6 +14,7 @@ c = 0; the "centered" one uses c = mean_i s_i, a control variate: the map change
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -81,6 +82,11 @@ class MaskedPass:
     complete: bool = True
     cached: bool = False
 
+    def head(self, n: int) -> MaskedPass:
+        """The pass as if only its first n masks had been drawn (masks are independent draws)."""
+        masks = MaskSet(self.masks.grids[:n], self.masks.shifts[:n], self.masks.size, self.masks.p_keep)
+        return dataclasses.replace(self, masks=masks, embeddings=self.embeddings[:n], complete=n >= len(self.masks))
+
     @property
     def nbytes(self) -> int:
         return self.embeddings.nelement() * 4 + self.masks.grids.nelement() + self.masks.shifts.nelement() * 8
@@ -124,11 +130,9 @@ def masked_pass(
             done = stop
             if progress is not None:
                 progress(done, n_masks)
-    if done < n_masks:
-        masks = MaskSet(masks.grids[:done], masks.shifts[:done], masks.size, masks.p_keep)
     embeddings = torch.cat(chunks) if chunks else image_embedding.new_zeros(0, image_embedding.shape[0])
-    return MaskedPass(masks, embeddings, image_embedding, time.perf_counter() - started, batch,
-                      model.precision, complete=done == n_masks)
+    run = MaskedPass(masks, embeddings, image_embedding, time.perf_counter() - started, batch, model.precision)
+    return run.head(done)
 
 
 def saliency(run: MaskedPass, targets: Sequence[Target], estimator: str = "centered") -> torch.Tensor:
