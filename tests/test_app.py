@@ -1,0 +1,254 @@
+"""The web app: its adapter called directly, then the launched app called over HTTP with gradio_client."""
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+from PIL import Image
+
+import cocoa_clip as cc
+from conftest_app import MASKS, app, served, write_photo
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),  # Gradio's queue statistics, with pandas 3
+    pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
+]
+
+
+def no_progress(*args, **kwargs) -> None:
+    pass
+
+
+@pytest.fixture
+def web(tiny) -> app.CocoaApp:
+    """The adapter around the tiny model, with its own empty pass cache."""
+    return app.CocoaApp(tiny)
+
+
+@pytest.fixture
+def photo_file(tmp_path) -> Path:
+    return write_photo(tmp_path / "photo.png", width=70, height=45)
+
+
+def ask(web: app.CocoaApp, image, corpus="dog", foil="cat", **options) -> dict:
+    options.setdefault("masks", MASKS)
+    names = ("overlay", "reverse", "colorbar", "score", "reading", "status", "files", "token")
+    return dict(zip(names, web.explain(image, corpus, foil, progress=no_progress, **options)))
+
+
+# ---------------------------------------------------------------- the adapter, called directly
+
+
+def test_overlay_covers_the_uploaded_picture_at_its_size(web, tiny, photo_file):
+    answer = ask(web, str(photo_file))
+    assert answer["overlay"].size == (70, 45)
+    expected = cc.explain(tiny, photo_file, cc.Question(corpus=["dog"], foil=["cat"]), masks=MASKS, cache=None)
+    assert answer["score"] == pytest.approx(expected.score, abs=1e-6)
+    assert '"dog"' in answer["reading"] and '"cat"' in answer["reading"]
+    assert answer["status"].startswith(f"RISE: {MASKS} masks")
+    overlay_png, heatmap_npy = map(Path, answer["files"])
+    assert Image.open(overlay_png).format == "PNG" and Image.open(overlay_png).size == (70, 45)
+    heatmap = np.load(heatmap_npy)
+    assert heatmap.dtype == np.float32 and heatmap.shape == (45, 70)
+    np.testing.assert_allclose(heatmap, expected.heatmap, atol=1e-6)
+    assert answer["reverse"] is None and answer["colorbar"].size[0] > 0
+
+
+def test_second_question_on_the_same_picture_reuses_the_pass(web, photo_file):
+    first = ask(web, str(photo_file), "dog", "cat")
+    second = ask(web, str(photo_file), "cat", "dog", reverse=True)
+    assert "Reused the image pass" in second["status"] and "no new RISE run" in second["status"]
+    assert second["score"] == pytest.approx(-first["score"], abs=1e-6)
+    assert second["reverse"].size == second["overlay"].size == (70, 45)
+    assert len(second["files"]) == 4
+    assert f"Reverse question: {first['score']:+.4f}" in second["reading"]
+
+
+def test_a_large_picture_is_downscaled_keeping_its_shape(web, tmp_path):
+    path = tmp_path / "wide.png"
+    Image.new("RGB", (3000, 1000), (200, 120, 40)).save(path)
+    answer = ask(web, str(path), masks=64)
+    assert answer["overlay"].size == (app.MAX_SIDE, round(app.MAX_SIDE / 3))
+
+
+def test_gradient_method_and_check(web, photo_file):
+    answer = ask(web, str(photo_file), method="integrated-gradients", scale="signed")
+    assert answer["overlay"].size == (70, 45) and answer["status"].startswith("Integrated Gradients")
+    plot, text = web.check(answer["token"], progress=no_progress)
+    assert plot.size[0] > 0 and "Insertion area" in text and "deletion area" in text
+    with pytest.raises(gr.Error, match="Explain a picture first"):
+        web.check("not-a-token", progress=no_progress)
+
+
+def test_estimate_uses_measured_throughput(web):
+    assert "first run measures" in web.estimate("rise", 2000)
+    web.calibrate()
+    assert "masks/s measured here" in web.estimate("rise", 2000)
+    assert "Gradient methods" in web.estimate("integrated-gradients", 2000)
+
+
+@pytest.fixture
+def not_an_image(tmp_path) -> Path:
+    path = tmp_path / "holiday.png"  # named like an image, so that the browser's file picker lets it through
+    path.write_text("these are notes, not pixels\n")
+    return path
+
+
+BAD_INPUTS = {
+    "non-image upload": (dict(image="NOT_AN_IMAGE"), "is not an image PIL can read"),
+    "no image": (dict(image=None), "Upload an image first"),
+    "empty corpus": (dict(corpus=""), "needs a corpus"),
+    "blank corpus": (dict(corpus="  \n \n"), "needs a corpus"),
+    "bad template": (dict(template="a photo of"), "must contain {} exactly once"),
+    "stray braces": (dict(template="a {} of {0"), "stray braces"),
+    "masks zero": (dict(masks=0), "masks must be a whole number from 1 to 20,000"),
+    "masks too many": (dict(masks=20_001), "masks must be a whole number from 1 to 20,000"),
+    "masks fractional": (dict(masks=10.5), "masks must be a whole number"),
+    "masks as text": (dict(masks="many"), "masks must be a whole number"),
+    "negative seed": (dict(seed=-1), "seed must be a whole number from 0"),
+    "corpus not text": (dict(corpus=5), "corpus must be text"),
+    "too many captions": (dict(corpus="\n".join(f"thing {i}" for i in range(40))), "at most 32 corpus captions"),
+    "caption too long": (dict(corpus="x" * 301), "longer than 300 characters"),
+    "unknown method": (dict(method="lime"), "Unknown method 'lime'"),
+    "unknown preset": (dict(foil_preset="coco"), "Unknown foil preset 'coco'"),
+    "reverse not a flag": (dict(reverse="yes"), "reverse option must be true or false"),
+    "opacity out of range": (dict(opacity=3), "opacity must be a number from 0.0 to 1.0"),
+    "server path": (dict(image={"path": "/etc/hostname"}), "must be a file uploaded to this app"),
+    "preset cannot swap": (dict(foil="", foil_preset="cifar100", reverse=True), "cannot be swapped"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=list(BAD_INPUTS))
+def test_bad_input_ends_in_gr_error_with_a_sentence(web, photo_file, not_an_image, case):
+    options, message = BAD_INPUTS[case]
+    options = {"image": str(photo_file), "corpus": "dog", "foil": "cat", **options}
+    if options["image"] == "NOT_AN_IMAGE":
+        options["image"] = str(not_an_image)
+    with pytest.raises(gr.Error) as error:
+        ask(web, **options)
+    assert message in error.value.message
+    assert str(not_an_image.parent) not in error.value.message  # no server paths in messages
+
+
+def test_model_fallback_and_explicit_failure(monkeypatch, tiny_checkpoint, tmp_path, capsys):
+    real_load = cc.load
+
+    def offline_load(name="ViT-B/32", **kwargs):
+        if name == "ViT-B/32" and kwargs.get("weights") is None:
+            raise cc.ModelLoadError("Could not get the ViT-B/32 weights (URLError: offline).")
+        return real_load(name, **kwargs)
+
+    monkeypatch.setattr(app.cc, "load", offline_load)
+    monkeypatch.setitem(app.BUNDLED, "shapes-demo", Path(tiny_checkpoint))
+    model, notice = app.load_model(device="cpu", say=lambda line: None)
+    assert model.name == "shapes-demo" and "shapes-demo" in notice and "could not be had" in notice
+
+    monkeypatch.setitem(app.BUNDLED, "shapes-demo", tmp_path / "missing.pt")
+    with pytest.raises(cc.ModelLoadError, match="offline"):
+        app.load_model(device="cpu", say=lambda line: None)
+    assert app.main(["--weights", str(tmp_path / "missing.pt"), "--device", "cpu"]) == 2
+    assert "No checkpoint file" in capsys.readouterr().err
+
+
+def test_launch_options_are_the_safe_ones():
+    options = app.launch_options()
+    assert options["ssr_mode"] is False and options["share"] is False and options["show_error"] is False
+    assert options["enable_monitoring"] is False and options["max_file_size"] == app.MAX_UPLOAD
+    assert options["run_history"] is False  # Gradio 6.31.0 accepts it
+    assert app.parse_args([]).host == "127.0.0.1"
+
+
+# ---------------------------------------------------------------- the launched app, over HTTP
+
+
+@pytest.fixture(scope="module")
+def server(tiny):
+    with served(tiny) as (demo, url):
+        yield demo, url
+
+
+def client(url: str) -> Client:
+    return Client(url, analytics_enabled=False, verbose=False)
+
+
+def test_api_names_its_parameters(server):
+    _, url = server
+    info = client(url).view_api(return_format="dict", print_info=False)["named_endpoints"]
+    names = [p["parameter_name"] for p in info["/explain"]["parameters"]]
+    assert names[:4] == ["image", "corpus", "foil", "foil_preset"] and "masks" in names and "seed" in names
+    assert "/check" in info
+
+
+def test_client_sees_progress_then_the_answer(server, photo_file, tiny):
+    _, url = server
+    job = client(url).submit(image=handle_file(str(photo_file)), corpus="dog", foil="cat", masks=8192,
+                             api_name="/explain")
+    updates = []
+    while not job.done():
+        status = job.status()
+        updates += [(unit.index, unit.length) for unit in status.progress_data or () if unit.unit == "masks"]
+        time.sleep(0.01)
+    overlay, reverse, colorbar, score, reading, status, files = job.result()
+    assert updates and all(total == 8192 and 0 < done <= total for done, total in updates)
+    assert Image.open(overlay).size == (70, 45) and Image.open(overlay).format == "PNG"
+    expected = cc.explain(tiny, photo_file, cc.Question(corpus=["dog"], foil=["cat"]), masks=8192, cache=None)
+    assert score == pytest.approx(expected.score, abs=1e-6)
+    assert status.startswith("RISE: 8,192 masks")
+
+
+def test_client_gets_the_error_sentence_and_the_server_keeps_serving(server, photo_file, not_an_image):
+    _, url = server
+    api = client(url)
+    cases = [
+        (dict(image=handle_file(str(not_an_image)), corpus="dog", foil="cat"), "is not an image PIL can read"),
+        (dict(image=handle_file(str(photo_file)), corpus="", foil="cat"), "needs a corpus"),
+        (dict(image=handle_file(str(photo_file)), corpus="dog", foil="cat", masks="many"), "masks must be a whole number"),
+        (dict(image=handle_file(str(photo_file)), corpus=["dog"], foil="cat"), "corpus must be text"),
+        (dict(image={"path": "/etc/hostname"}, corpus="dog", foil="cat"), "must be a file uploaded to this app"),
+    ]
+    for inputs, message in cases:
+        inputs.setdefault("masks", MASKS)
+        with pytest.raises(AppError, match=message):
+            api.predict(**inputs, api_name="/explain")
+    overlay, *_ = api.predict(image=handle_file(str(photo_file)), corpus="dog", foil="cat", masks=MASKS,
+                              api_name="/explain")
+    assert Image.open(overlay).size == (70, 45)
+
+
+def test_eight_concurrent_clients_get_their_own_answers(server, tiny, tmp_path):
+    _, url = server
+    photos = [write_photo(tmp_path / f"p{i}.png", width=40 + 9 * i, height=60 - 3 * i, seed=i) for i in range(8)]
+    questions = [("dog", "cat"), ("cat", "dog"), ("car", "tree"), ("sky", "sea")] * 2
+    reference = app.CocoaApp(tiny)  # in-process, its own cache
+    expected = [ask(reference, str(p), *q) for p, q in zip(photos, questions)]
+
+    def call(index: int):
+        corpus, foil = questions[index]
+        return client(url).predict(image=handle_file(str(photos[index])), corpus=corpus, foil=foil, masks=MASKS,
+                                   api_name="/explain")
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(call, range(8)))
+    for result, want, photo in zip(results, expected, photos):
+        overlay = np.asarray(Image.open(result[0]).convert("RGB"), dtype=np.int16)
+        assert overlay.shape[:2] == Image.open(photo).size[::-1]
+        assert np.abs(overlay - np.asarray(want["overlay"], dtype=np.int16)).max() <= 1
+        assert result[3] == pytest.approx(want["score"], abs=1e-6)
+    assert len({round(r[3], 7) for r in results}) == 8
+
+
+def test_module_level_demo_is_built_on_first_use(monkeypatch, tiny):
+    monkeypatch.setattr(app, "load_model", lambda: (tiny, ""))
+    assert "demo" not in vars(app)  # importing app loads no model
+    try:
+        assert isinstance(app.demo, gr.Blocks) and app.demo.cocoa_app.model is tiny
+    finally:
+        vars(app).pop("demo", None)
