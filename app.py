@@ -518,9 +518,9 @@ def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True)
                                           file_types=["image"], elem_id="foil-images")
             with gr.Column(scale=1):
                 with gr.Row():
-                    overlay = gr.Image(label="Where: corpus rather than foil", format="png",
+                    overlay = gr.Image(label="Corpus rather than foil", format="png",
                                        interactive=False, elem_id="overlay")
-                    overlay_reverse = gr.Image(label="Reverse: foil rather than corpus", format="png", interactive=False,
+                    overlay_reverse = gr.Image(label="Foil rather than corpus", format="png", interactive=False,
                                                visible=False, elem_id="overlay-reverse")
                 score = gr.Number(label="Score (contrastive corpus similarity of the whole picture)",
                                   interactive=False, elem_id="score")
