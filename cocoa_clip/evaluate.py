@@ -152,3 +152,21 @@ def _curve(model: ClipModel, framed: Framed, target: Target, order: torch.Tensor
             pixels = framed.with_content(start + chosen * (end - start))
             scores.append(target(model.encode_images(pixels)))
     return torch.cat(scores).float().cpu().numpy()
+
+
+def pointing_hit(heatmap: np.ndarray, region: np.ndarray, tolerance: int = 1) -> bool:
+    """Pointing game: does the heatmap's maximum fall on the region (within `tolerance` pixels)?
+
+    heatmap, region: (H, W); region is boolean. NaN pixels never count as the maximum.
+    """
+    row, col = np.unravel_index(np.nanargmax(heatmap), heatmap.shape)
+    rows = slice(max(0, row - tolerance), row + tolerance + 1)
+    cols = slice(max(0, col - tolerance), col + tolerance + 1)
+    return bool(region[rows, cols].any())
+
+
+def positive_share(heatmap: np.ndarray, region: np.ndarray) -> float:
+    """Share of the heatmap's positive attribution that lies inside the region (0..1)."""
+    positive = np.clip(np.nan_to_num(heatmap), 0.0, None)
+    total = positive.sum()
+    return float(positive[region].sum() / total) if total > 0 else 0.0
