@@ -24,6 +24,16 @@ from .rise import ESTIMATORS, RiseSettings
 from .targets import SIMILARITIES, TARGETS, Question
 
 
+class _Help(argparse.HelpFormatter):
+    """Shows each option's default, where it has one the help does not already state."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, [], argparse.SUPPRESS):
+            return text
+        return f"{text} (default: {action.default})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m cocoa_clip",
@@ -31,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="{explain,evaluate,models}")
     explain_parser = commands.add_parser(
-        "explain", help="heatmap of an image for a question", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "explain", help="heatmap of an image for a question", formatter_class=_Help,
         description="Write a heatmap of IMAGE: where CLIP sees the corpus rather than the foil. Prints the score.")
     _question_options(explain_parser)
     explain_parser.add_argument("--out", metavar="PNG", help="overlay at the image's own size (default: IMAGE_cocoa.png here)")
@@ -43,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain_parser.add_argument("--cmap", help="matplotlib colour map (default: jet for minmax, bwr for signed)")
 
     evaluate_parser = commands.add_parser(
-        "evaluate", help="insertion/deletion check of a heatmap", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "evaluate", help="insertion/deletion check of a heatmap", formatter_class=_Help,
         description="Explain IMAGE (or read --from-heatmap), then measure insertion and deletion curves of "
                     "contrastive corpus similarity for the corpus and foil, next to a random pixel order.")
     _question_options(evaluate_parser)
