@@ -84,6 +84,7 @@ EXAMPLES = [
     ["chelsea.jpg", "cat", "dog", "none"],
     ["coffee.jpg", "cup", "spoon", "none"],
     ["rocket.jpg", "smoke", "rocket", "none"],
+    ["shapes_scene.png", "orange cross", "yellow square", "none"],  # for the bundled shapes-demo model
 ]
 
 INTRO = """
