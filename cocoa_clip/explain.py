@@ -120,9 +120,11 @@ def explain(
         targets = [resolve(model, q, image_embedding, framing) for q in questions]
         results = [attribute(model, framed, t, method, gradient) for t in targets]
         maps = [m for m, _ in results]
-        details = {"convergence_delta": [d for _, d in results], "seed": gradient.seed}
-    details.update(precision=model.precision, device=str(model.device), framing=framing, model=model.name,
-                   seconds=time.perf_counter() - started)
+        # Gradients run in the weights' own dtype: bf16 autocast serves batched forward passes only.
+        details = {"convergence_delta": [d for _, d in results], "seed": gradient.seed,
+                   "precision": "fp32" if model.precision == "bf16" else model.precision}
+    details.setdefault("precision", model.precision)
+    details.update(device=str(model.device), framing=framing, model=model.name, seconds=time.perf_counter() - started)
 
     answers = [
         Explanation(heatmap=unframe(heat, framed), score=float(target(image_embedding[None])[0]), image=picture,
