@@ -13,7 +13,10 @@ paper's ablations ask:
 
 The named object is A. Reported per target and method: the pointing game (the map's maximum on
 A, 1-pixel tolerance), the share of positive attribution inside A, and insertion/deletion areas
-of contrastive corpus similarity for (A rather than B); "random" is a map of uniform noise.
+of contrastive corpus similarity for (A rather than B) as gains over a random pixel order
+(insertion AUC - random insertion AUC, random deletion AUC - deletion AUC; both higher is
+better). Raw areas would cancel: the two questions of a scene measure opposite similarities.
+"random" is a map of uniform noise.
 """
 from __future__ import annotations
 
@@ -68,21 +71,22 @@ def run(model: cc.ClipModel, scenes: int = 100, masks: int = 2000, methods: tupl
                     key = ("-" if target == "random" else method, target)
                     totals[key]["pointing"].append(pointing_hit(answer.heatmap, region))
                     totals[key]["share"].append(positive_share(answer.heatmap, region))
-                    if curves:
+                    if curves and target != "random":
                         aucs = insertion_deletion(model, scene.image, answer.heatmap, measure, steps=steps).aucs()
-                        totals[key]["insertion"].append(aucs["insertion_auc"])
-                        totals[key]["deletion"].append(aucs["deletion_auc"])
+                        totals[key]["insertion"].append(aucs["insertion_auc"] - aucs["random_insertion_auc"])
+                        totals[key]["deletion"].append(aucs["random_deletion_auc"] - aucs["deletion_auc"])
     return {key: {name: float(np.mean(values)) for name, values in metrics.items()} for key, metrics in totals.items()}
 
 
 def table(results: dict) -> str:
     columns = [c for c in ("pointing", "share", "insertion", "deletion") if c in next(iter(results.values()))]
     heads = {"pointing": "pointing game", "share": "positive share in object",
-             "insertion": "insertion AUC (higher better)", "deletion": "deletion AUC (lower better)"}
+             "insertion": "insertion AUC - random", "deletion": "random - deletion AUC"}
     lines = ["| method | target | " + " | ".join(heads[c] for c in columns) + " |",
              "|---|---|" + "---|" * len(columns)]
     for (method, target), metrics in results.items():
-        lines.append(f"| {method} | {target} | " + " | ".join(f"{metrics[c]:.3f}" for c in columns) + " |")
+        lines.append(f"| {method} | {target} | " + " | ".join(f"{metrics[c]:.3f}" if c in metrics else "-"
+                                                            for c in columns) + " |")
     return "\n".join(lines)
 
 
