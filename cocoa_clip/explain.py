@@ -90,10 +90,11 @@ def explain(
     image: a path, bytes, PIL image or array. masks: RISE masks (default 20,000 on a GPU, 2,000
     on a CPU). framing: "pad" (whole picture, default), "crop" (CLIP's centre crop) or "squash".
     estimator: "centered" (default, less noise) or "paper". time_budget: seconds after which
-    RISE stops and answers from the masks done. Returns a list when given a list.
+    RISE stops and answers from the masks done. seed: RISE's masks, or GradientSHAP's noise.
+    Returns a list when given a list.
 
     >>> model = load("shapes-demo")                                         # doctest: +SKIP
-    >>> answer = explain(model, "scene.png", Question(corpus=["red circle"], foil=["blue star"]))
+    >>> answer = explain(model, "scene.png", Question(corpus=["red circle"], foil=["blue star"]))  # doctest: +SKIP
     >>> answer.overlay().save("overlay.png")                                # doctest: +SKIP
     """
     if method not in METHODS:
@@ -118,10 +119,11 @@ def explain(
     else:
         image_embedding = _embed(model, framed)
         targets = [resolve(model, q, image_embedding, framing) for q in questions]
-        results = [attribute(model, framed, t, method, gradient) for t in targets]
+        settings = dataclasses.replace(gradient, seed=seed)
+        results = [attribute(model, framed, t, method, settings) for t in targets]
         maps = [m for m, _ in results]
         # Gradients run in the weights' own dtype: bf16 autocast serves batched forward passes only.
-        details = {"convergence_delta": [d for _, d in results], "seed": gradient.seed,
+        details = {"convergence_delta": [d for _, d in results], "seed": seed,
                    "precision": "fp32" if model.precision == "bf16" else model.precision}
     details.setdefault("precision", model.precision)
     details.update(device=str(model.device), framing=framing, model=model.name, seconds=time.perf_counter() - started)

@@ -61,3 +61,10 @@ def test_bad_gradient_settings():
         GradientSettings(n_steps=0)
     with pytest.raises(cc.SettingsError, match="stdev"):
         GradientSettings(stdev=-1)
+
+
+def test_explain_seed_drives_gradient_shap_noise(tiny, photo):
+    maps = [cc.explain(tiny, photo, DOG_CAT, method="gradient-shap", seed=s,
+                       gradient=GradientSettings(n_samples=6)).heatmap for s in (1, 1, 2)]
+    np.testing.assert_array_equal(maps[0], maps[1])
+    assert not np.array_equal(maps[0], maps[2])
