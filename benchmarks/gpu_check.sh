@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU evidence (issue 4), for the device machine: CUDA tests, then the RISE benchmark. About 3 minutes.
-# Run from the repo root with the pure-Python wheels the GPU image lacks in .whl/ (see benchmarks/README.md).
+# Run from the repo root with the pure-Python wheels the GPU image lacks in .whl/ (benchmarks/README.md says how to make them).
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT"
