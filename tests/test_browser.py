@@ -1,6 +1,6 @@
 """The web app in a real browser: Debian's Chromium, headless, driven by Playwright's Python package.
 
-Set COCOA_SCREENSHOT=1 to also write assets/screenshot.png (a full page after an answer).
+Set COCOA_SCREENSHOT=1 to also write assets/screenshot.png (a full page after a real answer).
 """
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+import cocoa_clip as cc
 from conftest_app import REPO, served
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -29,8 +30,9 @@ if not CHROMIUM.is_file():
 
 
 @pytest.fixture(scope="module")
-def page(tiny):
-    with served(tiny) as (_, url), sync_api.sync_playwright() as playwright:
+def page():
+    """The app serving the bundled shapes-demo CLIP (small, and its answers mean something)."""
+    with served(cc.load("shapes-demo", device="cpu")) as (_, url), sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.set_default_timeout(TIMEOUT_MS)
@@ -72,8 +74,6 @@ def test_upload_ask_swap_and_reuse_the_pass(page):
     assert "no new RISE run" in page.locator("#status").inner_text()
     assert float(page.locator("#score input").input_value()) == pytest.approx(-float(score), abs=1e-5)
     assert overlay_size(page, "#overlay-reverse") == uploaded
-    if os.environ.get("COCOA_SCREENSHOT") == "1":
-        page.screenshot(path=str(REPO / "assets" / "screenshot.png"), full_page=True)
 
 
 def test_a_non_image_upload_shows_the_error(page, tmp_path):
@@ -98,3 +98,18 @@ def test_an_example_fills_the_question_and_answers(page):
     page.click("#explain")
     page.locator("#reading").get_by_text("the cifar100 classes").wait_for()
     assert overlay_size(page) == Image.open(REPO / "assets" / "astronaut.jpg").size
+
+
+def test_the_demo_model_finds_the_orange_cross(page):
+    """A real answer: shapes-demo scores the cross, rather than the square, above zero."""
+    page.reload()  # a fresh page, without earlier tests' error messages
+    page.wait_for_selector("#explain")
+    page.locator("#examples tbody tr").last.click()
+    sync_api.expect(page.locator("#corpus textarea")).to_have_value("orange cross")
+    page.locator("#reverse input[type=checkbox]").check()
+    page.click("#explain")
+    page.locator("#reading").get_by_text('"orange cross" rather than "yellow square"').wait_for()
+    assert overlay_size(page) == Image.open(REPO / "assets" / "shapes_scene.png").size
+    assert float(page.locator("#score input").input_value()) > 0.01
+    if os.environ.get("COCOA_SCREENSHOT") == "1":
+        page.screenshot(path=str(REPO / "assets" / "screenshot.png"), full_page=True)
