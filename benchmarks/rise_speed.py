@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cocoa_clip as cc  # noqa: E402
 from cocoa_clip.images import blur, frame, load_image  # noqa: E402
 from cocoa_clip.masks import sample_masks  # noqa: E402
+from cocoa_clip.models import normalize  # noqa: E402
 from cocoa_clip.random_models import write_checkpoint  # noqa: E402
 from cocoa_clip.rise import RiseSettings, masked_pass, saliency  # noqa: E402
 from cocoa_clip.targets import resolve  # noqa: E402
@@ -81,16 +82,14 @@ def paper_loop(model: cc.ClipModel, image, n_masks: int) -> dict:
     baseline = blur(canvas, model.n_px)
     masks = sample_masks(n_masks, tuple(canvas.shape[1:])).render(0, n_masks, model.device)
     net = model.net  # in clip.load's dtype: fp32 on CPU, fp16 on CUDA
-    mean = torch.tensor(cc.models.MEAN, device=model.device).view(1, 3, 1, 1)
-    std = torch.tensor(cc.models.STD, device=model.device).view(1, 3, 1, 1)
     with torch.no_grad():
-        target = resolve(model, QUESTION, net.encode_image((canvas[None] - mean) / std).float()[0])
+        target = resolve(model, QUESTION, net.encode_image(normalize(canvas[None])).float()[0])
         heatmap = torch.zeros_like(masks[0])
         sync(model.device)
         started = time.perf_counter()
         for mask in masks:
             masked = canvas * mask + baseline * (1 - mask)
-            score = target(net.encode_image((masked[None] - mean) / std).float())[0]
+            score = target(net.encode_image(normalize(masked[None])).float())[0]
             heatmap += score * mask
         heatmap /= n_masks * 0.5
         sync(model.device)

@@ -101,9 +101,7 @@ def insertion_deletion(
     framed = frame(picture, model.n_px, framing)
     content = framed.content.to(model.device)
     baseline = blur(content, model.n_px)
-    with eval_mode(model):
-        embedding = model.encode_images(framed.canvas[None].to(model.device))[0]
-    target = resolve(model, measure_of(question), embedding, framing)
+    target = resolve(model, measure_of(question), model.encode_canvas(framed.canvas), framing)
 
     ranking = content_ranking(heatmap, framed)
     generator = torch.Generator().manual_seed(seed)

@@ -13,14 +13,13 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
-import torch
 from PIL import Image
 
 from . import render
 from .errors import SettingsError
 from .gradients import GRADIENT_METHODS, GradientSettings, attribute
 from .images import Framed, ImageSource, frame, load_image, unframe
-from .models import ClipModel, eval_mode
+from .models import ClipModel
 from .rise import ESTIMATORS, MaskedPass, PassCache, Progress, RiseSettings, masked_pass, saliency
 from .targets import Question, Target, resolve
 
@@ -117,7 +116,7 @@ def explain(
         details = {"masks": len(run.masks), "estimator": estimator, "seed": seed, "cached": run.cached,
                    "complete": run.complete, "batch_size": run.batch_size, "pass_seconds": run.seconds}
     else:
-        image_embedding = _embed(model, framed)
+        image_embedding = model.encode_canvas(framed.canvas)
         targets = [resolve(model, q, image_embedding, framing) for q in questions]
         settings = dataclasses.replace(gradient, seed=seed)
         results = [attribute(model, framed, t, method, settings) for t in targets]
@@ -154,13 +153,7 @@ def _rise_pass(model: ClipModel, framed: Framed, settings: RiseSettings, progres
 def score(model: ClipModel, image: ImageSource, question: Question, framing: str = "pad") -> float:
     """The question's target on the whole picture (for COCOA: contrastive corpus similarity)."""
     framed = frame(load_image(image), model.n_px, framing)
-    embedding = _embed(model, framed)
+    embedding = model.encode_canvas(framed.canvas)
     target: Target = resolve(model, question, embedding, framing)
     return float(target(embedding[None])[0])
-
-
-def _embed(model: ClipModel, framed: Framed) -> torch.Tensor:
-    """(D,) raw embedding of the whole framed picture."""
-    with eval_mode(model):
-        return model.encode_images(framed.canvas[None].to(model.device))[0]
 

@@ -18,7 +18,7 @@ from captum.attr import GradientShap, IntegratedGradients
 
 from .errors import SettingsError
 from .images import Framed, blur
-from .models import MEAN, STD, ClipModel
+from .models import ClipModel, normalize
 from .targets import Target
 
 GRADIENT_METHODS = ("integrated-gradients", "gradient-shap")
@@ -52,11 +52,9 @@ def attribute(model: ClipModel, framed: Framed, target: Target, method: str = "i
     """
     if method not in GRADIENT_METHODS:
         raise SettingsError(f"Unknown gradient method {method!r}; choose one of {', '.join(GRADIENT_METHODS)}.")
-    mean = torch.tensor(MEAN, device=model.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=model.device).view(1, 3, 1, 1)
     canvas = framed.canvas[None].to(model.device)
     baseline = framed.with_content(blur(framed.content[None].to(model.device), model.n_px))
-    inputs, baselines = (canvas - mean) / std, (baseline - mean) / std
+    inputs, baselines = normalize(canvas), normalize(baseline)
 
     def forward(normalised: torch.Tensor) -> torch.Tensor:
         return target(model.net.encode_image(normalised).float())

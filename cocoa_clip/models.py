@@ -67,9 +67,12 @@ class ClipModel:
         pixels: (B, 3, n_px, n_px) RGB in [0, 1] on `device`. Returns (B, D) float32,
         not normalised. Differentiable; callers choose no_grad or autocast.
         """
-        mean = pixels.new_tensor(MEAN).view(1, 3, 1, 1)
-        std = pixels.new_tensor(STD).view(1, 3, 1, 1)
-        return self.net.encode_image((pixels - mean) / std).float()
+        return self.net.encode_image(normalize(pixels)).float()
+
+    def encode_canvas(self, canvas: torch.Tensor) -> torch.Tensor:
+        """Embed one picture as forward-only passes do: (3, n_px, n_px) in [0, 1] -> (D,) float32, raw."""
+        with eval_mode(self):
+            return self.encode_images(canvas[None].to(self.device))[0]
 
     def encode_texts(self, texts: Sequence[str]) -> tuple[torch.Tensor, list[str]]:
         """Embed captions as written (no template). Returns ((T, D) float32, notes).
@@ -96,6 +99,13 @@ class ClipModel:
         while len(self._texts) > max(_TEXT_CACHE_SIZE, len(texts)):
             self._texts.popitem(last=False)
         return torch.stack([self._texts[t] for t in texts]), notes
+
+
+def normalize(pixels: torch.Tensor) -> torch.Tensor:
+    """CLIP's input normalisation: (B, 3, H, W) RGB in [0, 1] -> what the image encoder takes."""
+    mean = pixels.new_tensor(MEAN).view(1, 3, 1, 1)
+    std = pixels.new_tensor(STD).view(1, 3, 1, 1)
+    return (pixels - mean) / std
 
 
 def clip_package():

@@ -114,7 +114,7 @@ def masked_pass(
     chunks: list[torch.Tensor] = []
     done = 0
     with eval_mode(model):
-        image_embedding = model.encode_images(framed.canvas[None].to(model.device))[0]
+        image_embedding = model.encode_canvas(framed.canvas)
         while done < n_masks and (deadline is None or time.monotonic() < deadline):
             stop = min(done + batch, n_masks)
             try:
