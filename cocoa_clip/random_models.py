@@ -15,6 +15,10 @@ import torch
 ARCHITECTURES = {
     "tiny": dict(embed_dim=32, image_resolution=32, vision_layers=1, vision_width=64, vision_patch_size=8,
                  context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1, transformer_layers=1),
+    # CLIP's ResNet image tower (RN50 and kin) at toy size: 64 px in, a 2 x 2 grid into attention pooling.
+    "tiny-resnet": dict(embed_dim=32, image_resolution=64, vision_layers=(1, 1, 1, 1), vision_width=8,
+                        vision_patch_size=None, context_length=77, vocab_size=49408, transformer_width=64,
+                        transformer_heads=1, transformer_layers=1),
     "ViT-B/32": dict(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768, vision_patch_size=32,
                      context_length=77, vocab_size=49408, transformer_width=512, transformer_heads=8, transformer_layers=12),
 }
