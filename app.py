@@ -39,7 +39,7 @@ from gradio import utils as gradio_utils
 from PIL import Image
 
 import cocoa_clip as cc
-from cocoa_clip.evaluate import insertion_deletion
+from cocoa_clip.evaluate import MEASURE_LABELS, insertion_deletion
 from cocoa_clip.models import BUNDLED, DEFAULT_MODEL
 from cocoa_clip.rise import default_batch_size
 
@@ -74,6 +74,7 @@ METHOD_CHOICES = [("RISE (as in the paper)", "rise"), ("Integrated Gradients", "
                   ("GradientSHAP", "gradient-shap")]
 SCALE_CHOICES = [("auto (min-max for RISE, signed for gradients)", "auto"), ("min-max", "minmax"),
                  ("signed, centred on zero", "signed")]
+MEASURE_CHOICES = [("contrastive corpus similarity", "similarity"), ("zero-shot probability of the corpus", "probability")]
 FRAMING_CHOICES = [("whole picture (pad to square)", "pad"), ("CLIP's centre crop", "crop"),
                    ("squash to square", "squash")]
 
@@ -191,21 +192,23 @@ class CocoaApp:
             return self._present(answers, style)
 
     @gpu
-    def check(self, token: Any, progress: gr.Progress = gr.Progress()) -> tuple:
-        """Insertion and deletion curves of the last answer: (plot, areas in words)."""
+    def check(self, token: Any, measure: Any = "similarity", progress: gr.Progress = gr.Progress()) -> tuple:
+        """Insertion and deletion curves of an answer, recording `measure`: (plot, areas in words)."""
         with self._lock:
             answers = self._answers.get(token) if isinstance(token, str) else None
         if answers is None:
             raise _refuse("Explain a picture first (or again: only the latest answers are kept).")
         answer = answers[0]
         with _user_errors():
+            measure = _choice(measure, "measure", [v for _, v in MEASURE_CHOICES])
             progress(0.0, desc="Insertion and deletion: re-scoring the picture as pixels come and go")
             curves = insertion_deletion(self.model, answer.image, answer.heatmap, answer.question,
-                                        framing=answer.details.get("framing", "pad"), steps=CURVE_STEPS)
+                                        framing=answer.details.get("framing", "pad"), steps=CURVE_STEPS,
+                                        measure=measure)
         aucs = curves.aucs()
         verdict = ("beats" if aucs["insertion_auc"] > aucs["random_insertion_auc"]
                    and aucs["deletion_auc"] < aucs["random_deletion_auc"] else "does not clearly beat")
-        text = (f"Insertion area {aucs['insertion_auc']:+.4f} (random order {aucs['random_insertion_auc']:+.4f}, "
+        text = (f"Curves of the {MEASURE_LABELS[measure]}. Insertion area {aucs['insertion_auc']:+.4f} (random order {aucs['random_insertion_auc']:+.4f}, "
                 f"higher is better); deletion area {aucs['deletion_auc']:+.4f} (random order "
                 f"{aucs['random_deletion_auc']:+.4f}, lower is better). "
                 f"This heatmap {verdict} a random ranking of the pixels.")
@@ -533,7 +536,11 @@ def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True)
                     downloads = gr.File(label="Overlay PNG and heatmap .npy (float32, H x W)", interactive=False,
                                         file_count="multiple",
                                         elem_id="downloads")
-                check = gr.Button("Check this explanation (insertion / deletion)", elem_id="check")
+                with gr.Row(equal_height=True):
+                    check = gr.Button("Check this explanation (insertion / deletion)", elem_id="check", scale=1)
+                    measure = gr.Dropdown(MEASURE_CHOICES, value="similarity", label="Curves record",
+                                          info="the paper's two measures; the probability is CLIP's zero-shot "
+                                               "classifier over the corpus and each foil", elem_id="measure", scale=2)
                 curves = gr.Image(label="Insertion and deletion curves", format="png", interactive=False,
                                   elem_id="curves")
                 curves_text = gr.Markdown(label="Areas", elem_id="curves-text")
@@ -549,7 +556,7 @@ def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True)
                       api_name="explain", preprocess=False, concurrency_limit=1, concurrency_id="model",
                       api_description="Heatmap of where the model sees the corpus rather than the foil.").then(
             app.estimate, [method, masks], estimate, queue=False, api_visibility="private")
-        check.click(app.check, answer_token, [curves, curves_text], api_name="check", concurrency_limit=1,
+        check.click(app.check, [answer_token, measure], [curves, curves_text], api_name="check", concurrency_limit=1,
                     concurrency_id="model")
         swap.click(lambda x, y: (y, x), [corpus, foil], [corpus, foil], queue=False, api_visibility="private")
         reverse.change(lambda ask: gr.Image(visible=ask), reverse, overlay_reverse, queue=False,

@@ -1,6 +1,7 @@
 """Command line: `python -m cocoa_clip explain|evaluate|models`.
 
     python -m cocoa_clip explain dog.jpg --corpus dog --foil cat --out overlay.png
+    python -m cocoa_clip explain photos/*.jpg --corpus dog --foil cat --out maps/{stem}.png
     python -m cocoa_clip evaluate dog.jpg --corpus dog --foil-preset cifar100 --json
 """
 from __future__ import annotations
@@ -8,15 +9,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from .errors import CocoaError
-from .evaluate import insertion_deletion
+from .errors import CocoaError, ImageError
+from .evaluate import MEASURE_LABELS, MEASURES, insertion_deletion
 from .explain import METHODS, Explanation, explain
-from .images import FRAMINGS
+from .images import FRAMINGS, ImageSource, load_image
 from .models import DEFAULT_MODEL, PRECISIONS, ClipModel, available_models, load
 from .presets import DEFAULT_TEMPLATE, FOIL_PRESETS
 from .render import SCALES
@@ -42,9 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="{explain,evaluate,models}")
     explain_parser = commands.add_parser(
         "explain", help="heatmap of an image for a question", formatter_class=_Help,
-        description="Write a heatmap of IMAGE: where CLIP sees the corpus rather than the foil. Prints the score.")
-    _question_options(explain_parser)
-    explain_parser.add_argument("--out", metavar="PNG", help="overlay at the image's own size (default: IMAGE_cocoa.png here)")
+        description="Write a heatmap of each IMAGE: where CLIP sees the corpus rather than the foil. Prints the "
+                    "score. In output paths {stem} stands for the image's file name without its extension; with "
+                    "several images every output path needs it. Missing folders are made.")
+    _question_options(explain_parser, several=True)
+    explain_parser.add_argument("--out", metavar="PNG", help="overlay at the image's own size (default: {stem}_cocoa.png here)")
     explain_parser.add_argument("--heatmap", metavar="NPY", help="also save the raw heatmap, float32 H x W of the image")
     explain_parser.add_argument("--colorbar", metavar="PNG", help="also save the raw heatmap with a colour bar")
     explain_parser.add_argument("--opacity", type=float, default=0.5, help="weight of the heatmap in the overlay, 0 to 1")
@@ -55,18 +59,22 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_parser = commands.add_parser(
         "evaluate", help="insertion/deletion check of a heatmap", formatter_class=_Help,
         description="Explain IMAGE (or read --from-heatmap), then measure insertion and deletion curves of "
-                    "contrastive corpus similarity for the corpus and foil, next to a random pixel order.")
+                    "the corpus against the foil (--measure), next to a random pixel order.")
     _question_options(evaluate_parser)
     evaluate_parser.add_argument("--from-heatmap", metavar="NPY", help="evaluate this saved heatmap instead of computing one")
     evaluate_parser.add_argument("--steps", type=int, default=50, help="points on each curve")
+    evaluate_parser.add_argument("--measure", choices=MEASURES, default="similarity",
+                                 help="what the curves record: contrastive corpus similarity, or CLIP's zero-shot "
+                                      "probability of the corpus against the foil classes (the paper's corpus majority probability)")
     evaluate_parser.add_argument("--plot", metavar="PNG", help="save the curves as a plot")
 
     commands.add_parser("models", help="list the model names --model accepts")
     return parser
 
 
-def _question_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("image", metavar="IMAGE", help="the picture to explain (any size; PNG, JPEG, WebP, TIFF ...)")
+def _question_options(parser: argparse.ArgumentParser, several: bool = False) -> None:
+    parser.add_argument("image", metavar="IMAGE", nargs="+" if several else None,
+                        help="the picture" + ("s" if several else "") + " to explain (any size; PNG, JPEG, WebP, TIFF ...)")
     what = parser.add_argument_group("question")
     what.add_argument("--corpus", action="append", default=[], metavar="TEXT", help="what to look for; repeat for several captions")
     foils = what.add_mutually_exclusive_group()
@@ -124,15 +132,13 @@ def _run(args: argparse.Namespace) -> int:
                         target=args.target, template=args.template, similarity=args.similarity)
     if args.masks is not None:
         RiseSettings(n_masks=args.masks)  # refuse bad counts before loading a model
+    plan = _output_plan(args) if args.command == "explain" else []
     model = load(args.model, weights=args.weights, device=args.device, precision=args.precision)
-    if args.command == "evaluate" and args.from_heatmap:
-        heatmap = _read_heatmap(args.from_heatmap)
-    else:
-        answer = _explain(model, question, args)
-        heatmap = answer.heatmap
-        if args.command == "explain":
-            return _report_explanation(answer, args)
-    curves = insertion_deletion(model, args.image, heatmap, question, framing=args.framing, steps=args.steps, seed=args.seed)
+    if args.command == "explain":
+        return _explain_each(model, question, plan, args)
+    heatmap = _read_heatmap(args.from_heatmap) if args.from_heatmap else _explain(model, question, args.image, args).heatmap
+    curves = insertion_deletion(model, args.image, heatmap, question, framing=args.framing, steps=args.steps,
+                                seed=args.seed, measure=args.measure)
     if args.plot:
         curves.plot(question.describe()).save(args.plot, format="PNG")
     aucs = curves.aucs()
@@ -142,11 +148,56 @@ def _run(args: argparse.Namespace) -> int:
     else:
         for name, value in aucs.items():
             print(f"{name:22s} {value: .4f}")
-        print("(contrastive corpus similarity; insertion: higher is better, deletion: lower is better)")
+        print(f"({MEASURE_LABELS[args.measure]}; insertion: higher is better, deletion: lower is better)")
     return 0
 
 
-def _explain(model: ClipModel, question: Question, args: argparse.Namespace) -> Explanation:
+def _output_plan(args: argparse.Namespace) -> list[tuple[str, dict[str, str | None]]]:
+    """Each image with the files it gets: --out, --heatmap and --colorbar with {stem} filled in.
+
+    Refuses, before any work, patterns that would make two images (or two outputs) share a file.
+    """
+    patterns = {"out": args.out or "{stem}_cocoa.png", "heatmap": args.heatmap, "colorbar": args.colorbar}
+    if len(args.image) > 1:
+        for option, pattern in patterns.items():
+            if pattern and "{stem}" not in pattern:
+                example = Path(pattern).with_name("{stem}" + (Path(pattern).suffix or ".png"))
+                raise CocoaError(f"With several images, put {{stem}} in --{option} so that each image gets its own "
+                                 f"file, e.g. --{option} {example}.")
+    repeated = [image for image, count in Counter(args.image).items() if count > 1]
+    if repeated:
+        raise CocoaError(f"{repeated[0]} is given more than once.")
+    plan, writers = [], {}
+    for image in args.image:
+        paths = {option: pattern.replace("{stem}", Path(image).stem) if pattern else None
+                 for option, pattern in patterns.items()}
+        for path in filter(None, paths.values()):
+            if path in writers:
+                raise CocoaError(f"{writers[path]} and {image} would both be written to {path}; "
+                                 "give the outputs different names (or folders).")
+            writers[path] = image
+        plan.append((image, paths))
+    return plan
+
+
+def _explain_each(model: ClipModel, question: Question, plan: list[tuple[str, dict[str, str | None]]],
+                  args: argparse.Namespace) -> int:
+    """Explain the images in turn. An unreadable image is reported and skipped (exit status 2 at the
+    end); any other error is the question's or the settings', and stops the run."""
+    status = 0
+    for image, paths in plan:
+        try:
+            picture = load_image(image)
+        except ImageError as error:
+            print(f"error: {error}", file=sys.stderr)  # the message names the file
+            status = 2
+            continue
+        answer = _explain(model, question, picture, args)
+        _report_explanation(answer, image, paths, args, several=len(plan) > 1)
+    return status
+
+
+def _explain(model: ClipModel, question: Question, image: ImageSource, args: argparse.Namespace) -> Explanation:
     bar = None
     if not args.quiet and args.method == "rise":
         from tqdm import tqdm
@@ -157,7 +208,7 @@ def _explain(model: ClipModel, question: Question, args: argparse.Namespace) -> 
         bar.update(done - bar.n)
 
     try:
-        return explain(model, args.image, question, method=args.method, masks=args.masks, seed=args.seed,
+        return explain(model, image, question, method=args.method, masks=args.masks, seed=args.seed,
                        framing=args.framing, estimator=args.estimator, batch_size=args.batch_size,
                        progress=progress if bar is not None else None, cache=None)
     finally:
@@ -165,25 +216,31 @@ def _explain(model: ClipModel, question: Question, args: argparse.Namespace) -> 
             bar.close()
 
 
-def _report_explanation(answer: Explanation, args: argparse.Namespace) -> int:
-    out = args.out or f"{Path(args.image).stem}_cocoa.png"
+def _report_explanation(answer: Explanation, image: str, paths: dict[str, str | None], args: argparse.Namespace,
+                        several: bool) -> None:
+    """Write the image's files, then print its answer (text, or one JSON line per image)."""
+    for path in filter(None, paths.values()):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
     style = {"opacity": args.opacity, "scale": None if args.scale == "auto" else args.scale, "cmap": args.cmap}
-    answer.save(overlay=out, heatmap=args.heatmap, **style)
-    if args.colorbar:
-        answer.colorbar(scale=style["scale"], cmap=args.cmap).save(args.colorbar, format="PNG")
+    answer.save(overlay=paths["out"], heatmap=paths["heatmap"], **style)
+    if paths["colorbar"]:
+        answer.colorbar(scale=style["scale"], cmap=args.cmap).save(paths["colorbar"], format="PNG")
     for note in answer.notes:
         print(f"note: {note}", file=sys.stderr)
     if args.json:
-        print(json.dumps({"score": answer.score, "question": answer.question.describe(), "target": args.target,
-                          "method": answer.method, "overlay": out, "heatmap": args.heatmap,
-                          "details": answer.details, "notes": list(answer.notes)}))
-        return 0
+        print(json.dumps({"image": image, "score": answer.score, "question": answer.question.describe(),
+                          "target": args.target, "method": answer.method, "overlay": paths["out"],
+                          "heatmap": paths["heatmap"], "colorbar": paths["colorbar"],
+                          "details": answer.details, "notes": list(answer.notes)}), flush=True)
+        return
+    indent = "  " if several else ""
     label = "contrastive corpus similarity" if args.target == "cocoa" else f"{args.target} score"
-    print(f"score {answer.score:+.4f}  ({label}: {answer.question.describe()})")
-    print(f"{answer.method}, {answer.details['precision']} on {answer.details['device']}, {answer.details['seconds']:.1f} s"
-          + (f", {answer.details['masks']} masks" if answer.method == "rise" else ""))
-    print(f"overlay -> {out}" + (f"\nheatmap -> {args.heatmap}" if args.heatmap else ""))
-    return 0
+    lines = [f"score {answer.score:+.4f}  ({label}: {answer.question.describe()})",
+             f"{answer.method}, {answer.details['precision']} on {answer.details['device']}, {answer.details['seconds']:.1f} s"
+             + (f", {answer.details['masks']} masks" if answer.method == "rise" else "")]
+    lines += [f"{name} -> {path}" for name, path in (("overlay", paths["out"]), ("heatmap", paths["heatmap"]),
+                                                    ("colour bar", paths["colorbar"])) if path]
+    print("\n".join(([image] if several else []) + [indent + line for line in lines]), flush=True)
 
 
 def _read_heatmap(path: str) -> np.ndarray:

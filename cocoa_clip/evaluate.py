@@ -2,9 +2,14 @@
 
 Pixels of the picture are ranked by attribution. Deletion starts from the picture and replaces
 the most important pixels first with the blurred picture; insertion starts from the blurred
-picture and puts the most important pixels back. After each step the curve records the
-contrastive corpus similarity of the result for the question's corpus and foil, whatever
-target produced the heatmap, so that targets can be compared as in the paper's tables.
+picture and puts the most important pixels back. After each step the curve records one of the
+paper's two measures for the question's corpus and foil, whatever target produced the heatmap,
+so that targets can be compared as in its tables:
+
+- "similarity": the contrastive corpus similarity;
+- "probability": the corpus majority probability, with CLIP's zero-shot head as the downstream
+  classifier (`CorpusProbability`).
+
 A faithful heatmap gives a high insertion area and a low deletion area; a random ranking of
 the pixels gives the baseline both should beat.
 """
@@ -12,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -23,12 +29,16 @@ from PIL import Image
 from .errors import QuestionError, SettingsError
 from .images import Framed, ImageSource, blur, frame, load_image
 from .models import ClipModel, eval_mode
-from .targets import Question, Target, resolve
+from .targets import Question, members, resolve
+
+MEASURES = ("similarity", "probability")
+MEASURE_LABELS = {"similarity": "contrastive corpus similarity", "probability": "probability of the corpus (zero-shot)"}
+Score = Callable[[torch.Tensor], torch.Tensor]  # (B, D) raw image embeddings -> (B,) scores
 
 
 @dataclass(frozen=True)
 class Curves:
-    """Insertion and deletion curves; every curve is (steps + 1,) contrastive corpus similarities
+    """Insertion and deletion curves; every curve is (steps + 1,) values of `measure` (see MEASURES)
     at `fractions` (share of the picture's pixels inserted or deleted, 0 to 1)."""
 
     fractions: np.ndarray
@@ -36,6 +46,7 @@ class Curves:
     deletion: np.ndarray
     random_insertion: np.ndarray
     random_deletion: np.ndarray
+    measure: str = "similarity"
 
     @staticmethod
     def area(curve: np.ndarray, fractions: np.ndarray) -> float:
@@ -47,7 +58,8 @@ class Curves:
                 for name in ("insertion", "deletion", "random_insertion", "random_deletion")}
 
     def to_dict(self) -> dict:
-        return {**self.aucs(), **{f.name: getattr(self, f.name).tolist() for f in dataclasses.fields(self)}}
+        curves = {f.name: getattr(self, f.name).tolist() for f in dataclasses.fields(self) if f.name != "measure"}
+        return {"measure": self.measure, **self.aucs(), **curves}
 
     def plot(self, title: str = "") -> Image.Image:
         """Both curves next to the random baseline, as an RGB image."""
@@ -61,7 +73,7 @@ class Curves:
                       label=f"random (AUC {aucs['random_' + name + '_auc']:.3f})")
             axes.set_title(f"{name.capitalize()} ({'higher' if name == 'insertion' else 'lower'} is better)", fontsize=10)
             axes.set_xlabel(f"share of pixels {'inserted' if name == 'insertion' else 'deleted'}")
-            axes.set_ylabel("contrastive corpus similarity")
+            axes.set_ylabel(MEASURE_LABELS[self.measure])
             axes.legend(fontsize=8)
         if title:
             figure.suptitle(title, fontsize=10)
@@ -70,11 +82,45 @@ class Curves:
         return Image.fromarray(np.asarray(figure.canvas.buffer_rgba())[..., :3].copy())
 
 
+@dataclass(frozen=True)
+class CorpusProbability:
+    """CLIP's zero-shot probability that a picture shows the corpus rather than any foil item.
+
+    The classes are the corpus (its mean unit embedding, renormalised, as CLIP's prompt
+    ensembles) and each foil caption or image on its own; the logits are CLIP's learnt scale
+    times cosine similarity. With one caption each, it is sigmoid(scale x contrastive corpus
+    similarity); with the CIFAR-100 foil preset, CLIP's zero-shot CIFAR-100 probability of the
+    corpus class: the paper's corpus majority probability, CLIP's own head as the classifier.
+    """
+
+    classes: torch.Tensor  # (1 + F, D) unit rows, the corpus first
+    scale: float  # CLIP's logit scale, exp(logit_scale): 100 for the released models
+
+    def __call__(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """(B, D) raw image embeddings -> (B,) probabilities in [0, 1]."""
+        units = embeddings.float() / embeddings.float().norm(dim=-1, keepdim=True)
+        return torch.softmax(self.scale * units @ self.classes.T, dim=-1)[:, 0]
+
+
 def measure_of(question: Question) -> Question:
-    """The question's contrastive corpus similarity (cosine, COCOA), whatever its target."""
+    """The question as COCOA measures it (cosine, corpus rather than foil), whatever its target."""
     if not (question.corpus or question.corpus_images) or not (question.foil or question.foil_images or question.foil_preset):
-        raise QuestionError("Insertion and deletion measure contrastive corpus similarity: give a corpus and a foil.")
+        raise QuestionError("Insertion and deletion measure the corpus against the foil: give a corpus and a foil.")
     return dataclasses.replace(question, target="cocoa", similarity="cosine")
+
+
+def measure_score(model: ClipModel, question: Question, measure: str = "similarity", framing: str = "pad") -> Score:
+    """The function of image embeddings that insertion and deletion curves record (see MEASURES)."""
+    if measure not in MEASURES:
+        raise SettingsError(f"Unknown measure {measure!r}; choose one of {', '.join(MEASURES)}.")
+    question = measure_of(question)
+    if measure == "similarity":
+        return resolve(model, question, None, framing)  # the cocoa target needs no explicand embedding
+    corpus, foil = (members(model, question, side, framing) for side in ("corpus", "foil"))
+    corpus = corpus / corpus.norm(dim=-1, keepdim=True)
+    prototype = corpus.mean(0, keepdim=True)
+    classes = torch.cat([prototype / prototype.norm(), foil / foil.norm(dim=-1, keepdim=True)])
+    return CorpusProbability(classes=classes, scale=float(model.net.logit_scale.exp()))
 
 
 def insertion_deletion(
@@ -87,11 +133,14 @@ def insertion_deletion(
     steps: int = 50,
     seed: int = 0,
     batch_size: int = 64,
+    measure: str = "similarity",
 ) -> Curves:
     """Insertion and deletion curves of a heatmap for a question.
 
     heatmap: (H, W) at the picture's size, as `explain` returns it (NaN pixels rank last).
     steps: points on each curve after the first. seed: the random baseline's pixel order.
+    measure: "similarity" (contrastive corpus similarity) or "probability" (zero-shot
+    probability of the corpus), the paper's two measures.
     """
     if not (isinstance(steps, int) and 2 <= steps <= 1000):
         raise SettingsError(f"steps must be a whole number from 2 to 1000; got {steps!r}.")
@@ -101,7 +150,7 @@ def insertion_deletion(
     framed = frame(picture, model.n_px, framing)
     content = framed.content.to(model.device)
     baseline = blur(content, model.n_px)
-    target = resolve(model, measure_of(question), model.encode_canvas(framed.canvas), framing)
+    target = measure_score(model, question, measure, framing)
 
     ranking = content_ranking(heatmap, framed)
     generator = torch.Generator().manual_seed(seed)
@@ -117,6 +166,7 @@ def insertion_deletion(
         deletion=curve(ranking, content, baseline),
         random_insertion=curve(shuffled, baseline, content),
         random_deletion=curve(shuffled, content, baseline),
+        measure=measure,
     )
 
 
@@ -135,7 +185,7 @@ def content_ranking(heatmap: np.ndarray, framed: Framed) -> torch.Tensor:
     return torch.argsort(small.flatten(), descending=True, stable=True)
 
 
-def _curve(model: ClipModel, framed: Framed, target: Target, order: torch.Tensor, start: torch.Tensor,
+def _curve(model: ClipModel, framed: Framed, target: Score, order: torch.Tensor, start: torch.Tensor,
            end: torch.Tensor, fractions: np.ndarray, batch_size: int) -> np.ndarray:
     """Scores of pictures where the first k pixels of `order` come from `end`, the rest from `start`."""
     n_pixels = order.numel()

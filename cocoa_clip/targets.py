@@ -116,28 +116,38 @@ class Target:
         return embeddings @ self.direction.to(embeddings.dtype)
 
 
-def resolve(model: ClipModel, question: Question, image_embedding: torch.Tensor, framing: str = "pad") -> Target:
+def resolve(model: ClipModel, question: Question, image_embedding: torch.Tensor | None, framing: str = "pad") -> Target:
     """Turn a question into a direction in the model's embedding space.
 
-    image_embedding: (D,) raw embedding of the explicand (used by the label-free targets).
+    image_embedding: (D,) raw embedding of the explicand; only the label-free targets use it.
     """
     cosine = question.similarity == "cosine"
     notes: list[str] = []
 
-    def mean_of(captions: Sequence[str], images: Sequence[ImageSource]) -> torch.Tensor:
-        embeddings = embed(model, [question.template.format(c) for c in captions], images, framing, notes)
+    def mean_of(side: str) -> torch.Tensor:
+        embeddings = members(model, question, side, framing, notes)
         if cosine:
             embeddings = embeddings / embeddings.norm(dim=-1, keepdim=True)
         return embeddings.mean(0)
 
-    itself = image_embedding.float() / (image_embedding.norm() if cosine else 1.0)
     if question.target in _NEEDS_CORPUS:
-        direction = mean_of(question.corpus, question.corpus_images)
+        direction = mean_of("corpus")
     else:
-        direction = itself
+        direction = image_embedding.float() / (image_embedding.norm() if cosine else 1.0)
     if question.target in _NEEDS_FOIL:
-        direction = direction - mean_of(question.foil_captions, question.foil_images)
+        direction = direction - mean_of("foil")
     return Target(direction=direction, normalize=cosine, question=question, notes=tuple(notes))
+
+
+def members(model: ClipModel, question: Question, side: str, framing: str = "pad",
+            notes: list[str] | None = None) -> torch.Tensor:
+    """Raw (K, D) embeddings of the question's corpus or foil ("corpus" | "foil"): its captions,
+    templated (foil: the preset's classes too), then its images."""
+    if side == "corpus":
+        captions, images = question.corpus, question.corpus_images
+    else:
+        captions, images = question.foil_captions, question.foil_images
+    return embed(model, [question.template.format(c) for c in captions], images, framing, notes)
 
 
 def embed(model: ClipModel, captions: Sequence[str], images: Sequence[ImageSource], framing: str,

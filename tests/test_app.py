@@ -84,6 +84,10 @@ def test_gradient_method_and_check(web, photo_file):
     assert answer["overlay"].size == (70, 45) and answer["status"].startswith("Integrated Gradients")
     plot, text = web.check(answer["token"], progress=no_progress)
     assert plot.size[0] > 0 and "Insertion area" in text and "deletion area" in text
+    _, probability = web.check(answer["token"], "probability", progress=no_progress)
+    assert "contrastive corpus similarity" in text and "probability of the corpus" in probability
+    with pytest.raises(gr.Error, match="Unknown measure 'accuracy'"):
+        web.check(answer["token"], "accuracy", progress=no_progress)
     with pytest.raises(gr.Error, match="Explain a picture first"):
         web.check("not-a-token", progress=no_progress)
 

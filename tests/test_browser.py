@@ -111,5 +111,12 @@ def test_the_demo_model_finds_the_orange_cross(page):
     page.locator("#reading").get_by_text('"orange cross" rather than "yellow square"').wait_for()
     assert overlay_size(page) == Image.open(REPO / "assets" / "shapes_scene.png").size
     assert float(page.locator("#score input").input_value()) > 0.01
+
+    page.locator("#measure input").click()
+    page.get_by_role("option", name="zero-shot probability of the corpus").click()
+    page.click("#check")
+    page.locator("#curves-text").get_by_text("Curves of the probability of the corpus").wait_for()
+    assert "beats a random ranking" in page.locator("#curves-text").inner_text()
+    page.wait_for_selector("#curves img")
     if os.environ.get("COCOA_SCREENSHOT") == "1":
         page.screenshot(path=str(REPO / "assets" / "screenshot.png"), full_page=True)

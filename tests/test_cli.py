@@ -48,6 +48,36 @@ def test_default_output_is_named_after_the_image(tiny_checkpoint, picture, tmp_p
     assert (tmp_path / "photo_cocoa.png").is_file()
 
 
+def test_several_images_in_one_run_skip_an_unreadable_one(tiny_checkpoint, photo, tmp_path, capsys):
+    for name in ("one", "two"):
+        photo.save(tmp_path / f"{name}.png")
+    (tmp_path / "broken.png").write_text("not a picture")
+    images = [str(tmp_path / name) for name in ("one.png", "broken.png", "two.png")]
+    code = main(["explain", *images, "--corpus", "dog", "--foil", "cat", "--weights", tiny_checkpoint, "--masks", "30",
+                 "--quiet", "--json", "--out", str(tmp_path / "maps" / "{stem}.png"),
+                 "--heatmap", str(tmp_path / "maps" / "{stem}.npy")])
+    assert code == 2  # one image failed; the others were still explained
+    out, err = capsys.readouterr()
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [Path(line["image"]).name for line in lines] == ["one.png", "two.png"]
+    assert lines[1]["overlay"] == str(tmp_path / "maps" / "two.png")
+    assert "broken.png is not an image" in err and "Traceback" not in err
+    assert np.load(tmp_path / "maps" / "one.npy").shape == (45, 70)
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["one.npy", "one.png", "two.npy", "two.png"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--out", "same.png"], "put {stem} in --out"),
+    (["--heatmap", "h.npy"], "put {stem} in --heatmap"),
+    (["--out", "{stem}.png", "--colorbar", "{stem}.png"], "would both be written to"),
+])
+def test_several_images_need_an_output_pattern_checked_before_loading(picture, extra, message, capsys):
+    assert main(["explain", picture, picture.replace("photo", "other"), "--corpus", "dog", "--foil", "cat",
+                 "--weights", "/no/such/weights.pt", *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "No checkpoint" not in err
+
+
 def test_json_output_and_gradient_method(tiny_checkpoint, picture, tmp_path, capsys):
     code = main(["explain", picture, "--corpus", "dog", "--foil-preset", "cifar100", "--weights", tiny_checkpoint,
                  "--method", "integrated-gradients", "--out", str(tmp_path / "o.png"), "--json", "--device", "cpu"])
@@ -66,6 +96,18 @@ def test_evaluate_prints_the_four_areas_as_json(tiny_checkpoint, picture, tmp_pa
         assert isinstance(result[key], float)
     assert len(result["insertion"]) == 11
     assert (tmp_path / "curves.png").stat().st_size > 1000
+
+
+def test_evaluate_with_the_zero_shot_probability_measure(tiny_checkpoint, picture, capsys):
+    code = main(["evaluate", picture, "--corpus", "dog", "--foil-preset", "cifar100", "--weights", tiny_checkpoint,
+                 "--method", "integrated-gradients", "--steps", "5", "--measure", "probability", "--json"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["measure"] == "probability"
+    assert all(0.0 <= value <= 1.0 for value in result["deletion"] + result["random_insertion"])
+    assert main(["evaluate", picture, "--corpus", "dog", "--foil", "cat", "--weights", tiny_checkpoint,
+                 "--masks", "20", "--steps", "3", "--measure", "probability"]) == 0
+    assert "probability of the corpus" in capsys.readouterr().out
 
 
 def test_evaluate_a_saved_heatmap(tiny_checkpoint, picture, tmp_path, capsys):

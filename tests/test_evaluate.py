@@ -1,8 +1,11 @@
 import numpy as np
 import pytest
+import torch
 
 import cocoa_clip as cc
 from cocoa_clip.evaluate import Curves, insertion_deletion
+from cocoa_clip.images import frame
+from cocoa_clip.models import clip_package, normalize
 
 from conftest import PLANTED_REGION
 
@@ -62,3 +65,30 @@ def test_evaluation_needs_a_corpus_and_foil_and_a_matching_heatmap(planted, nois
         insertion_deletion(planted, noise_square, np.zeros((3, 3)), DOG_CAT)
     with pytest.raises(cc.SettingsError, match="steps"):
         insertion_deletion(planted, noise_square, region_heatmap(), DOG_CAT, steps=1)
+
+
+def test_probability_measure_is_clips_own_zero_shot_probability(tiny, photo):
+    """On the whole picture (deletion's start) it is softmax(CLIP's logits)[corpus], as CLIP's forward computes it."""
+    question = cc.Question(corpus=["dog"], foil=["cat", "bird"], template="{}")
+    heatmap = np.random.default_rng(0).random((45, 70)).astype(np.float32)
+    curves = insertion_deletion(tiny, photo, heatmap, question, steps=4, measure="probability")
+    with torch.no_grad():
+        logits, _ = tiny.net(normalize(frame(photo, tiny.n_px).canvas[None]), clip_package().tokenize(["dog", "cat", "bird"]))
+    assert curves.deletion[0] == pytest.approx(logits.softmax(-1)[0, 0].item(), abs=1e-5)
+    assert curves.measure == "probability" and curves.to_dict()["measure"] == "probability"
+    assert all(((0 <= c) & (c <= 1)).all() for c in (curves.insertion, curves.deletion, curves.random_deletion))
+
+
+def test_with_one_caption_each_probability_is_a_sigmoid_of_similarity(tiny, photo):
+    heatmap = np.random.default_rng(1).random((45, 70)).astype(np.float32)
+    similarity = insertion_deletion(tiny, photo, heatmap, DOG_CAT, steps=6)
+    probability = insertion_deletion(tiny, photo, heatmap, DOG_CAT, steps=6, measure="probability")
+    scale = tiny.net.logit_scale.exp().item()
+    for name in ("insertion", "deletion", "random_insertion", "random_deletion"):
+        expected = 1 / (1 + np.exp(-scale * getattr(similarity, name)))
+        np.testing.assert_allclose(getattr(probability, name), expected, atol=1e-5)
+
+
+def test_an_unknown_measure_is_refused(tiny, photo):
+    with pytest.raises(cc.SettingsError, match="measure 'accuracy'.*similarity, probability"):
+        insertion_deletion(tiny, photo, np.zeros((45, 70)), DOG_CAT, measure="accuracy")
