@@ -13,9 +13,10 @@ paper's ablations ask:
 
 The named object is A. Reported per target and method: the pointing game (the map's maximum on
 A, 1-pixel tolerance), the share of positive attribution inside A, and insertion/deletion areas
-of contrastive corpus similarity for (A rather than B) as gains over a random pixel order
-(insertion AUC - random insertion AUC, random deletion AUC - deletion AUC; both higher is
-better). Raw areas would cancel: the two questions of a scene measure opposite similarities.
+for (A rather than B) as gains over a random pixel order (insertion AUC - random insertion AUC,
+random deletion AUC - deletion AUC; both higher is better) of the paper's two measures:
+contrastive corpus similarity and the zero-shot probability of A against B (its corpus majority
+probability). Raw areas would cancel: the two questions of a scene measure opposite things.
 "random" is a map of uniform noise.
 """
 from __future__ import annotations
@@ -31,7 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cocoa_clip as cc  # noqa: E402
-from cocoa_clip.evaluate import insertion_deletion, pointing_hit, positive_share  # noqa: E402
+from cocoa_clip.evaluate import MEASURES, insertion_deletion, pointing_hit, positive_share  # noqa: E402
 from cocoa_clip.shapes import two_object_scene  # noqa: E402
 
 TARGETS = ("cocoa", "corpus", "contrastive-label-free", "label-free")
@@ -71,17 +72,20 @@ def run(model: cc.ClipModel, scenes: int = 100, masks: int = 2000, methods: tupl
                     key = ("-" if target == "random" else method, target)
                     totals[key]["pointing"].append(pointing_hit(answer.heatmap, region))
                     totals[key]["share"].append(positive_share(answer.heatmap, region))
-                    if curves and target != "random":
-                        aucs = insertion_deletion(model, scene.image, answer.heatmap, measure, steps=steps).aucs()
-                        totals[key]["insertion"].append(aucs["insertion_auc"] - aucs["random_insertion_auc"])
-                        totals[key]["deletion"].append(aucs["random_deletion_auc"] - aucs["deletion_auc"])
+                    for kind in MEASURES if curves and target != "random" else ():
+                        aucs = insertion_deletion(model, scene.image, answer.heatmap, measure, steps=steps,
+                                                  measure=kind).aucs()
+                        totals[key][f"{kind} insertion"].append(aucs["insertion_auc"] - aucs["random_insertion_auc"])
+                        totals[key][f"{kind} deletion"].append(aucs["random_deletion_auc"] - aucs["deletion_auc"])
     return {key: {name: float(np.mean(values)) for name, values in metrics.items()} for key, metrics in totals.items()}
 
 
 def table(results: dict) -> str:
-    columns = [c for c in ("pointing", "share", "insertion", "deletion") if c in next(iter(results.values()))]
-    heads = {"pointing": "pointing game", "share": "positive share in object",
-             "insertion": "insertion AUC - random", "deletion": "random - deletion AUC"}
+    heads = {"pointing": "pointing game", "share": "positive share in object"}
+    for kind in MEASURES:
+        heads[f"{kind} insertion"] = f"{kind}: insertion AUC - random"
+        heads[f"{kind} deletion"] = f"{kind}: random - deletion AUC"
+    columns = [c for c in heads if c in next(iter(results.values()))]
     lines = ["| method | target | " + " | ".join(heads[c] for c in columns) + " |",
              "|---|---|" + "---|" * len(columns)]
     for (method, target), metrics in results.items():
