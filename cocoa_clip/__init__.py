@@ -8,6 +8,7 @@ COCOA (Contrastive Corpus Attribution, Lin et al., ICLR 2023) on CLIP, in four l
     answer.overlay().save("overlay.png"); print(answer.score)
 """
 from .errors import CocoaError, ImageError, ModelLoadError, QuestionError, SettingsError
+from .evaluate import MEASURES, Curves, insertion_deletion
 from .explain import METHODS, Explanation, explain, score
 from .images import FRAMINGS, load_image
 from .models import ClipModel, available_models, load
@@ -19,6 +20,7 @@ from .targets import TARGETS, Question, Target
 __all__ = [
     "load", "available_models", "ClipModel", "Question", "Target", "explain", "score", "Explanation",
     "load_image", "overlay", "save_heatmap", "class_names", "PassCache", "RiseSettings",
-    "METHODS", "TARGETS", "FRAMINGS", "ESTIMATORS", "FOIL_PRESETS", "DEFAULT_TEMPLATE",
+    "insertion_deletion", "Curves",
+    "METHODS", "TARGETS", "FRAMINGS", "ESTIMATORS", "MEASURES", "FOIL_PRESETS", "DEFAULT_TEMPLATE",
     "CocoaError", "ImageError", "ModelLoadError", "QuestionError", "SettingsError",
 ]

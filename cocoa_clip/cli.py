@@ -97,6 +97,8 @@ def _question_options(parser: argparse.ArgumentParser, several: bool = False) ->
     how.add_argument("--framing", choices=FRAMINGS, default="pad",
                      help="pad: whole image on a square; crop: CLIP's centre crop; squash: resize to square")
     how.add_argument("--batch-size", type=int, default=None, help="masked images per forward pass (default: by device)")
+    how.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                     help="stop RISE after this long and answer from the masks done (default: no limit)")
     model = parser.add_argument_group("model")
     models = model.add_mutually_exclusive_group()
     models.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME", help="CLIP model name (see `models`)")
@@ -210,7 +212,7 @@ def _explain(model: ClipModel, question: Question, image: ImageSource, args: arg
     try:
         return explain(model, image, question, method=args.method, masks=args.masks, seed=args.seed,
                        framing=args.framing, estimator=args.estimator, batch_size=args.batch_size,
-                       progress=progress if bar is not None else None, cache=None)
+                       progress=progress if bar is not None else None, time_budget=args.time_budget, cache=None)
     finally:
         if bar is not None:
             bar.close()
@@ -237,7 +239,8 @@ def _report_explanation(answer: Explanation, image: str, paths: dict[str, str | 
     label = "contrastive corpus similarity" if args.target == "cocoa" else f"{args.target} score"
     lines = [f"score {answer.score:+.4f}  ({label}: {answer.question.describe()})",
              f"{answer.method}, {answer.details['precision']} on {answer.details['device']}, {answer.details['seconds']:.1f} s"
-             + (f", {answer.details['masks']} masks" if answer.method == "rise" else "")]
+             + (f", {answer.details['masks']} masks" if answer.method == "rise" else "")
+             + ("" if answer.details.get("complete", True) else " (the time budget ran out first)")]
     lines += [f"{name} -> {path}" for name, path in (("overlay", paths["out"]), ("heatmap", paths["heatmap"]),
                                                     ("colour bar", paths["colorbar"])) if path]
     print("\n".join(([image] if several else []) + [indent + line for line in lines]), flush=True)

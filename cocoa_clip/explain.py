@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -100,6 +101,8 @@ def explain(
         raise SettingsError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}.")
     if estimator not in ESTIMATORS:
         raise SettingsError(f"Unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}.")
+    if time_budget is not None and not (isinstance(time_budget, (int, float)) and 0 < time_budget < math.inf):
+        raise SettingsError(f"The time budget must be a positive number of seconds; got {time_budget!r}.")
     single = isinstance(questions, Question)
     questions = [questions] if single else list(questions)
     if not questions or not all(isinstance(q, Question) for q in questions):

@@ -78,6 +78,16 @@ def test_several_images_need_an_output_pattern_checked_before_loading(picture, e
     assert message in err and "No checkpoint" not in err
 
 
+def test_a_time_budget_answers_from_the_masks_done(tiny_checkpoint, picture, tmp_path, capsys):
+    code = main(["explain", picture, "--corpus", "dog", "--foil", "cat", "--weights", tiny_checkpoint, "--quiet",
+                 "--masks", "200000", "--batch-size", "8", "--time-budget", "0.5", "--out", str(tmp_path / "o.png")])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "(the time budget ran out first)" in out
+    done = int(out.split(" masks")[0].rsplit(", ", 1)[1])
+    assert 8 <= done < 200_000 and done % 8 == 0
+
+
 def test_json_output_and_gradient_method(tiny_checkpoint, picture, tmp_path, capsys):
     code = main(["explain", picture, "--corpus", "dog", "--foil-preset", "cifar100", "--weights", tiny_checkpoint,
                  "--method", "integrated-gradients", "--out", str(tmp_path / "o.png"), "--json", "--device", "cpu"])
@@ -123,6 +133,8 @@ def test_evaluate_a_saved_heatmap(tiny_checkpoint, picture, tmp_path, capsys):
 @pytest.mark.parametrize("args, message", [
     (["--corpus", "dog", "--foil", "cat", "--masks", "0"], "number of masks"),
     (["--corpus", "dog", "--foil", "cat", "--masks", "100000000"], "number of masks"),
+    (["--corpus", "dog", "--foil", "cat", "--time-budget", "-1"], "time budget must be a positive number"),
+    (["--corpus", "dog", "--foil", "cat", "--time-budget", "nan"], "time budget must be a positive number"),
     (["--foil", "cat"], "needs a corpus"),
     (["--corpus", "   ", "--foil", "cat"], "caption 1 is empty"),
     (["--corpus", "dog"], "needs a foil"),
