@@ -31,8 +31,9 @@ import tempfile
 import threading
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import gradio as gr
 from gradio import utils as gradio_utils
@@ -74,7 +75,8 @@ METHOD_CHOICES = [("RISE (as in the paper)", "rise"), ("Integrated Gradients", "
                   ("GradientSHAP", "gradient-shap")]
 SCALE_CHOICES = [("auto (min-max for RISE, signed for gradients)", "auto"), ("min-max", "minmax"),
                  ("signed, centred on zero", "signed")]
-MEASURE_CHOICES = [("contrastive corpus similarity", "similarity"), ("zero-shot probability of the corpus", "probability")]
+MEASURE_CHOICES = [("contrastive corpus similarity", "similarity"),
+                   ("zero-shot probability of the corpus", "probability")]
 FRAMING_CHOICES = [("whole picture (pad to square)", "pad"), ("CLIP's centre crop", "crop"),
                    ("squash to square", "squash")]
 
@@ -208,9 +210,10 @@ class CocoaApp:
         aucs = curves.aucs()
         verdict = ("beats" if aucs["insertion_auc"] > aucs["random_insertion_auc"]
                    and aucs["deletion_auc"] < aucs["random_deletion_auc"] else "does not clearly beat")
-        text = (f"Curves of the {MEASURE_LABELS[measure]}. Insertion area {aucs['insertion_auc']:+.4f} (random order {aucs['random_insertion_auc']:+.4f}, "
-                f"higher is better); deletion area {aucs['deletion_auc']:+.4f} (random order "
-                f"{aucs['random_deletion_auc']:+.4f}, lower is better). "
+        text = (f"Curves of the {MEASURE_LABELS[measure]}. Insertion area {aucs['insertion_auc']:+.4f} "
+                f"(random order {aucs['random_insertion_auc']:+.4f}, higher is better); "
+                f"deletion area {aucs['deletion_auc']:+.4f} (random order {aucs['random_deletion_auc']:+.4f}, "
+                "lower is better). "
                 f"This heatmap {verdict} a random ranking of the pixels.")
         return curves.plot(answer.question.describe()), text
 
@@ -251,7 +254,7 @@ class CocoaApp:
         scale = None if style["scale"] == "auto" else style["scale"]
         overlays = [a.overlay(opacity=style["opacity"], scale=scale) for a in answers]
         files = []
-        for answer, overlay, name in zip(answers, overlays, ("question", "reverse")):
+        for answer, overlay, name in zip(answers, overlays, ("question", "reverse"), strict=False):
             overlay.save(folder / f"{name}_overlay.png", format="PNG")
             cc.save_heatmap(folder / f"{name}_heatmap.npy", answer.heatmap)
             files += [str(folder / f"{name}_overlay.png"), str(folder / f"{name}_heatmap.npy")]
@@ -497,13 +500,14 @@ def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True)
                 foil = gr.Textbox(label="Rather than (foil), one caption per line", lines=2, placeholder="cat",
                                   max_length=MAX_TEXT_CHARS, elem_id="foil")
                 foil_preset = gr.Dropdown(FOIL_PRESET_CHOICES, value="none", label="Or add a foil preset",
-                                          info="CIFAR-100: the 99 other classes, as in the paper", elem_id="foil-preset")
+                                          info="CIFAR-100: the 99 other classes, as in the paper",
+                                          elem_id="foil-preset")
                 with gr.Row():
                     explain = gr.Button("Explain", variant="primary", elem_id="explain", scale=2)
                     swap = gr.Button("⇄ Y rather than X", elem_id="swap", scale=1)
                 estimate = gr.Markdown(app.estimate("rise", app.default_masks), elem_id="estimate")
-                reverse = gr.Checkbox(False, label="Also ask the reverse question (foil rather than corpus), side by side",
-                                      elem_id="reverse")
+                reverse = gr.Checkbox(False, elem_id="reverse",
+                                      label="Also ask the reverse question (foil rather than corpus), side by side")
                 with gr.Accordion("Options", open=False):
                     template = gr.Textbox(cc.DEFAULT_TEMPLATE, label="Caption template ('{}' uses captions as written)",
                                           max_length=MAX_TEMPLATE_CHARS, elem_id="template")

@@ -64,7 +64,7 @@ def run(model: cc.ClipModel, scenes: int = 100, masks: int = 2000, methods: tupl
             asked = questions(a, b)
             for method in methods:
                 answers = cc.explain(model, scene.image, list(asked.values()), method=method, masks=masks)
-                rows = dict(zip(TARGETS, answers))
+                rows = dict(zip(TARGETS, answers, strict=True))
                 if method == methods[0]:
                     rows["random"] = cc.Explanation(noise.random(region.shape).astype(np.float32), 0.0,
                                                     scene.image, measure, "random")

@@ -94,7 +94,8 @@ def paper_loop(model: cc.ClipModel, image, n_masks: int) -> dict:
         heatmap /= n_masks * 0.5
         sync(model.device)
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "rate": n_masks / seconds, "dtype": str(next(net.parameters()).dtype).replace("torch.", "")}
+    dtype = str(next(net.parameters()).dtype).replace("torch.", "")
+    return {"seconds": seconds, "rate": n_masks / seconds, "dtype": dtype}
 
 
 def masks_for_fidelity(device: torch.device, scenes: int, reference_masks: int, threshold: float = 0.97) -> dict | None:
@@ -121,10 +122,10 @@ def masks_for_fidelity(device: torch.device, scenes: int, reference_masks: int, 
                 values[index] += np.corrcoef(heatmap, reference)[0, 1] / scenes
 
     def first_above(values: np.ndarray) -> int | None:
-        reached = [n for n, value in zip(ladder, values) if value >= threshold]
+        reached = [n for n, value in zip(ladder, values, strict=True) if value >= threshold]
         return reached[0] if reached else None
 
-    return {name: {"needed": first_above(values), "curve": dict(zip(ladder, np.round(values, 3).tolist()))}
+    return {name: {"needed": first_above(values), "curve": dict(zip(ladder, np.round(values, 3).tolist(), strict=True))}
             for name, values in correlations.items()}
 
 
@@ -132,7 +133,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
     parser.add_argument("--masks", type=int, default=None, help="masks for our RISE (default 20000 GPU, 2000 CPU)")
-    parser.add_argument("--paper-masks", type=int, default=None, help="masks for the paper-style loop (default 2000 GPU, 64 CPU)")
+    parser.add_argument("--paper-masks", type=int, default=None,
+                        help="masks for the paper-style loop (default 2000 GPU, 64 CPU)")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--precision", default="auto", choices=cc.models.PRECISIONS)
     parser.add_argument("--scenes", type=int, default=8, help="scenes for the fidelity measurement (0 skips it)")
@@ -155,7 +157,8 @@ def main() -> None:
           f"({fast['precision']}, batch {fast['batch']}), peak memory {fast['peak_mb']:.0f} MB")
     print(f"asking again (cached pass, new question): {fast['requery_ms']:.1f} ms")
     slow = paper_loop(reference, image, paper_masks)
-    print(f"paper-style loop: {paper_masks} masks in {slow['seconds']:.2f} s = {slow['rate']:.1f} masks/s ({slow['dtype']}, batch 1)")
+    print(f"paper-style loop: {paper_masks} masks in {slow['seconds']:.2f} s = {slow['rate']:.1f} masks/s "
+          f"({slow['dtype']}, batch 1)")
     print(f"speed-up: {fast['rate'] / slow['rate']:.1f}x masks per second")
 
     if args.scenes > 0:
@@ -165,7 +168,8 @@ def main() -> None:
         else:
             for estimator, result in fidelity.items():
                 print(f"fidelity, {estimator} estimator: {result['needed']} masks for r >= 0.97 "
-                      f"with a {args.reference_masks}-mask map (shapes-demo, {args.scenes} scenes); r by masks: {result['curve']}")
+                      f"with a {args.reference_masks}-mask map (shapes-demo, {args.scenes} scenes); "
+                      f"r by masks: {result['curve']}")
             paper_n, centered_n = fidelity["paper"]["needed"], fidelity["centered"]["needed"]
             if paper_n and centered_n:
                 ratio = (paper_n / slow["rate"]) / (centered_n / fast["rate"])

@@ -10,8 +10,8 @@ import argparse
 import json
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -48,12 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "score. In output paths {stem} stands for the image's file name without its extension; with "
                     "several images every output path needs it. Missing folders are made.")
     _question_options(explain_parser, several=True)
-    explain_parser.add_argument("--out", metavar="PNG", help="overlay at the image's own size (default: {stem}_cocoa.png here)")
-    explain_parser.add_argument("--heatmap", metavar="NPY", help="also save the raw heatmap, float32 H x W of the image")
+    explain_parser.add_argument("--out", metavar="PNG",
+                                help="overlay at the image's own size (default: {stem}_cocoa.png here)")
+    explain_parser.add_argument("--heatmap", metavar="NPY",
+                                help="also save the raw heatmap, float32 H x W of the image")
     explain_parser.add_argument("--colorbar", metavar="PNG", help="also save the raw heatmap with a colour bar")
-    explain_parser.add_argument("--opacity", type=float, default=0.5, help="weight of the heatmap in the overlay, 0 to 1")
+    explain_parser.add_argument("--opacity", type=float, default=0.5,
+                                help="weight of the heatmap in the overlay, 0 to 1")
     explain_parser.add_argument("--scale", choices=("auto",) + SCALES, default="auto",
-                                help="colours: minmax (RISE, as in the paper) or signed (centred on zero); auto picks by method")
+                                help="colours: minmax (RISE, as in the paper) or signed (centred on zero); "
+                                     "auto picks by method")
     explain_parser.add_argument("--cmap", help="matplotlib colour map (default: jet for minmax, bwr for signed)")
 
     evaluate_parser = commands.add_parser(
@@ -61,11 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Explain IMAGE (or read --from-heatmap), then measure insertion and deletion curves of "
                     "the corpus against the foil (--measure), next to a random pixel order.")
     _question_options(evaluate_parser)
-    evaluate_parser.add_argument("--from-heatmap", metavar="NPY", help="evaluate this saved heatmap instead of computing one")
+    evaluate_parser.add_argument("--from-heatmap", metavar="NPY",
+                                 help="evaluate this saved heatmap instead of computing one")
     evaluate_parser.add_argument("--steps", type=int, default=50, help="points on each curve")
     evaluate_parser.add_argument("--measure", choices=MEASURES, default="similarity",
                                  help="what the curves record: contrastive corpus similarity, or CLIP's zero-shot "
-                                      "probability of the corpus against the foil classes (the paper's corpus majority probability)")
+                                      "probability of the corpus against the foil classes (the paper's corpus "
+                                      "majority probability)")
     evaluate_parser.add_argument("--plot", metavar="PNG", help="save the curves as a plot")
 
     commands.add_parser("models", help="list the model names --model accepts")
@@ -74,15 +80,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _question_options(parser: argparse.ArgumentParser, several: bool = False) -> None:
     parser.add_argument("image", metavar="IMAGE", nargs="+" if several else None,
-                        help="the picture" + ("s" if several else "") + " to explain (any size; PNG, JPEG, WebP, TIFF ...)")
+                        help=f"the picture{'s' if several else ''} to explain (any size; PNG, JPEG, WebP, TIFF ...)")
     what = parser.add_argument_group("question")
-    what.add_argument("--corpus", action="append", default=[], metavar="TEXT", help="what to look for; repeat for several captions")
+    what.add_argument("--corpus", action="append", default=[], metavar="TEXT",
+                      help="what to look for; repeat for several captions")
     foils = what.add_mutually_exclusive_group()
-    foils.add_argument("--foil", action="append", default=[], metavar="TEXT", help="what to contrast with; repeat for several")
+    foils.add_argument("--foil", action="append", default=[], metavar="TEXT",
+                       help="what to contrast with; repeat for several")
     foils.add_argument("--foil-preset", choices=sorted(FOIL_PRESETS),
                        help="foil = these classes minus the corpus (cifar100: the paper's 99 other classes)")
-    what.add_argument("--corpus-image", action="append", default=[], metavar="PATH", help="an image for the corpus; repeatable")
-    what.add_argument("--foil-image", action="append", default=[], metavar="PATH", help="an image for the foil; repeatable")
+    what.add_argument("--corpus-image", action="append", default=[], metavar="PATH",
+                      help="an image for the corpus; repeatable")
+    what.add_argument("--foil-image", action="append", default=[], metavar="PATH",
+                      help="an image for the foil; repeatable")
     what.add_argument("--template", default=DEFAULT_TEMPLATE, help="caption template; '{}' uses captions as written")
     what.add_argument("--target", choices=TARGETS, default="cocoa",
                       help="cocoa: corpus rather than foil; corpus: corpus only; label-free: the image itself (RELAX); "
@@ -138,7 +148,10 @@ def _run(args: argparse.Namespace) -> int:
     model = load(args.model, weights=args.weights, device=args.device, precision=args.precision)
     if args.command == "explain":
         return _explain_each(model, question, plan, args)
-    heatmap = _read_heatmap(args.from_heatmap) if args.from_heatmap else _explain(model, question, args.image, args).heatmap
+    if args.from_heatmap:
+        heatmap = _read_heatmap(args.from_heatmap)
+    else:
+        heatmap = _explain(model, question, args.image, args).heatmap
     curves = insertion_deletion(model, args.image, heatmap, question, framing=args.framing, steps=args.steps,
                                 seed=args.seed, measure=args.measure)
     if args.plot:
@@ -237,10 +250,11 @@ def _report_explanation(answer: Explanation, image: str, paths: dict[str, str | 
         return
     indent = "  " if several else ""
     label = "contrastive corpus similarity" if args.target == "cocoa" else f"{args.target} score"
+    details = answer.details
     lines = [f"score {answer.score:+.4f}  ({label}: {answer.question.describe()})",
-             f"{answer.method}, {answer.details['precision']} on {answer.details['device']}, {answer.details['seconds']:.1f} s"
-             + (f", {answer.details['masks']} masks" if answer.method == "rise" else "")
-             + ("" if answer.details.get("complete", True) else " (the time budget ran out first)")]
+             f"{answer.method}, {details['precision']} on {details['device']}, {details['seconds']:.1f} s"
+             + (f", {details['masks']} masks" if answer.method == "rise" else "")
+             + ("" if details.get("complete", True) else " (the time budget ran out first)")]
     lines += [f"{name} -> {path}" for name, path in (("overlay", paths["out"]), ("heatmap", paths["heatmap"]),
                                                     ("colour bar", paths["colorbar"])) if path]
     print("\n".join(([image] if several else []) + [indent + line for line in lines]), flush=True)

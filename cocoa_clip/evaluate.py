@@ -16,8 +16,8 @@ the pixels gives the baseline both should beat.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -71,7 +71,8 @@ class Curves:
             axes.plot(self.fractions, getattr(self, name), color="C3", label=f"heatmap (AUC {aucs[name + '_auc']:.3f})")
             axes.plot(self.fractions, getattr(self, "random_" + name), color="0.5", linestyle="--",
                       label=f"random (AUC {aucs['random_' + name + '_auc']:.3f})")
-            axes.set_title(f"{name.capitalize()} ({'higher' if name == 'insertion' else 'lower'} is better)", fontsize=10)
+            better = "higher" if name == "insertion" else "lower"
+            axes.set_title(f"{name.capitalize()} ({better} is better)", fontsize=10)
             axes.set_xlabel(f"share of pixels {'inserted' if name == 'insertion' else 'deleted'}")
             axes.set_ylabel(MEASURE_LABELS[self.measure])
             axes.legend(fontsize=8)
@@ -104,7 +105,8 @@ class CorpusProbability:
 
 def measure_of(question: Question) -> Question:
     """The question as COCOA measures it (cosine, corpus rather than foil), whatever its target."""
-    if not (question.corpus or question.corpus_images) or not (question.foil or question.foil_images or question.foil_preset):
+    has_foil = question.foil or question.foil_images or question.foil_preset
+    if not (question.corpus or question.corpus_images) or not has_foil:
         raise QuestionError("Insertion and deletion measure the corpus against the foil: give a corpus and a foil.")
     return dataclasses.replace(question, target="cocoa", similarity="cosine")
 
@@ -146,7 +148,8 @@ def insertion_deletion(
         raise SettingsError(f"steps must be a whole number from 2 to 1000; got {steps!r}.")
     picture = load_image(image)
     if heatmap.shape != (picture.height, picture.width):
-        raise SettingsError(f"The heatmap is {heatmap.shape[1]}x{heatmap.shape[0]} but the image is {picture.width}x{picture.height}.")
+        raise SettingsError(f"The heatmap is {heatmap.shape[1]}x{heatmap.shape[0]} "
+                            f"but the image is {picture.width}x{picture.height}.")
     framed = frame(picture, model.n_px, framing)
     content = framed.content.to(model.device)
     baseline = blur(content, model.n_px)
@@ -196,7 +199,8 @@ def _curve(model: ClipModel, framed: Framed, target: Score, order: torch.Tensor,
     scores = []
     with eval_mode(model):
         for first in range(0, len(counts), batch_size):
-            chosen = (rank[None] < counts[first:first + batch_size, None, None]).float()[:, None]  # shape = [B, 1, h, w]
+            # shape = [B, 1, h, w]
+            chosen = (rank[None] < counts[first:first + batch_size, None, None]).float()[:, None]
             pixels = framed.with_content(start + chosen * (end - start))
             scores.append(target(model.encode_images(pixels)))
     return torch.cat(scores).float().cpu().numpy()

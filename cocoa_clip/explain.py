@@ -10,8 +10,8 @@ import dataclasses
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -58,7 +58,8 @@ class Explanation:
 
     def colorbar(self, *, scale: str | None = None, cmap: str | None = None) -> Image.Image:
         """The raw heatmap with a colour bar (RGB)."""
-        return render.colorbar_figure(self.heatmap, scale=scale or self.scale, cmap=cmap, title=self.question.describe())
+        return render.colorbar_figure(self.heatmap, scale=scale or self.scale, cmap=cmap,
+                                      title=self.question.describe())
 
     def save(self, overlay: str | os.PathLike | None = None, heatmap: str | os.PathLike | None = None,
              **style: object) -> None:
@@ -112,7 +113,8 @@ def explain(
     started = time.perf_counter()
 
     if method == "rise":
-        run = _rise_pass(model, framed, RiseSettings(masks, seed=seed, batch_size=batch_size), progress, time_budget, cache)
+        settings = RiseSettings(masks, seed=seed, batch_size=batch_size)
+        run = _rise_pass(model, framed, settings, progress, time_budget, cache)
         targets = [resolve(model, q, run.image_embedding, framing) for q in questions]
         maps = saliency(run, targets, estimator)
         image_embedding = run.image_embedding
@@ -133,7 +135,7 @@ def explain(
     answers = [
         Explanation(heatmap=unframe(heat, framed), score=float(target(image_embedding[None])[0]), image=picture,
                     question=target.question, method=method, details=dict(details), notes=target.notes)
-        for heat, target in zip(maps, targets)
+        for heat, target in zip(maps, targets, strict=True)
     ]
     return answers[0] if single else answers
 

@@ -8,11 +8,10 @@ target(picture) - target(baseline), up to the integral's discretisation error.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
-
 import torch
 from captum.attr import GradientShap, IntegratedGradients
 

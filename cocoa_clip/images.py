@@ -20,7 +20,6 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import torch
@@ -32,7 +31,7 @@ from .models import MEAN
 
 FRAMINGS = ("pad", "crop", "squash")
 MAX_PIXELS = 50_000_000  # refuse larger images before decoding them (decompression bombs)
-ImageSource = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
+ImageSource = str | os.PathLike | bytes | Image.Image | np.ndarray
 
 
 def load_image(source: ImageSource, max_pixels: int = MAX_PIXELS) -> Image.Image:
@@ -178,7 +177,8 @@ def unframe(content_map: torch.Tensor, framed: Framed) -> np.ndarray:
     Bilinear resampling; NaN outside the part of the picture the model saw (crop framing).
     """
     top, left, height, width = framed.source_box
-    resized = F.interpolate(content_map[None, None].float().cpu(), size=(height, width), mode="bilinear", align_corners=False)
+    resized = F.interpolate(content_map[None, None].float().cpu(), size=(height, width), mode="bilinear",
+                            align_corners=False)
     out = np.full(framed.image_size, np.nan, dtype=np.float32)
     # The crop box can reach one pixel past the picture through rounding.
     rows, cols = min(height, framed.image_size[0] - top), min(width, framed.image_size[1] - left)

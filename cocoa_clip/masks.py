@@ -76,7 +76,7 @@ class MaskSet:
         """(cell_h, h, g) and (cell_w, w, g): for each shift, the rows of the upsampling matrix it keeps."""
         return tuple(
             _interpolator(self.grid, cell, length, torch.device(device))
-            for cell, length in zip(self.cells, self.size)
+            for cell, length in zip(self.cells, self.size, strict=True)
         )
 
 

@@ -6,9 +6,9 @@ import os
 import uuid
 import warnings
 from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import torch
 
@@ -86,13 +86,14 @@ class ClipModel:
         notes, missing = [], [t for t in dict.fromkeys(texts) if t not in self._texts]
         for text in missing:
             if len(_tokenizer.encode(text)) + 2 > self.context_length:
-                notes.append(f"Caption {text[:40]!r}... is longer than CLIP's {self.context_length} tokens and was truncated.")
+                notes.append(f"Caption {text[:40]!r}... is longer than CLIP's {self.context_length} tokens "
+                             "and was truncated.")
         for start in range(0, len(missing), 256):
             chunk = missing[start:start + 256]
             tokens = clip.tokenize(chunk, context_length=self.context_length, truncate=True).to(self.device)
             with torch.no_grad():
                 embedded = self.net.encode_text(tokens).float()
-            for text, row in zip(chunk, embedded):
+            for text, row in zip(chunk, embedded, strict=True):
                 self._texts[text] = row
         for text in texts:
             self._texts.move_to_end(text)
@@ -216,14 +217,16 @@ def _load_advice(name: str, weights: object, download_root: str | None, error: E
     bundled = ", ".join(n for n, p in BUNDLED.items() if p.is_file())
     offline = f" To try the tool offline, use the bundled model: --model {bundled}." if bundled else ""
     if weights is not None:
-        return f"Could not read {weights} as a CLIP checkpoint ({type(error).__name__}); is it a complete OpenAI CLIP .pt file?"
+        return (f"Could not read {weights} as a CLIP checkpoint ({type(error).__name__}); "
+                "is it a complete OpenAI CLIP .pt file?")
     if name in BUNDLED:
         return f"The bundled model {name!r} could not be read ({type(error).__name__}); reinstall cocoa-clip."
     root = download_root or os.path.expanduser("~/.cache/clip")
     file = os.path.basename(clip_package().clip._MODELS[name])
     return (
         f"Could not get the {name} weights ({type(error).__name__}: {error}). "
-        f"Connect to the internet once, or place the checkpoint at {os.path.join(root, file)}, or pass --weights PATH.{offline}"
+        f"Connect to the internet once, or place the checkpoint at {os.path.join(root, file)}, "
+        f"or pass --weights PATH.{offline}"
     )
 
 

@@ -1,7 +1,7 @@
 """Ready-made foils: class lists to contrast a corpus caption with, as in the paper (section 4.3)."""
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from .errors import QuestionError
@@ -11,7 +11,7 @@ _DATA = Path(__file__).parent / "data"
 FOIL_PRESETS = {"cifar100": "cifar100_classes.txt", "imagenet": "imagenet_classes.txt"}
 
 
-@lru_cache(maxsize=None)
+@cache
 def class_names(preset: str) -> tuple[str, ...]:
     """The class names of a preset ("cifar100": 100 names, "imagenet": 1000 names)."""
     if preset not in FOIL_PRESETS:

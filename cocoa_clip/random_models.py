@@ -20,7 +20,8 @@ ARCHITECTURES = {
                         vision_patch_size=None, context_length=77, vocab_size=49408, transformer_width=64,
                         transformer_heads=1, transformer_layers=1),
     "ViT-B/32": dict(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768, vision_patch_size=32,
-                     context_length=77, vocab_size=49408, transformer_width=512, transformer_heads=8, transformer_layers=12),
+                     context_length=77, vocab_size=49408, transformer_width=512, transformer_heads=8,
+                     transformer_layers=12),
 }
 
 

@@ -53,7 +53,8 @@ def overlay(image: Image.Image, heatmap: np.ndarray, *, scale: str = "minmax", c
     heatmap: (H, W) with (H, W) the photo's (height, width). opacity: weight of the colours, 0..1.
     """
     if heatmap.shape != (image.height, image.width):
-        raise SettingsError(f"The heatmap is {heatmap.shape[1]}x{heatmap.shape[0]} but the image is {image.width}x{image.height}.")
+        raise SettingsError(f"The heatmap is {heatmap.shape[1]}x{heatmap.shape[0]} "
+                            f"but the image is {image.width}x{image.height}.")
     if not 0.0 <= opacity <= 1.0:
         raise SettingsError(f"Opacity must lie between 0 and 1; got {opacity!r}.")
     colours = colorize(heatmap, scale, cmap)

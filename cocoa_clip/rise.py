@@ -17,9 +17,9 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from threading import Lock
-from typing import Callable, Sequence
 
 import torch
 
@@ -50,7 +50,8 @@ class RiseSettings:
 
     def __post_init__(self) -> None:
         if self.n_masks is not None and not (isinstance(self.n_masks, int) and 1 <= self.n_masks <= MAX_MASKS):
-            raise SettingsError(f"The number of masks must be a whole number from 1 to {MAX_MASKS:,}; got {self.n_masks!r}.")
+            raise SettingsError(
+                f"The number of masks must be a whole number from 1 to {MAX_MASKS:,}; got {self.n_masks!r}.")
         if not (isinstance(self.grid, int) and 2 <= self.grid <= 64):
             raise SettingsError(f"The RISE grid must be a whole number from 2 to 64; got {self.grid!r}.")
         if not 0.0 < self.p_keep < 1.0:

@@ -175,7 +175,8 @@ def _polygon(shape: str, cx: float, cy: float, r: float, rot_deg: float) -> list
             pts.append((rr * np.cos(a), rr * np.sin(a) + 0.08))
     elif shape == "cross":
         w, L = 0.34, 0.95
-        pts = [(-w, -L), (w, -L), (w, -w), (L, -w), (L, w), (w, w), (w, L), (-w, L), (-w, w), (-L, w), (-L, -w), (-w, -w)]
+        pts = [(-w, -L), (w, -L), (w, -w), (L, -w), (L, w), (w, w),
+               (w, L), (-w, L), (-w, w), (-L, w), (-L, -w), (-w, -w)]
     else:
         raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
     th = np.deg2rad(rot_deg)

@@ -17,8 +17,8 @@ Corpus and foil may mix captions (wrapped by a template) and images.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from typing import Sequence
 
 import torch
 

@@ -183,7 +183,8 @@ def main(argv=None) -> None:
 
     model = make_model(args).to(dev).train()
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"model: {n_params / 1e6:.2f}M params ({(n_params - 49408 * args.text_width) / 1e6:.2f}M without token embedding)")
+    without_tokens = (n_params - 49408 * args.text_width) / 1e6
+    print(f"model: {n_params / 1e6:.2f}M params ({without_tokens:.2f}M without token embedding)")
     # auxiliary multi-label head on the image embedding (training only, not saved): which of the
     # 30 objects are visible.  Without it the two towers sit at a saddle where neither encodes
     # shape (the text embeddings of "red circle" and "red square" stay identical, so the image
@@ -286,10 +287,11 @@ def main(argv=None) -> None:
         stats.append((loss.item(), acc))
         elapsed = time.time() - t0
         if step % 50 == 0 or step == args.steps - 1:
-            l, a = np.mean(stats, 0)
+            mean_loss, mean_accuracy = np.mean(stats, 0)
             stats = []
             print(
-                f"step {step:5d}/{args.steps}  loss {l:.3f}  i2t-acc {a:.3f}  T {1 / scale.item():.4f}  "
+                f"step {step:5d}/{args.steps}  loss {mean_loss:.3f}  i2t-acc {mean_accuracy:.3f}  "
+                f"T {1 / scale.item():.4f}  "
                 f"lr {lr_at(q):.2e}  {elapsed / 60:.1f} min",
                 flush=True,
             )

@@ -8,10 +8,10 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 import pytest
+from conftest_app import MASKS, app, served, write_photo
 from PIL import Image
 
 import cocoa_clip as cc
-from conftest_app import MASKS, app, served, write_photo
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
@@ -41,7 +41,7 @@ def photo_file(tmp_path) -> Path:
 def ask(web: app.CocoaApp, image, corpus="dog", foil="cat", **options) -> dict:
     options.setdefault("masks", MASKS)
     names = ("overlay", "reverse", "colorbar", "score", "reading", "status", "files", "token")
-    return dict(zip(names, web.explain(image, corpus, foil, progress=no_progress, **options)))
+    return dict(zip(names, web.explain(image, corpus, foil, progress=no_progress, **options), strict=True))
 
 
 # ---------------------------------------------------------------- the adapter, called directly
@@ -214,7 +214,8 @@ def test_client_gets_the_error_sentence_and_the_server_keeps_serving(server, pho
     cases = [
         (dict(image=handle_file(str(not_an_image)), corpus="dog", foil="cat"), "is not an image PIL can read"),
         (dict(image=handle_file(str(photo_file)), corpus="", foil="cat"), "needs a corpus"),
-        (dict(image=handle_file(str(photo_file)), corpus="dog", foil="cat", masks="many"), "masks must be a whole number"),
+        (dict(image=handle_file(str(photo_file)), corpus="dog", foil="cat", masks="many"),
+         "masks must be a whole number"),
         (dict(image=handle_file(str(photo_file)), corpus=["dog"], foil="cat"), "corpus must be text"),
         (dict(image={"path": "/etc/hostname"}, corpus="dog", foil="cat"), "must be a file uploaded to this app"),
     ]
@@ -232,7 +233,7 @@ def test_eight_concurrent_clients_get_their_own_answers(server, tiny, tmp_path):
     photos = [write_photo(tmp_path / f"p{i}.png", width=40 + 9 * i, height=60 - 3 * i, seed=i) for i in range(8)]
     questions = [("dog", "cat"), ("cat", "dog"), ("car", "tree"), ("sky", "sea")] * 2
     reference = app.CocoaApp(tiny)  # in-process, its own cache
-    expected = [ask(reference, str(p), *q) for p, q in zip(photos, questions)]
+    expected = [ask(reference, str(p), *q) for p, q in zip(photos, questions, strict=True)]
 
     def call(index: int):
         corpus, foil = questions[index]
@@ -241,7 +242,7 @@ def test_eight_concurrent_clients_get_their_own_answers(server, tiny, tmp_path):
 
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(call, range(8)))
-    for result, want, photo in zip(results, expected, photos):
+    for result, want, photo in zip(results, expected, photos, strict=True):
         overlay = np.asarray(Image.open(result[0]).convert("RGB"), dtype=np.int16)
         assert overlay.shape[:2] == Image.open(photo).size[::-1]
         assert np.abs(overlay - np.asarray(want["overlay"], dtype=np.int16)).max() <= 1

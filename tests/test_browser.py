@@ -8,10 +8,10 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest_app import REPO, served
 from PIL import Image
 
 import cocoa_clip as cc
-from conftest_app import REPO, served
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

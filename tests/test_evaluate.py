@@ -1,13 +1,12 @@
 import numpy as np
 import pytest
 import torch
+from conftest import PLANTED_REGION
 
 import cocoa_clip as cc
 from cocoa_clip.evaluate import Curves, insertion_deletion
 from cocoa_clip.images import frame
 from cocoa_clip.models import clip_package, normalize
-
-from conftest import PLANTED_REGION
 
 DOG_CAT = cc.Question(corpus=["dog"], foil=["cat"])
 
@@ -73,7 +72,8 @@ def test_probability_measure_is_clips_own_zero_shot_probability(tiny, photo):
     heatmap = np.random.default_rng(0).random((45, 70)).astype(np.float32)
     curves = insertion_deletion(tiny, photo, heatmap, question, steps=4, measure="probability")
     with torch.no_grad():
-        logits, _ = tiny.net(normalize(frame(photo, tiny.n_px).canvas[None]), clip_package().tokenize(["dog", "cat", "bird"]))
+        pixels = normalize(frame(photo, tiny.n_px).canvas[None])
+        logits, _ = tiny.net(pixels, clip_package().tokenize(["dog", "cat", "bird"]))
     assert curves.deletion[0] == pytest.approx(logits.softmax(-1)[0, 0].item(), abs=1e-5)
     assert curves.measure == "probability" and curves.to_dict()["measure"] == "probability"
     assert all(((0 <= c) & (c <= 1)).all() for c in (curves.insertion, curves.deletion, curves.random_deletion))

@@ -4,7 +4,8 @@ import torch.nn.functional as F
 from cocoa_clip.masks import sample_masks
 
 
-def reference_mask(grid: torch.Tensor, shift: torch.Tensor, size: tuple[int, int], cells: tuple[int, int]) -> torch.Tensor:
+def reference_mask(grid: torch.Tensor, shift: torch.Tensor, size: tuple[int, int],
+                   cells: tuple[int, int]) -> torch.Tensor:
     """RISE as written in its paper: upsample the grid to (g + 1) * cell, then crop at the shift."""
     up = (grid.shape[0] + 1) * cells[0], (grid.shape[1] + 1) * cells[1]
     full = F.interpolate(grid[None, None].float(), size=up, mode="bilinear", align_corners=False)[0, 0]
@@ -13,7 +14,8 @@ def reference_mask(grid: torch.Tensor, shift: torch.Tensor, size: tuple[int, int
 
 def test_rendered_masks_equal_upsample_then_crop():
     masks = sample_masks(40, (37, 61), grid=7, seed=3)
-    expected = torch.stack([reference_mask(g, s, masks.size, masks.cells) for g, s in zip(masks.grids, masks.shifts)])
+    expected = torch.stack([reference_mask(g, s, masks.size, masks.cells)
+                            for g, s in zip(masks.grids, masks.shifts, strict=True)])
     assert torch.allclose(masks.render(0, 40), expected, atol=1e-6)
 
 

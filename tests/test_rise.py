@@ -1,14 +1,13 @@
 import numpy as np
 import pytest
 import torch
+from conftest import PLANTED_REGION
+from test_masks import reference_mask
 
 import cocoa_clip as cc
 from cocoa_clip.images import blur, frame
 from cocoa_clip.rise import PassCache, RiseSettings, masked_pass, saliency
 from cocoa_clip.targets import resolve
-
-from conftest import PLANTED_REGION
-from test_masks import reference_mask
 
 DOG_CAT = cc.Question(corpus=["dog"], foil=["cat"])
 
@@ -24,7 +23,7 @@ def test_matches_a_plain_one_mask_at_a_time_reference(tiny, photo):
     with torch.no_grad():
         target = resolve(tiny, DOG_CAT, tiny.encode_images(framed.canvas[None])[0])
         total = torch.zeros(content.shape[1:])
-        for grid, shift in zip(masks.grids, masks.shifts):
+        for grid, shift in zip(masks.grids, masks.shifts, strict=True):
             mask = reference_mask(grid, shift, masks.size, masks.cells)
             pixels = framed.with_content((baseline + mask * (content - baseline))[None])
             total += target(tiny.encode_images(pixels))[0] * mask
@@ -41,7 +40,8 @@ def test_reproducible_with_a_seed_and_independent_of_batch_size(tiny, photo):
 
 def test_swapping_corpus_and_foil_negates_score_and_map(tiny, photo):
     for estimator in ("paper", "centered"):
-        forward, backward = cc.explain(tiny, photo, [DOG_CAT, DOG_CAT.swapped()], masks=150, estimator=estimator, cache=None)
+        forward, backward = cc.explain(tiny, photo, [DOG_CAT, DOG_CAT.swapped()], masks=150, estimator=estimator,
+                                       cache=None)
         assert backward.score == pytest.approx(-forward.score, abs=1e-6)
         np.testing.assert_allclose(backward.heatmap, -forward.heatmap, atol=1e-6)
         assert np.abs(forward.heatmap).max() > 0
@@ -51,7 +51,7 @@ def test_many_questions_in_one_pass_equal_separate_passes(tiny, photo):
     questions = [DOG_CAT, cc.Question(corpus=["a red car"], foil_preset="cifar100"),
                  cc.Question(target="label-free"), cc.Question(corpus=["tree"], target="corpus", similarity="dot")]
     together = cc.explain(tiny, photo, questions, masks=120, cache=None)
-    for question, joint in zip(questions, together):
+    for question, joint in zip(questions, together, strict=True):
         alone = cc.explain(tiny, photo, question, masks=120, cache=None)
         np.testing.assert_allclose(joint.heatmap, alone.heatmap, rtol=1e-5, atol=1e-7)
         assert joint.score == pytest.approx(alone.score)

@@ -60,7 +60,8 @@ def test_an_image_can_be_its_own_corpus(tiny, photo, tmp_path):
                       cc.Question(target="contrastive-label-free", foil=["cat"])], masks=50, cache=None)
     assert as_corpus.score == pytest.approx(label_free.score, abs=1e-5)
     assert abs(as_corpus.score) > 1e-3
-    torch.testing.assert_close(torch.from_numpy(as_corpus.heatmap), torch.from_numpy(label_free.heatmap), atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(torch.from_numpy(as_corpus.heatmap), torch.from_numpy(label_free.heatmap),
+                               atol=1e-6, rtol=1e-4)
 
 
 def test_preset_foils_are_the_other_classes():
