@@ -172,26 +172,35 @@ class CocoaApp:
                 corpus_images=_image_files(corpus_images, "corpus"), foil_images=_image_files(foil_images, "foil"),
                 target=_choice(target, "target", cc.TARGETS), template=_template(template))
             questions = [question, question.swapped()] if _flag(reverse, "reverse") else [question]
-            method = _choice(method, "method", cc.METHODS)
-            n_masks = _whole(masks, "number of masks", 1, self.max_masks, default=self.default_masks)
             style = {"opacity": _number(opacity, "opacity", 0.0, 1.0),
                      "scale": _choice(scale, "colour scale", [v for _, v in SCALE_CHOICES])}
-            options = {"method": method, "masks": n_masks, "seed": _whole(seed, "seed", 0, MAX_SEED, default=0),
-                       "framing": _choice(framing, "framing", cc.FRAMINGS),
-                       "time_budget": TIME_BUDGET_S.get(self.device, TIME_BUDGET_S["cpu"]), "cache": self.cache}
-
-            if method == "rise":
-                progress(0.0, desc=self.estimate(method, n_masks, markdown=False))
-
-                def on_masks(done: int, total: int) -> None:
-                    progress((done, total), desc="RISE: masked pictures through the encoder", unit="masks")
-
-                options["progress"] = on_masks
-            else:
-                progress(0.0, desc=f"{_label(METHOD_CHOICES, method)}: computing gradients")
-            answers = cc.explain(self.model, picture, questions, **options)
+            answers = cc.explain(self.model, picture, questions, **self._run_options(method, masks, seed, framing,
+                                                                                    progress))
             self._measured(answers[0])
             return self._present(answers, style)
+
+    @gpu
+    def compare(
+        self,
+        image: Any,
+        captions: Any = "",
+        template: Any = cc.DEFAULT_TEMPLATE,
+        method: Any = "rise",
+        masks: Any = None,
+        seed: Any = 0,
+        framing: Any = "pad",
+        progress: gr.Progress = gr.Progress(),
+    ) -> tuple:
+        """Split `image` among captions (each one rather than the others): (coloured picture with legend, parts)."""
+        with _user_errors():
+            picture = _picture(image)
+            names = _captions(captions, "captions to compare")
+            comparison = cc.compare(self.model, picture, names, template=_template(template),
+                                    **self._run_options(method, masks, seed, framing, progress))
+            self._measured(comparison.answers[0])
+        parts = [f"- **{caption}**: {share:.0%} of the picture; score {answer.score:+.4f} rather than the others"
+                 for (caption, share), answer in zip(comparison.shares.items(), comparison.answers, strict=True)]
+        return comparison.overlay(), "\n".join([*parts, "", _status(comparison.answers[0])])
 
     @gpu
     def check(self, token: Any, measure: Any = "similarity", progress: gr.Progress = gr.Progress()) -> tuple:
@@ -243,6 +252,24 @@ class CocoaApp:
         return self.masks_per_second or 0.0
 
     # ---------------------------------------------------------------- helpers
+
+    def _run_options(self, method: Any, masks: Any, seed: Any, framing: Any, progress: gr.Progress) -> dict:
+        """What `cc.explain` takes from the method widgets, checked, with progress reports wired in."""
+        method = _choice(method, "method", cc.METHODS)
+        n_masks = _whole(masks, "number of masks", 1, self.max_masks, default=self.default_masks)
+        options = {"method": method, "masks": n_masks, "seed": _whole(seed, "seed", 0, MAX_SEED, default=0),
+                   "framing": _choice(framing, "framing", cc.FRAMINGS),
+                   "time_budget": TIME_BUDGET_S.get(self.device, TIME_BUDGET_S["cpu"]), "cache": self.cache}
+        if method == "rise":
+            progress(0.0, desc=self.estimate(method, n_masks, markdown=False))
+
+            def on_masks(done: int, total: int) -> None:
+                progress((done, total), desc="RISE: masked pictures through the encoder", unit="masks")
+
+            options["progress"] = on_masks
+        else:
+            progress(0.0, desc=f"{_label(METHOD_CHOICES, method)}: computing gradients")
+        return options
 
     def _measured(self, answer: cc.Explanation) -> None:
         details = answer.details
@@ -548,6 +575,21 @@ def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True)
                 curves = gr.Image(label="Insertion and deletion curves", format="png", interactive=False,
                                   elem_id="curves")
                 curves_text = gr.Markdown(label="Areas", elem_id="curves-text")
+        with gr.Accordion("Which caption where? Split the picture among several captions", open=False,
+                          elem_id="compare-section"):
+            gr.Markdown("Each caption is asked *this rather than the other captions*, all from one pass over the "
+                        "picture above (with its options); each region takes the colour of the caption it looks "
+                        "like most, faded where that is less clear.")
+            with gr.Row():
+                with gr.Column(scale=1):
+                    compare_captions = gr.Textbox(label="Captions to compare, one per line (2 to 10)", lines=4,
+                                                  placeholder="dog\ngrass\nsky", max_length=MAX_TEXT_CHARS,
+                                                  elem_id="compare-captions")
+                    compare = gr.Button("Compare", variant="primary", elem_id="compare")
+                    compare_parts = gr.Markdown(elem_id="compare-parts")
+                with gr.Column(scale=1):
+                    compare_overlay = gr.Image(label="Which caption where", format="png", interactive=False,
+                                               elem_id="compare-overlay")
         gr.Examples([[str(ASSETS / name), *rest] for name, *rest in EXAMPLES if (ASSETS / name).is_file()],
                     inputs=[image, corpus, foil, foil_preset], cache_examples=False, elem_id="examples",
                     label="Examples (pictures and licences in assets/)", api_visibility="private")
@@ -562,6 +604,10 @@ def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True)
             app.estimate, [method, masks], estimate, queue=False, api_visibility="private")
         check.click(app.check, [answer_token, measure], [curves, curves_text], api_name="check", concurrency_limit=1,
                     concurrency_id="model")
+        compare.click(app.compare, [image, compare_captions, template, method, masks, seed, framing],
+                      [compare_overlay, compare_parts], api_name="compare", preprocess=False, concurrency_limit=1,
+                      concurrency_id="model",
+                      api_description="The picture split among captions: which one each region looks like most.")
         swap.click(lambda x, y: (y, x), [corpus, foil], [corpus, foil], queue=False, api_visibility="private")
         reverse.change(lambda ask: gr.Image(visible=ask), reverse, overlay_reverse, queue=False,
                        api_visibility="private")

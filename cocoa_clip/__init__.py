@@ -7,6 +7,7 @@ COCOA (Contrastive Corpus Attribution, Lin et al., ICLR 2023) on CLIP, in four l
     answer = cc.explain(model, "dog.jpg", cc.Question(corpus=["dog"], foil=["cat"]))
     answer.overlay().save("overlay.png"); print(answer.score)
 """
+from .compare import Comparison, compare
 from .errors import CocoaError, ImageError, ModelLoadError, QuestionError, SettingsError
 from .evaluate import MEASURES, Curves, insertion_deletion
 from .explain import METHODS, Explanation, explain, score
@@ -20,7 +21,7 @@ from .targets import TARGETS, Question, Target
 __all__ = [
     "load", "available_models", "ClipModel", "Question", "Target", "explain", "score", "Explanation",
     "load_image", "overlay", "save_heatmap", "class_names", "PassCache", "RiseSettings",
-    "insertion_deletion", "Curves",
+    "insertion_deletion", "Curves", "compare", "Comparison",
     "METHODS", "TARGETS", "FRAMINGS", "ESTIMATORS", "MEASURES", "FOIL_PRESETS", "DEFAULT_TEMPLATE",
     "CocoaError", "ImageError", "ModelLoadError", "QuestionError", "SettingsError",
 ]

@@ -1,20 +1,23 @@
-"""Command line: `python -m cocoa_clip explain|evaluate|models`.
+"""Command line: `python -m cocoa_clip explain|evaluate|compare|models`.
 
     python -m cocoa_clip explain dog.jpg --corpus dog --foil cat --out overlay.png
     python -m cocoa_clip explain photos/*.jpg --corpus dog --foil cat --out maps/{stem}.png
     python -m cocoa_clip evaluate dog.jpg --corpus dog --foil-preset cifar100 --json
+    python -m cocoa_clip compare park.jpg --caption dog --caption grass --caption sky
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from .compare import MAX_CAPTIONS, caption_questions, compare
 from .errors import CocoaError, ImageError
 from .evaluate import MEASURE_LABELS, MEASURES, insertion_deletion
 from .explain import METHODS, Explanation, explain
@@ -41,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m cocoa_clip",
         description="Explain what in an image makes CLIP see the corpus rather than the foil (COCOA).",
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{explain,evaluate,models}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{explain,evaluate,compare,models}")
     explain_parser = commands.add_parser(
         "explain", help="heatmap of an image for a question", formatter_class=_Help,
         description="Write a heatmap of each IMAGE: where CLIP sees the corpus rather than the foil. Prints the "
@@ -74,13 +77,37 @@ def build_parser() -> argparse.ArgumentParser:
                                       "majority probability)")
     evaluate_parser.add_argument("--plot", metavar="PNG", help="save the curves as a plot")
 
+    compare_parser = commands.add_parser(
+        "compare", help="which of several captions each region of an image looks like", formatter_class=_Help,
+        description="Split IMAGE among captions: each caption is asked 'this rather than the other captions' "
+                    "(one RISE pass serves them all) and each pixel goes to the caption whose map is highest "
+                    "there. Prints each caption's score and share of the picture.")
+    _image_argument(compare_parser)
+    compare_parser.add_argument("--caption", action="append", default=[], metavar="TEXT",
+                                help=f"a caption to compare; repeat, 2 to {MAX_CAPTIONS} in all")
+    compare_parser.add_argument("--template", default=DEFAULT_TEMPLATE,
+                                help="caption template; '{}' uses captions as written")
+    _method_options(compare_parser, estimator=False)
+    _model_options(compare_parser)
+    compare_parser.add_argument("--out", metavar="PNG",
+                                help="the picture coloured by caption, with a legend "
+                                     "(default: {stem}_compare.png here)")
+    compare_parser.add_argument("--labels", metavar="NPY",
+                                help="also save the label map: int16 H x W, each pixel's caption (0 = first), "
+                                     "-1 where the model saw nothing")
+    compare_parser.add_argument("--opacity", type=float, default=0.6, help="weight of the colours, 0 to 1")
+
     commands.add_parser("models", help="list the model names --model accepts")
     return parser
 
 
-def _question_options(parser: argparse.ArgumentParser, several: bool = False) -> None:
+def _image_argument(parser: argparse.ArgumentParser, several: bool = False) -> None:
     parser.add_argument("image", metavar="IMAGE", nargs="+" if several else None,
                         help=f"the picture{'s' if several else ''} to explain (any size; PNG, JPEG, WebP, TIFF ...)")
+
+
+def _question_options(parser: argparse.ArgumentParser, several: bool = False) -> None:
+    _image_argument(parser, several)
     what = parser.add_argument_group("question")
     what.add_argument("--corpus", action="append", default=[], metavar="TEXT",
                       help="what to look for; repeat for several captions")
@@ -98,17 +125,26 @@ def _question_options(parser: argparse.ArgumentParser, several: bool = False) ->
                       help="cocoa: corpus rather than foil; corpus: corpus only; label-free: the image itself (RELAX); "
                            "contrastive-label-free: the image itself rather than the foil")
     what.add_argument("--similarity", choices=SIMILARITIES, default="cosine", help="cosine (the paper) or dot product")
+    _method_options(parser, estimator=True)
+    _model_options(parser)
+
+
+def _method_options(parser: argparse.ArgumentParser, estimator: bool) -> None:
     how = parser.add_argument_group("method")
     how.add_argument("--method", choices=METHODS, default="rise", help="attribution method")
     how.add_argument("--masks", type=int, default=None, help="RISE masks (default: 20000 on a GPU, 2000 on a CPU)")
     how.add_argument("--seed", type=int, default=0, help="random seed of the masks / noise")
-    how.add_argument("--estimator", choices=ESTIMATORS, default="centered",
-                     help="RISE estimator: centered (mean score subtracted, less noise) or paper (the paper's)")
+    if estimator:
+        how.add_argument("--estimator", choices=ESTIMATORS, default="centered",
+                         help="RISE estimator: centered (mean score subtracted, less noise) or paper (the paper's)")
     how.add_argument("--framing", choices=FRAMINGS, default="pad",
                      help="pad: whole image on a square; crop: CLIP's centre crop; squash: resize to square")
     how.add_argument("--batch-size", type=int, default=None, help="masked images per forward pass (default: by device)")
     how.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                      help="stop RISE after this long and answer from the masks done (default: no limit)")
+
+
+def _model_options(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model")
     models = model.add_mutually_exclusive_group()
     models.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME", help="CLIP model name (see `models`)")
@@ -139,13 +175,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.masks is not None:
+        RiseSettings(n_masks=args.masks)  # refuse bad counts before loading a model
+    if args.command == "compare":
+        return _compare(args)
     question = Question(corpus=args.corpus, foil=args.foil, foil_preset=args.foil_preset,
                         corpus_images=args.corpus_image, foil_images=args.foil_image,
                         target=args.target, template=args.template, similarity=args.similarity)
-    if args.masks is not None:
-        RiseSettings(n_masks=args.masks)  # refuse bad counts before loading a model
     plan = _output_plan(args) if args.command == "explain" else []
-    model = load(args.model, weights=args.weights, device=args.device, precision=args.precision)
+    model = _load(args)
     if args.command == "explain":
         return _explain_each(model, question, plan, args)
     if args.from_heatmap:
@@ -213,22 +251,59 @@ def _explain_each(model: ClipModel, question: Question, plan: list[tuple[str, di
 
 
 def _explain(model: ClipModel, question: Question, image: ImageSource, args: argparse.Namespace) -> Explanation:
-    bar = None
-    if not args.quiet and args.method == "rise":
-        from tqdm import tqdm
+    with _progress(model, args) as progress:
+        return explain(model, image, question, estimator=args.estimator, progress=progress, **_method(args))
 
-        bar = tqdm(total=RiseSettings(args.masks).masks_for(model.device), unit="mask", disable=None, file=sys.stderr)
 
-    def progress(done: int, total: int) -> None:
-        bar.update(done - bar.n)
+def _compare(args: argparse.Namespace) -> int:
+    """Split one image among captions; write the coloured picture (and labels), print each caption's part."""
+    caption_questions(args.caption, args.template)  # refuse bad caption lists before loading a model
+    paths = {"out": (args.out or "{stem}_compare.png").replace("{stem}", Path(args.image).stem),
+             "labels": args.labels.replace("{stem}", Path(args.image).stem) if args.labels else None}
+    model = _load(args)
+    picture = load_image(args.image)
+    with _progress(model, args) as progress:
+        comparison = compare(model, picture, args.caption, template=args.template, progress=progress, **_method(args))
+    for path in filter(None, paths.values()):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    comparison.overlay(opacity=args.opacity).save(paths["out"], format="PNG")
+    if paths["labels"]:
+        np.save(paths["labels"], comparison.labels.astype(np.int16))
+    parts = [{"caption": caption, "share": share, "score": answer.score}
+             for (caption, share), answer in zip(comparison.shares.items(), comparison.answers, strict=True)]
+    if args.json:
+        print(json.dumps({"image": args.image, "captions": parts, "overlay": paths["out"], "labels": paths["labels"],
+                          "details": comparison.answers[0].details}))
+        return 0
+    width = max(len(part["caption"]) for part in parts)
+    for part in parts:
+        print(f"{part['caption']:{width}s}  {part['share']:6.1%} of the picture  "
+              f"score {part['score']:+.4f} (rather than the others)")
+    print(f"overlay -> {paths['out']}" + (f"\nlabels -> {paths['labels']}" if paths["labels"] else ""))
+    return 0
 
-    try:
-        return explain(model, image, question, method=args.method, masks=args.masks, seed=args.seed,
-                       framing=args.framing, estimator=args.estimator, batch_size=args.batch_size,
-                       progress=progress if bar is not None else None, time_budget=args.time_budget, cache=None)
-    finally:
-        if bar is not None:
-            bar.close()
+
+def _load(args: argparse.Namespace) -> ClipModel:
+    return load(args.model, weights=args.weights, device=args.device, precision=args.precision)
+
+
+def _method(args: argparse.Namespace) -> dict:
+    """The explain options the method group sets."""
+    return {"method": args.method, "masks": args.masks, "seed": args.seed, "framing": args.framing,
+            "batch_size": args.batch_size, "time_budget": args.time_budget, "cache": None}
+
+
+@contextlib.contextmanager
+def _progress(model: ClipModel, args: argparse.Namespace) -> Iterator[Callable[[int, int], None] | None]:
+    """A progress bar on stderr for RISE's masks (None when quiet or for gradient methods)."""
+    if args.quiet or args.method != "rise":
+        yield None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=RiseSettings(args.masks).masks_for(model.device), unit="mask", disable=None,
+              file=sys.stderr) as bar:
+        yield lambda done, total: bar.update(done - bar.n)
 
 
 def _report_explanation(answer: Explanation, image: str, paths: dict[str, str | None], args: argparse.Namespace,

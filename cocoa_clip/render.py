@@ -10,18 +10,20 @@ NaN pixels (outside the crop, with crop framing) are left uncoloured.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from .errors import SettingsError
 
 SCALES = ("minmax", "signed")
 DEFAULT_CMAPS = {"minmax": "jet", "signed": "bwr"}
+LABEL_COLOURS = tuple(tuple(float(v) for v in colour) for colour in colormaps["tab10"].colors)  # RGB in [0, 1]
 
 
 def limits(heatmap: np.ndarray, scale: str) -> tuple[float, float]:
@@ -62,6 +64,59 @@ def overlay(image: Image.Image, heatmap: np.ndarray, *, scale: str = "minmax", c
     photo = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
     blended = (1.0 - alpha) * photo + alpha * colours[..., :3]
     return Image.fromarray(np.round(blended * 255.0).astype(np.uint8))
+
+
+def label_overlay(image: Image.Image, labels: np.ndarray, strength: np.ndarray, names: Sequence[str] | None = None,
+                  *, opacity: float = 0.6) -> Image.Image:
+    """Colour each pixel by its label (index into LABEL_COLOURS; -1 leaves it alone), fading where
+    `strength` is low (it is scaled to its maximum), with a legend strip of `names` below if given.
+
+    labels, strength: (H, W) at the photo's size. Returns RGB, the photo's size plus the legend.
+    """
+    if labels.shape != (image.height, image.width) or strength.shape != labels.shape:
+        raise SettingsError(f"The label map is {labels.shape[1]}x{labels.shape[0]} "
+                            f"but the image is {image.width}x{image.height}.")
+    if not 0.0 <= opacity <= 1.0:
+        raise SettingsError(f"Opacity must lie between 0 and 1; got {opacity!r}.")
+    palette = np.array(LABEL_COLOURS + ((0.0, 0.0, 0.0),), dtype=np.float32)  # the last one for -1
+    top = float(np.nanmax(strength)) if np.isfinite(strength).any() else 0.0
+    weight = np.clip(np.nan_to_num(strength) / top, 0.0, 1.0) if top > 0 else np.zeros_like(strength)
+    alpha = opacity * (0.25 + 0.75 * weight) * (labels >= 0)
+    alpha[_borders(labels, max(1, min(labels.shape) // 150))] = 1.0  # outlines make the regions legible
+    alpha = alpha[..., None]
+    photo = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    blended = (1.0 - alpha) * photo + alpha * palette[labels]
+    coloured = Image.fromarray(np.round(blended * 255.0).astype(np.uint8))
+    return coloured if names is None else _with_legend(coloured, names)
+
+
+def _borders(labels: np.ndarray, width: int) -> np.ndarray:
+    """(H, W) bool: pixels within `width` of a pixel with another label (unlabelled ones excluded)."""
+    border = np.zeros(labels.shape, dtype=bool)
+    for axis in (0, 1):
+        change = np.diff(labels, axis=axis) != 0
+        for offset in range(width):
+            ahead = np.pad(change, [(0, 1) if a == axis else (0, 0) for a in (0, 1)])
+            border |= np.roll(ahead, -offset, axis=axis)
+    return border & (labels >= 0)
+
+
+def _with_legend(image: Image.Image, names: Sequence[str]) -> Image.Image:
+    """The image with one line per name below it: a swatch of the name's label colour, then the name."""
+    size = max(12, min(28, image.width // 30))
+    font = ImageFont.load_default(size=size)
+    line = int(size * 1.5)
+    legend = Image.new("RGB", (image.width, line * len(names) + size // 2), (255, 255, 255))
+    draw = ImageDraw.Draw(legend)
+    for index, name in enumerate(names):
+        y = size // 4 + index * line
+        colour = tuple(round(255 * v) for v in LABEL_COLOURS[index])
+        draw.rectangle((size // 2, y + size // 8, size // 2 + size, y + size + size // 8), fill=colour)
+        draw.text((2 * size, y), name, fill=(0, 0, 0), font=font)
+    combined = Image.new("RGB", (image.width, image.height + legend.height))
+    combined.paste(image, (0, 0))
+    combined.paste(legend, (0, image.height))
+    return combined
 
 
 def colorbar_figure(heatmap: np.ndarray, *, scale: str = "minmax", cmap: str | None = None,

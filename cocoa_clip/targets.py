@@ -56,7 +56,8 @@ class Question:
             value = (value,) if isinstance(value, str) or not isinstance(value, Sequence) else tuple(value)
             object.__setattr__(self, name, value)
         for name in ("corpus", "foil"):
-            object.__setattr__(self, name, tuple(_caption(c, name, i) for i, c in enumerate(getattr(self, name), 1)))
+            captions = tuple(clean_caption(c, name, i) for i, c in enumerate(getattr(self, name), 1))
+            object.__setattr__(self, name, captions)
         if self.target not in TARGETS:
             raise QuestionError(f"Unknown target {self.target!r}; choose one of {', '.join(TARGETS)}.")
         if self.similarity not in SIMILARITIES:
@@ -166,7 +167,8 @@ def embed(model: ClipModel, captions: Sequence[str], images: Sequence[ImageSourc
     return torch.cat(parts)
 
 
-def _caption(caption: object, where: str, index: int) -> str:
+def clean_caption(caption: object, where: str, index: int) -> str:
+    """A caption with its white space tidied; refuses non-text and empty captions, naming which one."""
     if not isinstance(caption, str):
         raise QuestionError(f"{where.capitalize()} caption {index} is a {type(caption).__name__}, not text.")
     caption = " ".join(caption.split())

@@ -92,6 +92,20 @@ def test_gradient_method_and_check(web, photo_file):
         web.check("not-a-token", progress=no_progress)
 
 
+def test_compare_splits_the_picture_and_reuses_the_explained_pass(web, tiny, photo_file):
+    ask(web, str(photo_file))  # the same picture and masks: compare needs no new RISE run
+    picture, parts = web.compare(str(photo_file), "dog\ncat\n\ngrass", masks=MASKS, progress=no_progress)
+    assert picture.width == 70 and picture.height > 45  # the legend strip below
+    expected = cc.compare(tiny, photo_file, ["dog", "cat", "grass"], masks=MASKS, cache=None)
+    for caption, share in expected.shares.items():
+        assert f"**{caption}**: {share:.0%} of the picture" in parts
+    assert "Reused the image pass" in parts
+    with pytest.raises(gr.Error, match="Compare 2 to 10 captions"):
+        web.compare(str(photo_file), "dog", masks=MASKS, progress=no_progress)
+    with pytest.raises(gr.Error, match="Upload an image first"):
+        web.compare(None, "dog\ncat", progress=no_progress)
+
+
 def test_estimate_uses_measured_throughput(web):
     assert "first run measures" in web.estimate("rise", 2000)
     web.calibrate()
@@ -189,6 +203,15 @@ def test_api_names_its_parameters(server):
     names = [p["parameter_name"] for p in info["/explain"]["parameters"]]
     assert names[:4] == ["image", "corpus", "foil", "foil_preset"] and "masks" in names and "seed" in names
     assert "/check" in info
+    names = [p["parameter_name"] for p in info["/compare"]["parameters"]]
+    assert names[:2] == ["image", "captions"] and "masks" in names
+
+
+def test_client_compares_captions_over_http(server, photo_file):
+    _, url = server
+    picture, parts = client(url).predict(image=handle_file(str(photo_file)), captions="dog\ncat", masks=MASKS,
+                                         api_name="/compare")
+    assert Image.open(picture).width == 70 and "**dog**" in parts and "**cat**" in parts
 
 
 def test_client_sees_progress_then_the_answer(server, photo_file, tiny):

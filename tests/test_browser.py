@@ -118,5 +118,13 @@ def test_the_demo_model_finds_the_orange_cross(page):
     page.locator("#curves-text").get_by_text("Curves of the probability of the corpus").wait_for()
     assert "beats a random ranking" in page.locator("#curves-text").inner_text()
     page.wait_for_selector("#curves img")
+
+    page.get_by_text("Which caption where?").click()
+    page.locator("#compare-captions textarea").fill("orange cross\nyellow square")
+    page.click("#compare")
+    page.locator("#compare-parts").get_by_text("Reused the image pass").wait_for()  # the pass explain made
+    assert "**" not in page.locator("#compare-parts").inner_text()  # rendered as Markdown
+    width, height = overlay_size(page, "#compare-overlay")
+    assert width == Image.open(REPO / "assets" / "shapes_scene.png").width and height > width
     if os.environ.get("COCOA_SCREENSHOT") == "1":
         page.screenshot(path=str(REPO / "assets" / "screenshot.png"), full_page=True)

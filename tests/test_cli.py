@@ -88,6 +88,23 @@ def test_a_time_budget_answers_from_the_masks_done(tiny_checkpoint, picture, tmp
     assert 8 <= done < 200_000 and done % 8 == 0
 
 
+def test_compare_writes_the_coloured_picture_and_labels(tiny_checkpoint, picture, tmp_path, capsys):
+    code = main(["compare", picture, "--caption", "dog", "--caption", "cat", "--caption", "grass", "--weights",
+                 tiny_checkpoint, "--masks", "60", "--quiet", "--out", str(tmp_path / "c" / "{stem}.png"),
+                 "--labels", str(tmp_path / "c" / "{stem}.npy"), "--json"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [part["caption"] for part in result["captions"]] == ["dog", "cat", "grass"]
+    assert sum(part["share"] for part in result["captions"]) == pytest.approx(1.0)
+    assert sum(part["score"] for part in result["captions"]) == pytest.approx(0.0, abs=1e-5)  # they sum to zero
+    labels = np.load(tmp_path / "c" / "photo.npy")
+    assert labels.shape == (45, 70) and labels.dtype == np.int16 and set(np.unique(labels)) <= {0, 1, 2}
+    with Image.open(tmp_path / "c" / "photo.png") as overlay:
+        assert overlay.width == 70 and overlay.height > 45  # the legend strip below the picture
+    assert main(["compare", picture, "--caption", "dog", "--weights", tiny_checkpoint]) == 2
+    assert "Compare 2 to 10 captions" in capsys.readouterr().err
+
+
 def test_json_output_and_gradient_method(tiny_checkpoint, picture, tmp_path, capsys):
     code = main(["explain", picture, "--corpus", "dog", "--foil-preset", "cifar100", "--weights", tiny_checkpoint,
                  "--method", "integrated-gradients", "--out", str(tmp_path / "o.png"), "--json", "--device", "cpu"])

@@ -1,0 +1,87 @@
+"""Which caption where: a zero-shot parts map of several captions, from one RISE pass.
+
+Each caption c_k is asked "c_k rather than the other captions" (COCOA). These targets share
+their units and sum to zero over k for every picture,
+
+    sum_k <z, t_k - mean_{j != k} t_j> = 0,
+
+so their maps (RISE's centred estimator, or gradients) compare pixel by pixel and sum to zero
+as well. Each pixel goes to the caption whose map is highest there; the margin over the
+runner-up says how clearly.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from . import render
+from .errors import QuestionError
+from .explain import Explanation, explain
+from .images import ImageSource
+from .models import ClipModel
+from .presets import DEFAULT_TEMPLATE
+from .targets import Question, clean_caption
+
+MAX_CAPTIONS = len(render.LABEL_COLOURS)
+
+
+@dataclass
+class Comparison:
+    """Where the picture looks most like each caption.
+
+    answers: one Explanation per caption, for "caption k rather than the others".
+    labels: (H, W) int, the index of the winning caption at each pixel; -1 where the model saw nothing.
+    margin: (H, W) float32 >= 0, the winning map's lead over the runner-up (attribution units).
+    """
+
+    captions: tuple[str, ...]
+    answers: list[Explanation]
+    labels: np.ndarray
+    margin: np.ndarray
+
+    @property
+    def shares(self) -> dict[str, float]:
+        """Share of the picture's pixels each caption wins (0 to 1)."""
+        seen = max(int((self.labels >= 0).sum()), 1)
+        return {caption: float((self.labels == k).sum() / seen) for k, caption in enumerate(self.captions)}
+
+    def overlay(self, *, opacity: float = 0.6, legend: bool = True) -> Image.Image:
+        """Each caption's region in its own colour, faded where the lead is small; with a legend strip below."""
+        image = self.answers[0].image
+        return render.label_overlay(image, self.labels, self.margin, self.captions if legend else None,
+                                    opacity=opacity)
+
+
+def compare(model: ClipModel, image: ImageSource, captions: Sequence[str], *, template: str = DEFAULT_TEMPLATE,
+            method: str = "rise", **options: object) -> Comparison:
+    """Split the picture among 2 to MAX_CAPTIONS captions: which one does each region look like most?
+
+    options: what `explain` takes (masks, seed, framing, batch_size, progress, time_budget, cache, ...);
+    RISE always uses the centred estimator here, whose maps compare across captions.
+    """
+    questions = caption_questions(captions, template)
+    if method == "rise":
+        options["estimator"] = "centered"
+    answers = explain(model, image, questions, method=method, **options)
+    maps = np.stack([answer.heatmap for answer in answers])  # shape = [K, H, W]
+    seen = np.isfinite(maps).all(0)  # crop framing leaves the rest of the picture NaN
+    maps = np.where(seen, maps, 0.0)
+    top_two = np.sort(maps, axis=0)[-2:]
+    labels = np.where(seen, maps.argmax(0), -1)
+    margin = np.where(seen, top_two[1] - top_two[0], 0.0).astype(np.float32)
+    return Comparison(tuple(q.corpus[0] for q in questions), answers, labels, margin)
+
+
+def caption_questions(captions: Sequence[str], template: str = DEFAULT_TEMPLATE) -> list[Question]:
+    """The questions a comparison asks: each caption rather than the others. Refuses bad caption lists."""
+    if isinstance(captions, str) or not isinstance(captions, Sequence):
+        raise QuestionError("Give the captions to compare as a list, e.g. ['dog', 'cat', 'grass'].")
+    cleaned = [clean_caption(caption, "compared", index) for index, caption in enumerate(captions, 1)]
+    if not 2 <= len(cleaned) <= MAX_CAPTIONS:
+        raise QuestionError(f"Compare 2 to {MAX_CAPTIONS} captions; got {len(cleaned)}.")
+    if len(set(cleaned)) < len(cleaned):
+        raise QuestionError("Each caption can be compared only once; remove the repeated one.")
+    return [Question(corpus=[c], foil=[o for o in cleaned if o != c], template=template) for c in cleaned]

@@ -1,0 +1,105 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import cocoa_clip as cc
+from cocoa_clip.compare import MAX_CAPTIONS, compare
+from cocoa_clip.models import MEAN, STD, ClipModel, clip_package
+from cocoa_clip.shapes import two_object_scene
+
+DOG, CAT = (slice(0, 20), slice(0, 20)), (slice(40, 64), slice(40, 64))
+
+
+class TwoRegionNet(torch.nn.Module):
+    """Image embedding b + r_dog(x) u + r_cat(x) v, with r the contrast of the DOG and CAT regions;
+    "dog" captions embed along u, "cat" ones along v, anything else as b: each caption owns a region."""
+
+    def __init__(self):
+        super().__init__()
+        self.visual = torch.nn.Module()
+        self.visual.input_resolution = 64
+        self.context_length = 77
+        self.basis = torch.eye(4)
+        tokenizer = clip_package().clip._tokenizer
+        self.dog, self.cat = tokenizer.encode("dog")[0], tokenizer.encode("cat")[0]
+
+    def encode_image(self, normalised: torch.Tensor) -> torch.Tensor:
+        pixels = normalised * normalised.new_tensor(STD).view(1, 3, 1, 1) + normalised.new_tensor(MEAN).view(1, 3, 1, 1)
+        contrast = [(pixels[:, :, rows, cols] - 0.5).abs().mean((1, 2, 3)) * 2 for rows, cols in (DOG, CAT)]
+        return self.basis[0] + contrast[0][:, None] * self.basis[1] + contrast[1][:, None] * self.basis[2]
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        dog = (tokens == self.dog).any(1).float()[:, None]
+        cat = (tokens == self.cat).any(1).float()[:, None]
+        return self.basis[0] + 4 * dog * self.basis[1] + 4 * cat * self.basis[2]
+
+
+@pytest.fixture
+def two_regions() -> ClipModel:
+    return ClipModel(net=TwoRegionNet(), name="two-regions", device=torch.device("cpu"), precision="fp32")
+
+
+def test_each_caption_wins_its_own_region(two_regions, noise_square):
+    comparison = compare(two_regions, noise_square, ["dog", "cat", "grass"], masks=2000, cache=None)
+    assert comparison.captions == ("dog", "cat", "grass")
+    assert (comparison.labels[DOG] == 0).mean() > 0.9
+    assert (comparison.labels[CAT] == 1).mean() > 0.9
+    assert comparison.margin[DOG].mean() > comparison.margin[20:40, 20:40].mean()
+    assert sum(comparison.shares.values()) == pytest.approx(1.0)
+
+
+def test_maps_of_caption_rather_than_the_others_sum_to_zero(tiny, photo):
+    comparison = compare(tiny, photo, ["dog", "cat", "a red car"], masks=300, cache=None)
+    maps = np.stack([answer.heatmap for answer in comparison.answers])
+    assert np.abs(maps).max() > 0
+    np.testing.assert_allclose(maps.sum(0), 0.0, atol=1e-5 * np.abs(maps).max())
+    assert [a.question.describe() for a in comparison.answers][1] == '"cat" rather than "dog" / "a red car"'
+    np.testing.assert_array_equal(comparison.labels, maps.argmax(0))
+
+
+def test_the_demo_model_finds_both_objects():
+    model = cc.load("shapes-demo", device="cpu")
+    scene = two_object_scene(np.random.default_rng(11), model.n_px)
+    names = [obj.name for obj in scene.objects]
+    comparison = compare(model, scene.image, names, masks=2000, cache=None)
+    for index, mask in enumerate(scene.masks):
+        assert np.mean(comparison.labels[mask] == index) > 0.5, names
+
+
+def test_crop_framing_leaves_unseen_pixels_unlabelled(tiny, photo):
+    comparison = compare(tiny, photo, ["dog", "cat"], masks=50, framing="crop", cache=None)
+    assert (comparison.labels[:, :5] == -1).all() and (comparison.labels[:, 30] >= 0).all()
+    assert (comparison.margin[:, :5] == 0).all()
+
+
+def test_overlay_keeps_the_picture_and_adds_a_legend(tiny, photo):
+    comparison = compare(tiny, photo, ["dog", "cat"], masks=50, cache=None)
+    assert comparison.overlay(legend=False).size == photo.size
+    with_legend = comparison.overlay()
+    assert with_legend.width == photo.width and with_legend.height > photo.height
+    np.testing.assert_array_equal(np.asarray(comparison.overlay(opacity=0.0, legend=False))[comparison.margin == 0],
+                                  np.asarray(photo)[comparison.margin == 0])
+
+
+@pytest.mark.parametrize("captions, message", [
+    (["dog"], "Compare 2 to"),
+    (["dog", " dog "], "only once"),
+    (["dog", ""], "Compared caption 2 is empty"),
+    ("dog, cat", "as a list"),
+    ([f"thing {i}" for i in range(MAX_CAPTIONS + 1)], "Compare 2 to"),
+])
+def test_bad_caption_lists_are_refused(tiny, photo, captions, message):
+    with pytest.raises(cc.QuestionError, match=message):
+        compare(tiny, photo, captions, masks=10)
+
+
+def test_unlabelled_pixels_keep_the_photo(tiny):
+    from cocoa_clip.render import label_overlay
+
+    photo = Image.new("RGB", (4, 2), (10, 20, 30))
+    labels = np.array([[-1, 0, 0, 1], [-1, 0, 1, 1]])
+    out = np.asarray(label_overlay(photo, labels, np.ones((2, 4)), opacity=0.5))
+    assert (out[:, 0] == [10, 20, 30]).all() and not (out[:, 1] == [10, 20, 30]).all()
+    with pytest.raises(cc.SettingsError, match="label map is"):
+        label_overlay(photo, labels[:, :3], np.ones((2, 3)))
