@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from . import render
-from .errors import QuestionError
+from .errors import QuestionError, SettingsError
 from .explain import Explanation, explain
 from .images import ImageSource
 from .models import ClipModel
@@ -60,11 +60,12 @@ def compare(model: ClipModel, image: ImageSource, captions: Sequence[str], *, te
     """Split the picture among 2 to MAX_CAPTIONS captions: which one does each region look like most?
 
     options: what `explain` takes (masks, seed, framing, batch_size, progress, time_budget, cache, ...);
-    RISE always uses the centred estimator here, whose maps compare across captions.
+    RISE uses the centred estimator, whose maps compare across captions.
     """
     questions = caption_questions(captions, template)
-    if method == "rise":
-        options["estimator"] = "centered"
+    if options.setdefault("estimator", "centered") != "centered":
+        raise SettingsError("A comparison needs the centered estimator: the paper's adds to each caption's map "
+                            "its own mean score times the mask coverage, which the captions do not share.")
     answers = explain(model, image, questions, method=method, **options)
     maps = np.stack([answer.heatmap for answer in answers])  # shape = [K, H, W]
     seen = np.isfinite(maps).all(0)  # crop framing leaves the rest of the picture NaN

@@ -94,6 +94,11 @@ def test_bad_caption_lists_are_refused(tiny, photo, captions, message):
         compare(tiny, photo, captions, masks=10)
 
 
+def test_the_paper_estimator_is_refused(tiny, photo):
+    with pytest.raises(cc.SettingsError, match="centered estimator"):
+        compare(tiny, photo, ["dog", "cat"], masks=10, estimator="paper")
+
+
 def test_unlabelled_pixels_keep_the_photo(tiny):
     from cocoa_clip.render import label_overlay
 
