@@ -177,15 +177,39 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.masks is not None:
         RiseSettings(n_masks=args.masks)  # refuse bad counts before loading a model
-    if args.command == "compare":
-        return _compare(args)
-    question = Question(corpus=args.corpus, foil=args.foil, foil_preset=args.foil_preset,
-                        corpus_images=args.corpus_image, foil_images=args.foil_image,
-                        target=args.target, template=args.template, similarity=args.similarity)
-    plan = _output_plan(args) if args.command == "explain" else []
+    commands = {"explain": _explain_command, "evaluate": _evaluate_command, "compare": _compare_command}
+    return commands[args.command](args)
+
+
+def _question(args: argparse.Namespace) -> Question:
+    return Question(corpus=args.corpus, foil=args.foil, foil_preset=args.foil_preset,
+                    corpus_images=args.corpus_image, foil_images=args.foil_image,
+                    target=args.target, template=args.template, similarity=args.similarity)
+
+
+def _explain_command(args: argparse.Namespace) -> int:
+    """Explain the images in turn. An unreadable image is reported and skipped (exit status 2 at the
+    end); any other error is the question's or the settings', and stops the run."""
+    question = _question(args)
+    plan = _output_plan(args)
     model = _load(args)
-    if args.command == "explain":
-        return _explain_each(model, question, plan, args)
+    status = 0
+    for image, paths in plan:
+        try:
+            picture = load_image(image)
+        except ImageError as error:
+            print(f"error: {error}", file=sys.stderr)  # the message names the file
+            status = 2
+            continue
+        answer = _explain(model, question, picture, args)
+        _report_explanation(answer, image, paths, args, several=len(plan) > 1)
+    return status
+
+
+def _evaluate_command(args: argparse.Namespace) -> int:
+    """Insertion and deletion curves of a heatmap (computed, or read with --from-heatmap)."""
+    question = _question(args)
+    model = _load(args)
     if args.from_heatmap:
         heatmap = _read_heatmap(args.from_heatmap)
     else:
@@ -194,14 +218,41 @@ def _run(args: argparse.Namespace) -> int:
                                 seed=args.seed, measure=args.measure)
     if args.plot:
         curves.plot(question.describe()).save(args.plot, format="PNG")
-    aucs = curves.aucs()
     if args.json:
         print(json.dumps({**curves.to_dict(), "question": question.describe(), "target": args.target,
                           "method": args.method}))
     else:
-        for name, value in aucs.items():
+        for name, value in curves.aucs().items():
             print(f"{name:22s} {value: .4f}")
         print(f"({MEASURE_LABELS[args.measure]}; insertion: higher is better, deletion: lower is better)")
+    return 0
+
+
+def _compare_command(args: argparse.Namespace) -> int:
+    """Split one image among captions; write the coloured picture (and labels), print each caption's part."""
+    caption_questions(args.caption, args.template)  # refuse bad caption lists before loading a model
+    paths = {"out": (args.out or "{stem}_compare.png").replace("{stem}", Path(args.image).stem),
+             "labels": args.labels.replace("{stem}", Path(args.image).stem) if args.labels else None}
+    model = _load(args)
+    picture = load_image(args.image)
+    with _progress(model, args) as progress:
+        comparison = compare(model, picture, args.caption, template=args.template, progress=progress, **_method(args))
+    for path in filter(None, paths.values()):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    comparison.overlay(opacity=args.opacity).save(paths["out"], format="PNG")
+    if paths["labels"]:
+        np.save(paths["labels"], comparison.labels.astype(np.int16))
+    parts = [{"caption": caption, "share": share, "score": answer.score}
+             for (caption, share), answer in zip(comparison.shares.items(), comparison.answers, strict=True)]
+    if args.json:
+        print(json.dumps({"image": args.image, "captions": parts, "overlay": paths["out"], "labels": paths["labels"],
+                          "details": comparison.answers[0].details}))
+        return 0
+    width = max(len(part["caption"]) for part in parts)
+    for part in parts:
+        print(f"{part['caption']:{width}s}  {part['share']:6.1%} of the picture  "
+              f"score {part['score']:+.4f} (rather than the others)")
+    print(f"overlay -> {paths['out']}" + (f"\nlabels -> {paths['labels']}" if paths["labels"] else ""))
     return 0
 
 
@@ -233,54 +284,9 @@ def _output_plan(args: argparse.Namespace) -> list[tuple[str, dict[str, str | No
     return plan
 
 
-def _explain_each(model: ClipModel, question: Question, plan: list[tuple[str, dict[str, str | None]]],
-                  args: argparse.Namespace) -> int:
-    """Explain the images in turn. An unreadable image is reported and skipped (exit status 2 at the
-    end); any other error is the question's or the settings', and stops the run."""
-    status = 0
-    for image, paths in plan:
-        try:
-            picture = load_image(image)
-        except ImageError as error:
-            print(f"error: {error}", file=sys.stderr)  # the message names the file
-            status = 2
-            continue
-        answer = _explain(model, question, picture, args)
-        _report_explanation(answer, image, paths, args, several=len(plan) > 1)
-    return status
-
-
 def _explain(model: ClipModel, question: Question, image: ImageSource, args: argparse.Namespace) -> Explanation:
     with _progress(model, args) as progress:
         return explain(model, image, question, estimator=args.estimator, progress=progress, **_method(args))
-
-
-def _compare(args: argparse.Namespace) -> int:
-    """Split one image among captions; write the coloured picture (and labels), print each caption's part."""
-    caption_questions(args.caption, args.template)  # refuse bad caption lists before loading a model
-    paths = {"out": (args.out or "{stem}_compare.png").replace("{stem}", Path(args.image).stem),
-             "labels": args.labels.replace("{stem}", Path(args.image).stem) if args.labels else None}
-    model = _load(args)
-    picture = load_image(args.image)
-    with _progress(model, args) as progress:
-        comparison = compare(model, picture, args.caption, template=args.template, progress=progress, **_method(args))
-    for path in filter(None, paths.values()):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    comparison.overlay(opacity=args.opacity).save(paths["out"], format="PNG")
-    if paths["labels"]:
-        np.save(paths["labels"], comparison.labels.astype(np.int16))
-    parts = [{"caption": caption, "share": share, "score": answer.score}
-             for (caption, share), answer in zip(comparison.shares.items(), comparison.answers, strict=True)]
-    if args.json:
-        print(json.dumps({"image": args.image, "captions": parts, "overlay": paths["out"], "labels": paths["labels"],
-                          "details": comparison.answers[0].details}))
-        return 0
-    width = max(len(part["caption"]) for part in parts)
-    for part in parts:
-        print(f"{part['caption']:{width}s}  {part['share']:6.1%} of the picture  "
-              f"score {part['score']:+.4f} (rather than the others)")
-    print(f"overlay -> {paths['out']}" + (f"\nlabels -> {paths['labels']}" if paths["labels"] else ""))
-    return 0
 
 
 def _load(args: argparse.Namespace) -> ClipModel:
