@@ -80,6 +80,18 @@ def run(model: cc.ClipModel, scenes: int = 100, masks: int = 2000, methods: tupl
     return {key: {name: float(np.mean(values)) for name, values in metrics.items()} for key, metrics in totals.items()}
 
 
+def compare_accuracy(model: cc.ClipModel, scenes: int = 100, masks: int = 2000, seed: int = SEED) -> float:
+    """`cc.compare` with the two object names: the mean share of each object's pixels that go to its
+    own caption (chance: 0.5)."""
+    rng = np.random.default_rng(seed)
+    shares = []
+    for _ in range(scenes):
+        scene = two_object_scene(rng, model.n_px)
+        comparison = cc.compare(model, scene.image, [obj.name for obj in scene.objects], masks=masks)
+        shares += [float(np.mean(comparison.labels[mask] == index)) for index, mask in enumerate(scene.masks)]
+    return float(np.mean(shares))
+
+
 def table(results: dict) -> str:
     heads = {"pointing": "pointing game", "share": "positive share in object"}
     for kind in MEASURES:
@@ -109,6 +121,10 @@ def main() -> None:
     print(f"shapes-demo, {args.scenes} held-out scenes x 2 questions, RISE {args.masks} masks, "
           f"{model.precision} on {model.device}, {time.perf_counter() - started:.0f} s\n")
     print(table(results))
+    if "rise" in args.methods:
+        accuracy = compare_accuracy(model, args.scenes, args.masks)
+        print(f"\nwhich caption where (cc.compare, the two object names): {accuracy:.1%} of each object's pixels "
+              "go to its own caption (chance 50%)")
 
 
 if __name__ == "__main__":
