@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cocoa_clip as cc  # noqa: E402
 from cocoa_clip.evaluate import MEASURES, insertion_deletion, pointing_hit, positive_share  # noqa: E402
+from cocoa_clip.random_models import randomised  # noqa: E402
 from cocoa_clip.shapes import two_object_scene  # noqa: E402
 
 TARGETS = ("cocoa", "corpus", "contrastive-label-free", "label-free")
@@ -125,6 +126,10 @@ def main() -> None:
         accuracy = compare_accuracy(model, args.scenes, args.masks)
         print(f"\nwhich caption where (cc.compare, the two object names): {accuracy:.1%} of each object's pixels "
               "go to its own caption (chance 50%)")
+        sanity = run(randomised(model), args.scenes, args.masks, ("rise",), curves=False)
+        print("sanity check, the same scenes with shapes-demo's weights redrawn (RISE pointing game): "
+              + ", ".join(f"{target} {metrics['pointing']:.2f}" for (method, target), metrics in sanity.items()
+                          if method == "rise"))
 
 
 if __name__ == "__main__":
