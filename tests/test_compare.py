@@ -49,8 +49,9 @@ def test_each_caption_wins_its_own_region(two_regions, noise_square):
     assert sum(comparison.shares.values()) == pytest.approx(1.0)
 
 
-def test_maps_of_caption_rather_than_the_others_sum_to_zero(tiny, photo):
-    comparison = compare(tiny, photo, ["dog", "cat", "a red car"], masks=300, cache=None)
+@pytest.mark.parametrize("method", cc.METHODS)
+def test_maps_of_caption_rather_than_the_others_sum_to_zero(tiny, photo, method):
+    comparison = compare(tiny, photo, ["dog", "cat", "a red car"], method=method, masks=300, cache=None)
     maps = np.stack([answer.heatmap for answer in comparison.answers])
     assert np.abs(maps).max() > 0
     np.testing.assert_allclose(maps.sum(0), 0.0, atol=1e-5 * np.abs(maps).max())
