@@ -37,7 +37,8 @@ ImageSource = str | os.PathLike | bytes | Image.Image | np.ndarray
 def load_image(source: ImageSource, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Read an image as 8-bit RGB, upright as its EXIF orientation says.
 
-    Accepts a path, encoded bytes, a PIL image or an (H, W[, C]) uint8/float array.
+    Accepts a path, encoded bytes, a PIL image or an (H, W[, C]) array: uint8, uint16 (0..65535),
+    other integers (0..255), bool, or float (0..1; 0..255 when any value exceeds 1).
     Grayscale, palette, 16-bit and CMYK images are converted; transparency is composited
     on white. Raises ImageError with a plain sentence for anything unreadable.
     """
@@ -47,19 +48,23 @@ def load_image(source: ImageSource, max_pixels: int = MAX_PIXELS) -> Image.Image
         image = _from_array(source)
     else:
         image = _open(source)
-    width, height = image.size
-    if width * height > max_pixels:
-        raise ImageError(
-            f"The image is {width}x{height} pixels ({width * height / 1e6:.0f} MP); "
-            f"the limit is {max_pixels / 1e6:.0f} MP. Downscale it first."
-        )
-    if width == 0 or height == 0:
-        raise ImageError("The image has no pixels.")
     try:
-        image = ImageOps.exif_transpose(image)
-        return _to_rgb(image)
-    except (OSError, ValueError, SyntaxError) as error:
-        raise ImageError(f"The image could not be decoded ({error}); the file may be truncated or corrupt.") from error
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ImageError(
+                f"The image is {width}x{height} pixels ({width * height / 1e6:.0f} MP); "
+                f"the limit is {max_pixels / 1e6:.0f} MP. Downscale it first."
+            )
+        if width == 0 or height == 0:
+            raise ImageError("The image has no pixels.")
+        try:
+            return _to_rgb(ImageOps.exif_transpose(image))  # a new image: the source can be closed
+        except (OSError, ValueError, SyntaxError) as error:
+            raise ImageError(f"The image could not be decoded ({error}); the file may be truncated or corrupt.") \
+                from error
+    finally:
+        if image is not source:
+            image.close()  # the file we opened (PIL keeps multi-frame files open until closed)
 
 
 def _open(source: str | os.PathLike | bytes) -> Image.Image:
@@ -90,11 +95,21 @@ def _from_array(array: np.ndarray) -> Image.Image:
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
         raise ImageError(f"An image array must be (H, W) or (H, W, 1|3|4); got shape {array.shape}.")
     if array.dtype != np.uint8:
-        array = np.asarray(array, dtype=np.float64)
-        if not np.isfinite(array).all():
+        # Scaled by the dtype's range, never by the picture's own values: uint16 spans 0..65535, other
+        # integers 0..255, floats 0..1 (or 0..255 when any value exceeds 1, as from an unnormalised pipeline).
+        kind = array.dtype.kind
+        if kind not in "buif":
+            raise ImageError(f"An image array must hold numbers; got dtype {array.dtype}.")
+        values = np.asarray(array, dtype=np.float64)
+        if not np.isfinite(values).all():
             raise ImageError("The image array holds NaN or infinite values.")
-        scale = 255.0 if array.max(initial=0) <= 1.0 else 255.0 / max(array.max(), 1.0)
-        array = np.clip(array * scale, 0, 255).round().astype(np.uint8)
+        if array.dtype == np.uint16:
+            scale = 255.0 / 65535.0
+        elif kind in "bf" and values.max(initial=0.0) <= 1.0:
+            scale = 255.0
+        else:
+            scale = 1.0
+        array = np.clip(values * scale, 0, 255).round().astype(np.uint8)
     return Image.fromarray(array.squeeze(2) if array.ndim == 3 and array.shape[2] == 1 else array)
 
 
@@ -156,13 +171,16 @@ def frame(image: Image.Image, n_px: int, mode: str = "pad") -> Framed:
     if mode == "squash":
         return Framed(_to_tensor(image.resize((n_px, n_px), Image.BICUBIC)), (0, 0, n_px, n_px), full, (height, width))
     if mode == "crop":
-        scale = n_px / min(width, height)
-        side = n_px / scale  # the crop's side in original pixels
-        top, left = round((height - side) / 2), round((width - side) / 2)
-        resized = image.resize((max(n_px, round(width * scale)), max(n_px, round(height * scale))), Image.BICUBIC)
-        rtop, rleft = (resized.height - n_px) // 2, (resized.width - n_px) // 2
-        crop = resized.crop((rleft, rtop, rleft + n_px, rtop + n_px))
-        return Framed(_to_tensor(crop), (0, 0, n_px, n_px), (top, left, round(side), round(side)), (height, width))
+        # CLIP's preprocessing (torchvision's Resize(n_px) then CenterCrop(n_px), with their rounding), done by
+        # resampling only the crop's source box: the same pixels, without enlarging the whole picture first.
+        resized_long = int(n_px * max(width, height) / min(width, height))
+        resized_width, resized_height = (resized_long, n_px) if width >= height else (n_px, resized_long)
+        rtop, rleft = int(round((resized_height - n_px) / 2.0)), int(round((resized_width - n_px) / 2.0))
+        sx, sy = width / resized_width, height / resized_height
+        box = (rleft * sx, rtop * sy, (rleft + n_px) * sx, (rtop + n_px) * sy)
+        crop = image.resize((n_px, n_px), Image.BICUBIC, box=box)
+        source = (round(box[1]), round(box[0]), round(box[3] - box[1]), round(box[2] - box[0]))
+        return Framed(_to_tensor(crop), (0, 0, n_px, n_px), source, (height, width))
     scale = n_px / max(width, height)
     w, h = max(1, round(width * scale)), max(1, round(height * scale))
     top, left = (n_px - h) // 2, (n_px - w) // 2

@@ -48,6 +48,31 @@ def test_arrays_of_any_range_are_read():
     assert load_image(np.zeros((10, 12), dtype=np.uint16)).size == (12, 10)
     with pytest.raises(cc.ImageError, match="shape"):
         load_image(np.zeros((2, 3, 4, 5)))
+    with pytest.raises(cc.ImageError, match="numbers"):
+        load_image(np.full((2, 3), "x"))
+
+
+@pytest.mark.parametrize("array, value", [
+    (np.full((2, 2), 0.5), 128),                  # float in 0..1
+    (np.full((2, 2), 100.0), 100),                # float beyond 1: read as 0..255, not stretched to white
+    (np.full((2, 2), 128, dtype=np.int64), 128),  # integers: 0..255
+    (np.full((2, 2), 32896, dtype=np.uint16), 128),  # uint16: 0..65535
+    (np.ones((2, 2), dtype=bool), 255),
+])
+def test_arrays_are_scaled_by_their_dtype_not_their_values(array, value):
+    assert np.asarray(load_image(array))[0, 0, 0] == value
+
+
+def test_files_are_closed_after_reading_and_after_refusing(tmp_path, monkeypatch):
+    frames = [Image.new("RGB", (8, 8), colour) for colour in ("red", "blue")]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    Image.new("RGB", (40, 40)).save(tmp_path / "big.png")
+    opened, open_image = [], Image.open
+    monkeypatch.setattr(Image, "open", lambda *args, **kwargs: opened.append(open_image(*args, **kwargs)) or opened[-1])
+    assert load_image(tmp_path / "anim.gif").size == (8, 8)  # PIL keeps multi-frame files open until closed
+    with pytest.raises(cc.ImageError, match="limit"):
+        load_image(tmp_path / "big.png", max_pixels=100)
+    assert len(opened) == 2 and all(image.fp is None for image in opened)
 
 
 @pytest.mark.parametrize("content, message", [
@@ -99,6 +124,22 @@ def test_pad_framing_keeps_the_whole_picture_and_aspect():
     assert torch.allclose(framed.content, torch.ones(3, 32, 64))
     # The padding is CLIP's mean colour: zero after CLIP's normalisation.
     assert torch.allclose(framed.canvas[:, 0, 0], torch.tensor(cc.models.MEAN))
+
+
+@pytest.mark.parametrize("size", [(300, 100), (97, 211), (224, 224), (20, 13)])
+def test_crop_framing_is_clips_own_preprocessing(size):
+    picture = Image.fromarray(np.random.default_rng(3).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    preprocess = cc.models.clip_package().clip._transform(32)  # Resize, CenterCrop, ToTensor, Normalize
+    std, mean = (torch.tensor(values).view(3, 1, 1) for values in (cc.models.STD, cc.models.MEAN))
+    expected = preprocess(picture) * std + mean
+    torch.testing.assert_close(frame(picture, 32, "crop").canvas, expected, atol=1.5 / 255, rtol=0)
+
+
+def test_crop_framing_of_a_long_strip_resamples_only_the_crop():
+    strip = Image.new("RGB", (200_000, 10), (200, 100, 50))  # enlarging it whole would take about 12 GB
+    framed = frame(strip, 224, "crop")
+    assert framed.source_box == (0, 99_995, 10, 10)
+    assert torch.allclose(framed.canvas[:, 100, 100], torch.tensor([200, 100, 50]) / 255.0, atol=1e-6)
 
 
 def test_crop_framing_marks_outside_the_crop_as_nan():
