@@ -91,13 +91,14 @@ def label_overlay(image: Image.Image, labels: np.ndarray, strength: np.ndarray, 
 
 
 def _borders(labels: np.ndarray, width: int) -> np.ndarray:
-    """(H, W) bool: pixels within `width` of a pixel with another label (unlabelled ones excluded)."""
+    """(H, W) bool: the `width` pixels before each change of label along rows and columns (labelled pixels only)."""
     border = np.zeros(labels.shape, dtype=bool)
-    for axis in (0, 1):
-        change = np.diff(labels, axis=axis) != 0
-        for offset in range(width):
-            ahead = np.pad(change, [(0, 1) if a == axis else (0, 0) for a in (0, 1)])
-            border |= np.roll(ahead, -offset, axis=axis)
+    change = labels[1:, :] != labels[:-1, :]  # between row i and row i + 1
+    for offset in range(width):
+        border[: labels.shape[0] - 1 - offset, :] |= change[offset:, :]
+    change = labels[:, 1:] != labels[:, :-1]
+    for offset in range(width):
+        border[:, : labels.shape[1] - 1 - offset] |= change[:, offset:]
     return border & (labels >= 0)
 
 
@@ -121,10 +122,14 @@ def _with_legend(image: Image.Image, names: Sequence[str]) -> Image.Image:
 
 def colorbar_figure(heatmap: np.ndarray, *, scale: str = "minmax", cmap: str | None = None,
                     title: str = "", width_px: int = 640) -> Image.Image:
-    """The raw heatmap in false colour with a labelled colour bar, as an RGB image."""
+    """The raw heatmap in false colour with a labelled colour bar, as an RGB image `width_px` wide.
+
+    Its height follows the map's aspect ratio, within 1:4 and 4:1 (imshow letterboxes thinner maps).
+    """
     height, width = heatmap.shape
     dpi = 100
-    figure = Figure(figsize=(width_px / dpi, width_px / dpi * height / width * 0.85 + 0.6), dpi=dpi)
+    aspect = min(max(height / width, 0.25), 4.0)
+    figure = Figure(figsize=(width_px / dpi, width_px / dpi * aspect * 0.85 + 0.6), dpi=dpi)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     low, high = limits(heatmap, scale)

@@ -44,6 +44,23 @@ def test_colorbar_figure_is_an_image():
     assert figure.mode == "RGB" and figure.width == 640 and 200 < figure.height < 640
 
 
+@pytest.mark.parametrize("shape", [(4000, 10), (10, 4000)])
+def test_colorbar_figure_of_a_thin_map_stays_a_sane_size(shape):
+    figure = colorbar_figure(np.random.rand(*shape))
+    assert figure.width == 640 and 100 < figure.height <= 4 * 640 * 0.85 + 60
+
+
+def test_label_outlines_do_not_wrap_around_the_picture():
+    from cocoa_clip.render import label_overlay
+
+    labels = np.zeros((600, 600), dtype=int)  # outlines 4 px wide at this size
+    labels[1:] = 1  # one change, between the first two rows
+    photo = Image.new("RGB", (600, 600), (128, 128, 128))
+    out = np.asarray(label_overlay(photo, labels, np.zeros((600, 600)), opacity=0.5))
+    outlined = (out != out[300, 300]).any(axis=(1, 2))
+    assert outlined[0] and not outlined[2:].any()
+
+
 def test_exports_keep_size_and_dtype(tiny, photo, tmp_path):
     answer = cc.explain(tiny, photo, cc.Question(corpus=["dog"], foil=["cat"]), masks=30, cache=None)
     answer.save(overlay=tmp_path / "o.png", heatmap=tmp_path / "h.npy")
