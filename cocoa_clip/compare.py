@@ -21,7 +21,7 @@ from . import render
 from .errors import QuestionError, SettingsError
 from .explain import Explanation, explain
 from .images import ImageSource
-from .models import ClipModel
+from .models import ClipModel, clip_text
 from .presets import DEFAULT_TEMPLATE
 from .targets import Question, clean_caption
 
@@ -83,6 +83,9 @@ def caption_questions(captions: Sequence[str], template: str = DEFAULT_TEMPLATE)
     cleaned = [clean_caption(caption, "compared", index) for index, caption in enumerate(captions, 1)]
     if not 2 <= len(cleaned) <= MAX_CAPTIONS:
         raise QuestionError(f"Compare 2 to {MAX_CAPTIONS} captions; got {len(cleaned)}.")
-    if len(set(cleaned)) < len(cleaned):
-        raise QuestionError("Each caption can be compared only once; remove the repeated one.")
+    as_read = [clip_text(caption) for caption in cleaned]  # "Dog" and "dog" are one caption to CLIP
+    if len(set(as_read)) < len(as_read):
+        repeated = next(c for c, text in zip(cleaned, as_read, strict=True) if as_read.count(text) > 1)
+        raise QuestionError(f"Each caption can be compared only once; CLIP reads {repeated!r} twice "
+                            "(it ignores case and spacing).")
     return [Question(corpus=[c], foil=[o for o in cleaned if o != c], template=template) for c in cleaned]

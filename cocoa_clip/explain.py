@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from PIL import Image
 
 from . import render
@@ -114,16 +115,19 @@ def explain(
 
     if method == "rise":
         settings = RiseSettings(masks, seed=seed, batch_size=batch_size)
-        run = _rise_pass(model, framed, settings, progress, time_budget, cache)
-        targets = [resolve(model, q, run.image_embedding, framing) for q in questions]
+        key = PassCache.key(model, framed, settings)
+        cached = cache.get(key) if cache is not None else None
+        image_embedding = cached.image_embedding if cached is not None else model.encode_canvas(framed.canvas)
+        targets = [resolve(model, q, image_embedding, framing) for q in questions]  # bad questions fail before the pass
+        run = _rise_pass(model, framed, settings, key, cached, progress, time_budget, cache)
         maps = saliency(run, targets, estimator)
-        image_embedding = run.image_embedding
         details = {"masks": len(run.masks), "estimator": estimator, "seed": seed, "cached": run.cached,
                    "complete": run.complete, "batch_size": run.batch_size, "pass_seconds": run.seconds}
     else:
-        image_embedding = model.encode_canvas(framed.canvas)
-        targets = [resolve(model, q, image_embedding, framing) for q in questions]
         settings = dataclasses.replace(gradient, seed=seed)
+        with torch.no_grad():  # in the precision the gradients use, so that the score and the map agree
+            image_embedding = model.encode_images(framed.canvas[None].to(model.device))[0]
+        targets = [resolve(model, q, image_embedding, framing) for q in questions]
         results = [attribute(model, framed, t, method, settings) for t in targets]
         maps = [m for m, _ in results]
         # Gradients run in the weights' own dtype: bf16 autocast serves batched forward passes only.
@@ -140,14 +144,13 @@ def explain(
     return answers[0] if single else answers
 
 
-def _rise_pass(model: ClipModel, framed: Framed, settings: RiseSettings, progress: Progress | None,
-               time_budget: float | None, cache: PassCache | None) -> MaskedPass:
-    key = PassCache.key(model, framed, settings)
-    run = cache.get(key) if cache is not None else None
-    if run is not None:
+def _rise_pass(model: ClipModel, framed: Framed, settings: RiseSettings, key: tuple, cached: MaskedPass | None,
+               progress: Progress | None, time_budget: float | None, cache: PassCache | None) -> MaskedPass:
+    """The cached pass if there is one, else a new one (stored in the cache when complete)."""
+    if cached is not None:
         if progress is not None:
-            progress(len(run.masks), len(run.masks))
-        return dataclasses.replace(run, cached=True)
+            progress(len(cached.masks), len(cached.masks))
+        return dataclasses.replace(cached, cached=True)
     deadline = time.monotonic() + time_budget if time_budget is not None else None
     run = masked_pass(model, framed, settings, progress, deadline)
     if cache is not None:

@@ -44,7 +44,7 @@ class ClipModel:
     device: torch.device
     precision: str
     key: str = field(default_factory=lambda: uuid.uuid4().hex)  # this loaded instance, for caches
-    _texts: OrderedDict = field(default_factory=OrderedDict, repr=False)
+    _texts: OrderedDict = field(default_factory=OrderedDict, repr=False)  # caption -> (embedding, note or None)
 
     @property
     def n_px(self) -> int:
@@ -77,29 +77,33 @@ class ClipModel:
     def encode_texts(self, texts: Sequence[str]) -> tuple[torch.Tensor, list[str]]:
         """Embed captions as written (no template). Returns ((T, D) float32, notes).
 
-        Captions longer than the model's context are truncated; each one gets a note.
+        Captions longer than the model's context are truncated; each one gets a note, every time.
         Embeddings are cached per caption, so preset foils cost one pass per model.
         """
         clip = clip_package()
-        _tokenizer = clip.clip._tokenizer
-
-        notes, missing = [], [t for t in dict.fromkeys(texts) if t not in self._texts]
-        for text in missing:
-            if len(_tokenizer.encode(text)) + 2 > self.context_length:
-                notes.append(f"Caption {text[:40]!r}... is longer than CLIP's {self.context_length} tokens "
-                             "and was truncated.")
+        unique = list(dict.fromkeys(texts))
+        missing = [t for t in unique if t not in self._texts]
         for start in range(0, len(missing), 256):
             chunk = missing[start:start + 256]
             tokens = clip.tokenize(chunk, context_length=self.context_length, truncate=True).to(self.device)
             with torch.no_grad():
                 embedded = self.net.encode_text(tokens).float()
             for text, row in zip(chunk, embedded, strict=True):
-                self._texts[text] = row
+                too_long = len(clip.clip._tokenizer.encode(text)) + 2 > self.context_length
+                note = f"Caption {_excerpt(text)!r} is longer than CLIP's {self.context_length} tokens: truncated."
+                self._texts[text] = (row, note if too_long else None)
         for text in texts:
             self._texts.move_to_end(text)
+        notes = [self._texts[t][1] for t in unique if self._texts[t][1] is not None]
+        embeddings = torch.stack([self._texts[t][0] for t in texts])
         while len(self._texts) > max(_TEXT_CACHE_SIZE, len(texts)):
             self._texts.popitem(last=False)
-        return torch.stack([self._texts[t] for t in texts]), notes
+        return embeddings, notes
+
+
+def _excerpt(text: str, length: int = 60) -> str:
+    """The text, or its start and end around an ellipsis (a long caption's own words come last)."""
+    return text if len(text) <= length else f"{text[:20]}...{text[-(length - 23):]}"
 
 
 def normalize(pixels: torch.Tensor) -> torch.Tensor:
@@ -107,6 +111,12 @@ def normalize(pixels: torch.Tensor) -> torch.Tensor:
     mean = pixels.new_tensor(MEAN).view(1, 3, 1, 1)
     std = pixels.new_tensor(STD).view(1, 3, 1, 1)
     return (pixels - mean) / std
+
+
+def clip_text(text: str) -> str:
+    """A caption as CLIP's tokenizer reads it: its text clean-up, white space collapsed, lower case."""
+    tokenizer = clip_package().simple_tokenizer
+    return tokenizer.whitespace_clean(tokenizer.basic_clean(text)).lower()
 
 
 def clip_package():

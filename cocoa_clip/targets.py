@@ -53,7 +53,8 @@ class Question:
     def __post_init__(self) -> None:
         for name in ("corpus", "foil", "corpus_images", "foil_images"):
             value = getattr(self, name)
-            value = (value,) if isinstance(value, str) or not isinstance(value, Sequence) else tuple(value)
+            single = isinstance(value, (str, bytes)) or not isinstance(value, Sequence)  # one caption or picture
+            value = (value,) if single else tuple(value)
             object.__setattr__(self, name, value)
         for name in ("corpus", "foil"):
             captions = tuple(clean_caption(c, name, i) for i, c in enumerate(getattr(self, name), 1))
@@ -89,7 +90,7 @@ class Question:
         """A short human label, e.g. '"dog" rather than "cat"'."""
         corpus = _listing(self.corpus, self.corpus_images)
         foil = _listing(self.foil, self.foil_images) if not self.foil_preset else f"the {self.foil_preset} classes"
-        if self.foil and self.foil_preset:
+        if (self.foil or self.foil_images) and self.foil_preset:
             foil = f"{_listing(self.foil, self.foil_images)} and the {self.foil_preset} classes"
         return {
             "cocoa": f"{corpus} rather than {foil}",

@@ -86,6 +86,7 @@ def test_overlay_keeps_the_picture_and_adds_a_legend(tiny, photo):
 @pytest.mark.parametrize("captions, message", [
     (["dog"], "Compare 2 to"),
     (["dog", " dog "], "only once"),
+    (["orange cross", "Orange  Cross", "sky"], "reads 'orange cross' twice"),
     (["dog", ""], "Compared caption 2 is empty"),
     ("dog, cat", "as a list"),
     ([f"thing {i}" for i in range(MAX_CAPTIONS + 1)], "Compare 2 to"),

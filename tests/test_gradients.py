@@ -68,3 +68,20 @@ def test_explain_seed_drives_gradient_shap_noise(tiny, photo):
                        gradient=GradientSettings(n_samples=6)).heatmap for s in (1, 1, 2)]
     np.testing.assert_array_equal(maps[0], maps[1])
     assert not np.array_equal(maps[0], maps[2])
+
+
+@pytest.mark.parametrize("seed", [-1, 2 ** 64, 1.5])
+def test_gradient_methods_check_the_seed(tiny, photo, seed):
+    with pytest.raises(cc.SettingsError, match="seed must be a whole number"):
+        cc.explain(tiny, photo, DOG_CAT, method="gradient-shap", seed=seed)
+
+
+def test_score_and_map_share_the_precision_of_the_gradients(tiny_checkpoint, photo):
+    """A bf16-autocast model still takes gradients in fp32: the reported score is the fp32 one."""
+    bf16 = cc.load(weights=tiny_checkpoint, device="cpu", precision="bf16")
+    answer = cc.explain(bf16, photo, DOG_CAT, method="integrated-gradients")
+    fp32 = cc.load(weights=tiny_checkpoint, device="cpu", precision="fp32")
+    expected = cc.explain(fp32, photo, DOG_CAT, method="integrated-gradients")
+    assert answer.details["precision"] == "fp32"
+    assert answer.score == pytest.approx(expected.score, abs=1e-7)
+    np.testing.assert_allclose(answer.heatmap, expected.heatmap, atol=1e-7)

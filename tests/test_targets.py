@@ -1,3 +1,6 @@
+import io
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -71,6 +74,22 @@ def test_preset_foils_are_the_other_classes():
     assert cc.Question(corpus=["rocket"], foil_preset="cifar100").foil_captions == preset_foil("cifar100", ("rocket",))
 
 
+def test_one_picture_of_any_kind_counts_as_one(tiny, photo):
+    png = io.BytesIO()
+    photo.save(png, format="PNG")
+    for picture in (png.getvalue(), photo, np.asarray(photo), "some/path.png"):
+        assert cc.Question(corpus=["dog"], foil_images=picture).foil_images == (picture,)
+    question = cc.Question(corpus_images=png.getvalue(), foil=["cat"])
+    by_bytes = cc.explain(tiny, photo, question, masks=20, cache=None)
+    by_image = cc.explain(tiny, photo, cc.Question(corpus_images=[photo], foil=["cat"]), masks=20, cache=None)
+    assert by_bytes.score == pytest.approx(by_image.score, abs=1e-6)
+
+
+def test_description_names_foil_pictures_next_to_a_preset(photo):
+    question = cc.Question(corpus=["dog"], foil_images=[photo], foil_preset="cifar100")
+    assert question.describe() == '"dog" rather than 1 image and the cifar100 classes'
+
+
 def test_swapped_question_exchanges_corpus_and_foil():
     question = cc.Question(corpus=["dog"], foil=["cat", "cow"], template="{}")
     swapped = question.swapped()
@@ -81,9 +100,11 @@ def test_swapped_question_exchanges_corpus_and_foil():
 
 
 def test_long_captions_are_truncated_with_a_note(tiny, photo):
-    long = "a very long caption about a dog " * 20
-    answer = cc.explain(tiny, photo, cc.Question(corpus=[long], foil=["cat"]), masks=20, cache=None)
-    assert any("truncated" in note for note in answer.notes)
+    long = "a very long caption about a dog " * 20 + "in the end a cat"
+    question = cc.Question(corpus=[long], foil=["cat"])
+    for _ in range(2):  # the second time the caption's embedding is cached: the note must still come
+        answer = cc.explain(tiny, photo, question, masks=20, cache=None)
+        assert len(answer.notes) == 1 and "truncated" in answer.notes[0] and "in the end a cat" in answer.notes[0]
 
 
 @pytest.mark.parametrize("kwargs, message", [
