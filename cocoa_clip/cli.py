@@ -19,12 +19,12 @@ import numpy as np
 
 from .compare import MAX_CAPTIONS, caption_questions, compare
 from .errors import CocoaError, ImageError
-from .evaluate import MEASURE_LABELS, MEASURES, insertion_deletion
+from .evaluate import MEASURE_LABELS, MEASURES, check_steps, insertion_deletion, measure_of
 from .explain import METHODS, Explanation, explain
 from .images import FRAMINGS, ImageSource, load_image
 from .models import DEFAULT_MODEL, PRECISIONS, ClipModel, available_models, load
 from .presets import DEFAULT_TEMPLATE, FOIL_PRESETS
-from .render import SCALES
+from .render import SCALES, check_style
 from .rise import ESTIMATORS, RiseSettings
 from .targets import SIMILARITIES, TARGETS, Question
 
@@ -192,6 +192,7 @@ def _explain_command(args: argparse.Namespace) -> int:
     end); any other error is the question's or the settings', and stops the run."""
     question = _question(args)
     plan = _output_plan(args)
+    check_style(args.opacity, args.cmap)
     model = _load(args)
     status = 0
     for image, paths in plan:
@@ -209,9 +210,12 @@ def _explain_command(args: argparse.Namespace) -> int:
 def _evaluate_command(args: argparse.Namespace) -> int:
     """Insertion and deletion curves of a heatmap (computed, or read with --from-heatmap)."""
     question = _question(args)
+    measure_of(question)  # a corpus and a foil, checked before any work
+    check_steps(args.steps)
+    saved = _read_heatmap(args.from_heatmap) if args.from_heatmap else None
     model = _load(args)
-    if args.from_heatmap:
-        heatmap = _read_heatmap(args.from_heatmap)
+    if saved is not None:
+        heatmap = saved
     else:
         heatmap = _explain(model, question, args.image, args).heatmap
     curves = insertion_deletion(model, args.image, heatmap, question, framing=args.framing, steps=args.steps,
@@ -231,8 +235,10 @@ def _evaluate_command(args: argparse.Namespace) -> int:
 def _compare_command(args: argparse.Namespace) -> int:
     """Split one image among captions; write the coloured picture (and labels), print each caption's part."""
     caption_questions(args.caption, args.template)  # refuse bad caption lists before loading a model
+    check_style(args.opacity)
     paths = {"out": (args.out or "{stem}_compare.png").replace("{stem}", Path(args.image).stem),
              "labels": args.labels.replace("{stem}", Path(args.image).stem) if args.labels else None}
+    _refuse_clashes([args.image], [(args.image, paths)])
     model = _load(args)
     picture = load_image(args.image)
     with _progress(model, args) as progress:
@@ -241,7 +247,8 @@ def _compare_command(args: argparse.Namespace) -> int:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     comparison.overlay(opacity=args.opacity).save(paths["out"], format="PNG")
     if paths["labels"]:
-        np.save(paths["labels"], comparison.labels.astype(np.int16))
+        with open(paths["labels"], "wb") as stream:  # at exactly that path (numpy.save alone adds .npy)
+            np.save(stream, comparison.labels.astype(np.int16))
     parts = [{"caption": caption, "share": share, "score": answer.score}
              for (caption, share), answer in zip(comparison.shares.items(), comparison.answers, strict=True)]
     if args.json:
@@ -271,17 +278,26 @@ def _output_plan(args: argparse.Namespace) -> list[tuple[str, dict[str, str | No
     repeated = [image for image, count in Counter(args.image).items() if count > 1]
     if repeated:
         raise CocoaError(f"{repeated[0]} is given more than once.")
-    plan, writers = [], {}
-    for image in args.image:
-        paths = {option: pattern.replace("{stem}", Path(image).stem) if pattern else None
-                 for option, pattern in patterns.items()}
-        for path in filter(None, paths.values()):
-            if path in writers:
-                raise CocoaError(f"{writers[path]} and {image} would both be written to {path}; "
-                                 "give the outputs different names (or folders).")
-            writers[path] = image
-        plan.append((image, paths))
+    plan = [(image, {option: pattern.replace("{stem}", Path(image).stem) if pattern else None
+                     for option, pattern in patterns.items()}) for image in args.image]
+    _refuse_clashes(args.image, plan)
     return plan
+
+
+def _refuse_clashes(images: Sequence[str], plan: list[tuple[str, dict[str, str | None]]]) -> None:
+    """Refuse outputs that would overwrite an input image or one another."""
+    inputs = {Path(image).resolve(): image for image in images}
+    writers: dict[Path, str] = {}
+    for image, paths in plan:
+        for path in filter(None, paths.values()):
+            target = Path(path).resolve()
+            if target in inputs:
+                raise CocoaError(f"{path} would overwrite the input image {inputs[target]}; "
+                                 "name the outputs differently (e.g. --out maps/{stem}.png).")
+            if target in writers:
+                raise CocoaError(f"{writers[target]} and {image} would both be written to {path}; "
+                                 "give the outputs different names (or folders).")
+            writers[target] = image
 
 
 def _explain(model: ClipModel, question: Question, image: ImageSource, args: argparse.Namespace) -> Explanation:
@@ -342,10 +358,16 @@ def _report_explanation(answer: Explanation, image: str, paths: dict[str, str | 
 
 
 def _read_heatmap(path: str) -> np.ndarray:
+    """A saved (H, W) heatmap of real numbers, as float32; anything else is refused in a sentence."""
     try:
         heatmap = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as error:
         raise CocoaError(f"Could not read {path} as a .npy heatmap ({error}).") from error
+    if not isinstance(heatmap, np.ndarray):  # an .npz archive
+        heatmap.close()
+        raise CocoaError(f"{path} is an archive of several arrays; save one heatmap with numpy.save (.npy).")
+    if heatmap.dtype.kind not in "biuf":
+        raise CocoaError(f"{path} holds {heatmap.dtype} values; a heatmap holds real numbers.")
     if heatmap.ndim != 2:
         raise CocoaError(f"{path} holds a {heatmap.ndim}-d array; a heatmap is 2-d (H x W).")
     return heatmap.astype(np.float32)

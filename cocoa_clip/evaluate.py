@@ -144,8 +144,12 @@ def insertion_deletion(
     measure: "similarity" (contrastive corpus similarity) or "probability" (zero-shot
     probability of the corpus), the paper's two measures.
     """
-    if not (isinstance(steps, int) and 2 <= steps <= 1000):
-        raise SettingsError(f"steps must be a whole number from 2 to 1000; got {steps!r}.")
+    check_steps(steps)
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise SettingsError(f"The batch size must be a positive whole number; got {batch_size!r}.")
+    heatmap = np.asarray(heatmap)
+    if heatmap.dtype.kind not in "biuf":
+        raise SettingsError(f"A heatmap holds real numbers; this one holds {heatmap.dtype} values.")
     picture = load_image(image)
     if heatmap.shape != (picture.height, picture.width):
         raise SettingsError(f"The heatmap is {heatmap.shape[1]}x{heatmap.shape[0]} "
@@ -173,15 +177,23 @@ def insertion_deletion(
     )
 
 
+def check_steps(steps: object) -> None:
+    """Refuse a number of curve steps outside 2..1000."""
+    if not (isinstance(steps, int) and 2 <= steps <= 1000):
+        raise SettingsError(f"steps must be a whole number from 2 to 1000; got {steps!r}.")
+
+
 def content_ranking(heatmap: np.ndarray, framed: Framed) -> torch.Tensor:
     """Pixel indices of the content box, most important first: (h * w,) int64.
 
     The picture-sized heatmap is brought back to the content box by area averaging.
     """
     top, left, height, width = framed.source_box
-    region = heatmap[top:top + height, left:left + width]
-    finite = np.isfinite(region)
-    region = np.where(finite, region, region[finite].min() - 1.0 if finite.any() else 0.0)
+    region = heatmap[top:top + height, left:left + width].astype(np.float64)
+    finite = region[np.isfinite(region)]
+    low, high = (finite.min(), finite.max()) if finite.size else (0.0, 0.0)
+    # NaN (unseen) and -inf rank last, +inf first.
+    region = np.where(np.isnan(region), low - 1.0, np.clip(region, low - 1.0, high + 1.0))
     region = torch.from_numpy(region.astype(np.float32))
     box_height, box_width = framed.box[2:]
     small = F.interpolate(region[None, None], size=(box_height, box_width), mode="area")[0, 0]

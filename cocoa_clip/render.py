@@ -48,6 +48,14 @@ def colorize(heatmap: np.ndarray, scale: str = "minmax", cmap: str | None = None
     return colours
 
 
+def check_style(opacity: float, cmap: str | None = None) -> None:
+    """Refuse an opacity outside 0..1 or an unknown colour map (before any work is done)."""
+    if isinstance(opacity, bool) or not isinstance(opacity, (int, float)) or not 0.0 <= opacity <= 1.0:
+        raise SettingsError(f"Opacity must lie between 0 and 1; got {opacity!r}.")
+    if cmap is not None:
+        _cmap(cmap)
+
+
 def overlay(image: Image.Image, heatmap: np.ndarray, *, scale: str = "minmax", cmap: str | None = None,
             opacity: float = 0.5) -> Image.Image:
     """Blend a heatmap over the photo it explains: an RGB image of the photo's size.
@@ -57,8 +65,7 @@ def overlay(image: Image.Image, heatmap: np.ndarray, *, scale: str = "minmax", c
     if heatmap.shape != (image.height, image.width):
         raise SettingsError(f"The heatmap is {heatmap.shape[1]}x{heatmap.shape[0]} "
                             f"but the image is {image.width}x{image.height}.")
-    if not 0.0 <= opacity <= 1.0:
-        raise SettingsError(f"Opacity must lie between 0 and 1; got {opacity!r}.")
+    check_style(opacity, cmap)
     colours = colorize(heatmap, scale, cmap)
     alpha = opacity * colours[..., 3:]
     photo = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
@@ -76,8 +83,7 @@ def label_overlay(image: Image.Image, labels: np.ndarray, strength: np.ndarray, 
     if labels.shape != (image.height, image.width) or strength.shape != labels.shape:
         raise SettingsError(f"The label map is {labels.shape[1]}x{labels.shape[0]} "
                             f"but the image is {image.width}x{image.height}.")
-    if not 0.0 <= opacity <= 1.0:
-        raise SettingsError(f"Opacity must lie between 0 and 1; got {opacity!r}.")
+    check_style(opacity)
     palette = np.array(LABEL_COLOURS + ((0.0, 0.0, 0.0),), dtype=np.float32)  # the last one for -1
     top = float(np.nanmax(strength)) if np.isfinite(strength).any() else 0.0
     weight = np.clip(np.nan_to_num(strength) / top, 0.0, 1.0) if top > 0 else np.zeros_like(strength)
@@ -145,8 +151,9 @@ def colorbar_figure(heatmap: np.ndarray, *, scale: str = "minmax", cmap: str | N
 
 
 def save_heatmap(path: str | os.PathLike, heatmap: np.ndarray) -> None:
-    """Write the raw heatmap as a float32 (H, W) .npy file."""
-    np.save(path, np.asarray(heatmap, dtype=np.float32))
+    """Write the raw heatmap as a float32 (H, W) .npy file, at exactly `path` (numpy.save alone adds .npy)."""
+    with open(path, "wb") as stream:
+        np.save(stream, np.asarray(heatmap, dtype=np.float32))
 
 
 def _cmap(name: str):

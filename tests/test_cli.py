@@ -105,6 +105,51 @@ def test_compare_writes_the_coloured_picture_and_labels(tiny_checkpoint, picture
     assert "Compare 2 to 10 captions" in capsys.readouterr().err
 
 
+def test_outputs_never_overwrite_the_input_images(tiny_checkpoint, photo, tmp_path, capsys):
+    for name in ("a", "b"):
+        photo.save(tmp_path / f"{name}.png")
+    before = (tmp_path / "a.png").read_bytes()
+    images = [str(tmp_path / "a.png"), str(tmp_path / "b.png")]
+    assert main(["explain", *images, "--corpus", "dog", "--foil", "cat", "--weights", tiny_checkpoint,
+                 "--out", str(tmp_path / "{stem}.png")]) == 2
+    assert main(["compare", images[0], "--caption", "dog", "--caption", "cat", "--weights", tiny_checkpoint,
+                 "--out", images[0]]) == 2
+    assert capsys.readouterr().err.count("would overwrite the input image") == 2
+    assert (tmp_path / "a.png").read_bytes() == before
+
+
+def test_output_paths_are_exactly_the_ones_given(tiny_checkpoint, picture, tmp_path, capsys):
+    assert main(["explain", picture, "--corpus", "dog", "--foil", "cat", "--weights", tiny_checkpoint, "--masks", "20",
+                 "--quiet", "--out", str(tmp_path / "o.png"), "--heatmap", str(tmp_path / "heat"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["heatmap"] == str(tmp_path / "heat")
+    assert np.load(tmp_path / "heat").shape == (45, 70) and not (tmp_path / "heat.npy").exists()
+
+
+@pytest.mark.parametrize("command, message", [
+    (["explain", "--corpus", "dog", "--foil", "cat", "--opacity", "2"], "Opacity"),
+    (["explain", "--corpus", "dog", "--foil", "cat", "--cmap", "no-such-map"], "colour map"),
+    (["evaluate", "--corpus", "dog", "--foil", "cat", "--steps", "1"], "steps"),
+    (["evaluate", "--target", "label-free"], "give a corpus and a foil"),
+    (["compare", "--caption", "dog", "--caption", "cat", "--opacity", "-1"], "Opacity"),
+])
+def test_settings_are_checked_before_the_model_loads(picture, command, message, capsys):
+    assert main([command[0], picture, *command[1:], "--weights", "/no/such/weights.pt"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "No checkpoint" not in err
+
+
+def test_saved_heatmaps_that_are_not_one_real_array_are_refused(tiny_checkpoint, picture, tmp_path, capsys):
+    np.savez(tmp_path / "two.npz", a=np.zeros((45, 70)), b=np.ones((45, 70)))
+    np.save(tmp_path / "words.npy", np.full((45, 70), "x"))
+    np.save(tmp_path / "complex.npy", np.zeros((45, 70), dtype=np.complex64))
+    for name, message in (("two.npz", "archive of several arrays"), ("words.npy", "real numbers"),
+                          ("complex.npy", "real numbers")):
+        assert main(["evaluate", picture, "--corpus", "dog", "--foil", "cat", "--weights", tiny_checkpoint,
+                     "--from-heatmap", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+
+
 def test_json_output_and_gradient_method(tiny_checkpoint, picture, tmp_path, capsys):
     code = main(["explain", picture, "--corpus", "dog", "--foil-preset", "cifar100", "--weights", tiny_checkpoint,
                  "--method", "integrated-gradients", "--out", str(tmp_path / "o.png"), "--json", "--device", "cpu"])

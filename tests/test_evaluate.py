@@ -2,9 +2,10 @@ import numpy as np
 import pytest
 import torch
 from conftest import PLANTED_REGION
+from PIL import Image
 
 import cocoa_clip as cc
-from cocoa_clip.evaluate import Curves, insertion_deletion
+from cocoa_clip.evaluate import Curves, content_ranking, insertion_deletion
 from cocoa_clip.images import frame
 from cocoa_clip.models import clip_package, normalize
 
@@ -92,3 +93,24 @@ def test_with_one_caption_each_probability_is_a_sigmoid_of_similarity(tiny, phot
 def test_an_unknown_measure_is_refused(tiny, photo):
     with pytest.raises(cc.SettingsError, match="measure 'accuracy'.*similarity, probability"):
         insertion_deletion(tiny, photo, np.zeros((45, 70)), DOG_CAT, measure="accuracy")
+
+
+def test_infinite_pixels_rank_first_or_last_and_unseen_ones_last():
+    framed = frame(Image.new("RGB", (4, 1)), 4, "pad")  # the content box is the picture, 1 x 4
+    heatmap = np.array([[np.nan, -np.inf, 0.5, np.inf]], dtype=np.float32)
+    ranking = content_ranking(heatmap, framed)
+    assert ranking.tolist()[:2] == [3, 2] and set(ranking.tolist()[2:]) == {0, 1}
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"batch_size": 0}, "batch size"),
+    ({"steps": 1}, "steps"),
+])
+def test_bad_curve_settings_are_refused(planted, noise_square, options, message):
+    with pytest.raises(cc.SettingsError, match=message):
+        insertion_deletion(planted, noise_square, region_heatmap(), DOG_CAT, **options)
+
+
+def test_a_heatmap_must_hold_real_numbers(planted, noise_square):
+    with pytest.raises(cc.SettingsError, match="real numbers"):
+        insertion_deletion(planted, noise_square, region_heatmap().astype(np.complex64), DOG_CAT)
