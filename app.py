@@ -219,9 +219,10 @@ class CocoaApp:
         aucs = curves.aucs()
         verdict = ("beats" if aucs["insertion_auc"] > aucs["random_insertion_auc"]
                    and aucs["deletion_auc"] < aucs["random_deletion_auc"] else "does not clearly beat")
-        text = (f"Curves of the {MEASURE_LABELS[measure]}. Insertion area {aucs['insertion_auc']:+.4f} "
-                f"(random order {aucs['random_insertion_auc']:+.4f}, higher is better); "
-                f"deletion area {aucs['deletion_auc']:+.4f} (random order {aucs['random_deletion_auc']:+.4f}, "
+        # 4 significant digits, not 4 decimals: probabilities against 999 foils are tiny and still ordered.
+        text = (f"Curves of the {MEASURE_LABELS[measure]}. Insertion area {aucs['insertion_auc']:+.4g} "
+                f"(random order {aucs['random_insertion_auc']:+.4g}, higher is better); "
+                f"deletion area {aucs['deletion_auc']:+.4g} (random order {aucs['random_deletion_auc']:+.4g}, "
                 "lower is better). "
                 f"This heatmap {verdict} a random ranking of the pixels.")
         return curves.plot(answer.question.describe()), text
@@ -557,7 +558,7 @@ def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True)
                                        interactive=False, elem_id="overlay")
                     overlay_reverse = gr.Image(label="Foil rather than corpus", format="png", interactive=False,
                                                visible=False, elem_id="overlay-reverse")
-                score = gr.Number(label="Score (contrastive corpus similarity of the whole picture)",
+                score = gr.Number(label="Score of the whole picture (the reading below says what it measures)",
                                   interactive=False, elem_id="score")
                 reading = gr.Markdown(label="Reading", elem_id="reading")
                 status = gr.Markdown(label="Status", elem_id="status")
@@ -586,7 +587,7 @@ def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True)
                                                   placeholder="dog\ngrass\nsky", max_length=MAX_TEXT_CHARS,
                                                   elem_id="compare-captions")
                     compare = gr.Button("Compare", variant="primary", elem_id="compare")
-                    compare_parts = gr.Markdown(elem_id="compare-parts")
+                    compare_parts = gr.Markdown(label="Parts", elem_id="compare-parts")
                 with gr.Column(scale=1):
                     compare_overlay = gr.Image(label="Which caption where", format="png", interactive=False,
                                                elem_id="compare-overlay")
@@ -608,7 +609,9 @@ def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True)
                       [compare_overlay, compare_parts], api_name="compare", preprocess=False, concurrency_limit=1,
                       concurrency_id="model",
                       api_description="The picture split among captions: which one each region looks like most.")
-        swap.click(lambda x, y: (y, x), [corpus, foil], [corpus, foil], queue=False, api_visibility="private")
+        swap_these = [corpus, foil, corpus_images, foil_images]
+        swap.click(lambda corpus, foil, corpus_pictures, foil_pictures: (foil, corpus, foil_pictures, corpus_pictures),
+                   swap_these, swap_these, queue=False, api_visibility="private")
         reverse.change(lambda ask: gr.Image(visible=ask), reverse, overlay_reverse, queue=False,
                        api_visibility="private")
         for control in (masks, method):
@@ -645,8 +648,9 @@ def load_model(name: str | None = None, weights: str | None = None, device: str 
             raise
         say(f"error: {error}")
         say(f"Serving the bundled {FALLBACK_MODEL} model instead.")
-        notice = (f"⚠ The {DEFAULT_MODEL} weights could not be had on this server, so it runs the small bundled "
-                  f"{FALLBACK_MODEL} model, which knows coloured shapes only. Reason: {error}")
+        # The reason names server paths: it goes to the operator's console (above), not to the page.
+        notice = (f"⚠ The {DEFAULT_MODEL} weights could not be had on this server (its console says how to add "
+                  f"them), so it runs the small bundled {FALLBACK_MODEL} model, which knows coloured shapes only.")
         return cc.load(FALLBACK_MODEL, device=device), notice
 
 

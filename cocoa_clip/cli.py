@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .compare import MAX_CAPTIONS, caption_questions, compare
-from .errors import CocoaError, ImageError
+from .errors import CocoaError, ImageError, check_seed
 from .evaluate import MEASURE_LABELS, MEASURES, check_steps, insertion_deletion, measure_of
 from .explain import METHODS, Explanation, explain
 from .images import FRAMINGS, ImageSource, load_image
@@ -212,6 +212,9 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     question = _question(args)
     measure_of(question)  # a corpus and a foil, checked before any work
     check_steps(args.steps)
+    check_seed(args.seed)
+    inputs = [args.image] + ([args.from_heatmap] if args.from_heatmap else [])
+    _refuse_clashes(inputs, [(args.image, {"plot": args.plot})])
     saved = _read_heatmap(args.from_heatmap) if args.from_heatmap else None
     model = _load(args)
     if saved is not None:
@@ -221,6 +224,7 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     curves = insertion_deletion(model, args.image, heatmap, question, framing=args.framing, steps=args.steps,
                                 seed=args.seed, measure=args.measure)
     if args.plot:
+        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
         curves.plot(question.describe()).save(args.plot, format="PNG")
     if args.json:
         print(json.dumps({**curves.to_dict(), "question": question.describe(), "target": args.target,
@@ -285,14 +289,14 @@ def _output_plan(args: argparse.Namespace) -> list[tuple[str, dict[str, str | No
 
 
 def _refuse_clashes(images: Sequence[str], plan: list[tuple[str, dict[str, str | None]]]) -> None:
-    """Refuse outputs that would overwrite an input image or one another."""
+    """Refuse outputs that would overwrite an input file or one another."""
     inputs = {Path(image).resolve(): image for image in images}
     writers: dict[Path, str] = {}
     for image, paths in plan:
         for path in filter(None, paths.values()):
             target = Path(path).resolve()
             if target in inputs:
-                raise CocoaError(f"{path} would overwrite the input image {inputs[target]}; "
+                raise CocoaError(f"{path} would overwrite the input {inputs[target]}; "
                                  "name the outputs differently (e.g. --out maps/{stem}.png).")
             if target in writers:
                 raise CocoaError(f"{writers[target]} and {image} would both be written to {path}; "
@@ -361,7 +365,7 @@ def _read_heatmap(path: str) -> np.ndarray:
     """A saved (H, W) heatmap of real numbers, as float32; anything else is refused in a sentence."""
     try:
         heatmap = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, EOFError) as error:  # EOFError: an empty file
         raise CocoaError(f"Could not read {path} as a .npy heatmap ({error}).") from error
     if not isinstance(heatmap, np.ndarray):  # an .npz archive
         heatmap.close()

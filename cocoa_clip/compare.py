@@ -33,7 +33,8 @@ class Comparison:
     """Where the picture looks most like each caption.
 
     answers: one Explanation per caption, for "caption k rather than the others".
-    labels: (H, W) int, the index of the winning caption at each pixel; -1 where the model saw nothing.
+    labels: (H, W) int, the index of the winning caption at each pixel; -1 where the model saw nothing
+        (crop framing) or where no caption leads (a tie, as on a featureless picture).
     margin: (H, W) float32 >= 0, the winning map's lead over the runner-up (attribution units).
     """
 
@@ -44,9 +45,8 @@ class Comparison:
 
     @property
     def shares(self) -> dict[str, float]:
-        """Share of the picture's pixels each caption wins (0 to 1)."""
-        seen = max(int((self.labels >= 0).sum()), 1)
-        return {caption: float((self.labels == k).sum() / seen) for k, caption in enumerate(self.captions)}
+        """Share of the picture's pixels each caption wins (0 to 1; unseen and tied pixels count for none)."""
+        return {caption: float(np.mean(self.labels == k)) for k, caption in enumerate(self.captions)}
 
     def overlay(self, *, opacity: float = 0.6, legend: bool = True) -> Image.Image:
         """Each caption's region in its own colour, faded where the lead is small; with a legend strip below."""
@@ -71,8 +71,8 @@ def compare(model: ClipModel, image: ImageSource, captions: Sequence[str], *, te
     seen = np.isfinite(maps).all(0)  # crop framing leaves the rest of the picture NaN
     maps = np.where(seen, maps, 0.0)
     top_two = np.sort(maps, axis=0)[-2:]
-    labels = np.where(seen, maps.argmax(0), -1)
     margin = np.where(seen, top_two[1] - top_two[0], 0.0).astype(np.float32)
+    labels = np.where(margin > 0, maps.argmax(0), -1)
     return Comparison(tuple(q.corpus[0] for q in questions), answers, labels, margin)
 
 

@@ -20,3 +20,9 @@ class QuestionError(CocoaError):
 
 class SettingsError(CocoaError):
     """A method setting (masks, seed, device, ...) is out of range."""
+
+
+def check_seed(seed: object) -> None:
+    """Refuse a seed that is not a whole number from 0 to 2**63 - 1 (what torch's generators take)."""
+    if isinstance(seed, bool) or not (isinstance(seed, int) and 0 <= seed < 2 ** 63):
+        raise SettingsError(f"The seed must be a whole number from 0 to 2**63 - 1; got {seed!r}.")

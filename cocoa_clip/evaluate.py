@@ -26,7 +26,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-from .errors import QuestionError, SettingsError
+from .errors import QuestionError, SettingsError, check_seed
 from .images import Framed, ImageSource, blur, frame, load_image
 from .models import ClipModel, eval_mode
 from .targets import Question, members, resolve
@@ -145,6 +145,7 @@ def insertion_deletion(
     probability of the corpus), the paper's two measures.
     """
     check_steps(steps)
+    check_seed(seed)
     if not (isinstance(batch_size, int) and batch_size >= 1):
         raise SettingsError(f"The batch size must be a positive whole number; got {batch_size!r}.")
     heatmap = np.asarray(heatmap)

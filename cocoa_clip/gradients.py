@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from captum.attr import GradientShap, IntegratedGradients
 
-from .errors import SettingsError
+from .errors import SettingsError, check_seed
 from .images import Framed, blur
 from .models import ClipModel, normalize
 from .targets import Target
@@ -41,8 +41,7 @@ class GradientSettings:
                 raise SettingsError(f"{name} must be a whole number from 1 to 10,000; got {value!r}.")
         if not 0.0 <= self.stdev <= 10.0:
             raise SettingsError(f"stdev must lie between 0 and 10; got {self.stdev!r}.")
-        if not (isinstance(self.seed, int) and 0 <= self.seed < 2 ** 63):
-            raise SettingsError(f"The seed must be a whole number from 0 to 2**63 - 1; got {self.seed!r}.")
+        check_seed(self.seed)
 
 
 def attribute(model: ClipModel, framed: Framed, target: Target, method: str = "integrated-gradients",

@@ -78,7 +78,8 @@ def label_overlay(image: Image.Image, labels: np.ndarray, strength: np.ndarray, 
     """Colour each pixel by its label (index into LABEL_COLOURS; -1 leaves it alone), fading where
     `strength` is low (it is scaled to its maximum), with a legend strip of `names` below if given.
 
-    labels, strength: (H, W) at the photo's size. Returns RGB, the photo's size plus the legend.
+    labels, strength: (H, W) at the photo's size. Returns RGB: the photo's size, plus the legend below
+    (and white on the right if a name is wider than the photo).
     """
     if labels.shape != (image.height, image.width) or strength.shape != labels.shape:
         raise SettingsError(f"The label map is {labels.shape[1]}x{labels.shape[0]} "
@@ -109,18 +110,20 @@ def _borders(labels: np.ndarray, width: int) -> np.ndarray:
 
 
 def _with_legend(image: Image.Image, names: Sequence[str]) -> Image.Image:
-    """The image with one line per name below it: a swatch of the name's label colour, then the name."""
+    """The image with one line per name below it: a swatch of the name's label colour, then the name
+    (widened with white on the right where a name is wider than the picture)."""
     size = max(12, min(28, image.width // 30))
     font = ImageFont.load_default(size=size)
     line = int(size * 1.5)
-    legend = Image.new("RGB", (image.width, line * len(names) + size // 2), (255, 255, 255))
+    width = max(image.width, 2 * size + int(max(font.getlength(name) for name in names)) + size)  # names in full
+    legend = Image.new("RGB", (width, line * len(names) + size // 2), (255, 255, 255))
     draw = ImageDraw.Draw(legend)
     for index, name in enumerate(names):
         y = size // 4 + index * line
         colour = tuple(round(255 * v) for v in LABEL_COLOURS[index])
         draw.rectangle((size // 2, y + size // 8, size // 2 + size, y + size + size // 8), fill=colour)
         draw.text((2 * size, y), name, fill=(0, 0, 0), font=font)
-    combined = Image.new("RGB", (image.width, image.height + legend.height))
+    combined = Image.new("RGB", (width, image.height + legend.height), (255, 255, 255))
     combined.paste(image, (0, 0))
     combined.paste(legend, (0, image.height))
     return combined

@@ -23,7 +23,7 @@ from threading import Lock
 
 import torch
 
-from .errors import SettingsError
+from .errors import SettingsError, check_seed
 from .images import Framed, blur, digest
 from .masks import MaskSet, sample_masks
 from .models import ClipModel, eval_mode
@@ -56,8 +56,7 @@ class RiseSettings:
             raise SettingsError(f"The RISE grid must be a whole number from 2 to 64; got {self.grid!r}.")
         if not 0.0 < self.p_keep < 1.0:
             raise SettingsError(f"The keep probability must lie strictly between 0 and 1; got {self.p_keep!r}.")
-        if not (isinstance(self.seed, int) and 0 <= self.seed < 2 ** 63):
-            raise SettingsError(f"The seed must be a whole number from 0 to 2**63 - 1; got {self.seed!r}.")
+        check_seed(self.seed)
         if self.batch_size is not None and not (isinstance(self.batch_size, int) and self.batch_size >= 1):
             raise SettingsError(f"The batch size must be a positive whole number; got {self.batch_size!r}.")
 

@@ -114,7 +114,9 @@ def test_outputs_never_overwrite_the_input_images(tiny_checkpoint, photo, tmp_pa
                  "--out", str(tmp_path / "{stem}.png")]) == 2
     assert main(["compare", images[0], "--caption", "dog", "--caption", "cat", "--weights", tiny_checkpoint,
                  "--out", images[0]]) == 2
-    assert capsys.readouterr().err.count("would overwrite the input image") == 2
+    assert main(["evaluate", images[0], "--corpus", "dog", "--foil", "cat", "--weights", tiny_checkpoint,
+                 "--plot", images[0]]) == 2
+    assert capsys.readouterr().err.count(f"would overwrite the input {images[0]}") == 3
     assert (tmp_path / "a.png").read_bytes() == before
 
 
@@ -130,6 +132,8 @@ def test_output_paths_are_exactly_the_ones_given(tiny_checkpoint, picture, tmp_p
     (["explain", "--corpus", "dog", "--foil", "cat", "--cmap", "no-such-map"], "colour map"),
     (["evaluate", "--corpus", "dog", "--foil", "cat", "--steps", "1"], "steps"),
     (["evaluate", "--target", "label-free"], "give a corpus and a foil"),
+    (["evaluate", "--corpus", "dog", "--foil", "cat", "--seed", "18446744073709551616"], "seed must be"),
+    (["evaluate", "--corpus", "dog", "--foil", "cat", "--seed", "-1"], "seed must be"),
     (["compare", "--caption", "dog", "--caption", "cat", "--opacity", "-1"], "Opacity"),
 ])
 def test_settings_are_checked_before_the_model_loads(picture, command, message, capsys):
@@ -142,8 +146,9 @@ def test_saved_heatmaps_that_are_not_one_real_array_are_refused(tiny_checkpoint,
     np.savez(tmp_path / "two.npz", a=np.zeros((45, 70)), b=np.ones((45, 70)))
     np.save(tmp_path / "words.npy", np.full((45, 70), "x"))
     np.save(tmp_path / "complex.npy", np.zeros((45, 70), dtype=np.complex64))
+    (tmp_path / "empty.npy").write_bytes(b"")
     for name, message in (("two.npz", "archive of several arrays"), ("words.npy", "real numbers"),
-                          ("complex.npy", "real numbers")):
+                          ("complex.npy", "real numbers"), ("empty.npy", "Could not read")):
         assert main(["evaluate", picture, "--corpus", "dog", "--foil", "cat", "--weights", tiny_checkpoint,
                      "--from-heatmap", str(tmp_path / name)]) == 2
         err = capsys.readouterr().err

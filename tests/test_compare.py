@@ -56,7 +56,7 @@ def test_maps_of_caption_rather_than_the_others_sum_to_zero(tiny, photo, method)
     assert np.abs(maps).max() > 0
     np.testing.assert_allclose(maps.sum(0), 0.0, atol=1e-5 * np.abs(maps).max())
     assert [a.question.describe() for a in comparison.answers][1] == '"cat" rather than "dog" / "a red car"'
-    np.testing.assert_array_equal(comparison.labels, maps.argmax(0))
+    np.testing.assert_array_equal(comparison.labels, maps.argmax(0))  # no ties on a noisy photo
 
 
 def test_the_demo_model_finds_both_objects():
@@ -66,6 +66,12 @@ def test_the_demo_model_finds_both_objects():
     comparison = compare(model, scene.image, names, masks=2000, cache=None)
     for index, mask in enumerate(scene.masks):
         assert np.mean(comparison.labels[mask] == index) > 0.5, names
+
+
+def test_a_featureless_picture_goes_to_no_caption(tiny):
+    grey = Image.new("RGB", (40, 30), (90, 90, 90))  # every masked copy is the same picture: all maps are 0
+    comparison = compare(tiny, grey, ["red", "blue"], masks=40, cache=None)
+    assert (comparison.labels == -1).all() and comparison.shares == {"red": 0.0, "blue": 0.0}
 
 
 def test_crop_framing_leaves_unseen_pixels_unlabelled(tiny, photo):
@@ -99,6 +105,17 @@ def test_bad_caption_lists_are_refused(tiny, photo, captions, message):
 def test_the_paper_estimator_is_refused(tiny, photo):
     with pytest.raises(cc.SettingsError, match="centered estimator"):
         compare(tiny, photo, ["dog", "cat"], masks=10, estimator="paper")
+
+
+def test_the_legend_shows_long_names_in_full_under_a_narrow_picture():
+    from cocoa_clip.render import label_overlay
+
+    narrow = Image.new("RGB", (20, 30), (90, 90, 90))
+    names = ["a golden retriever lying on the grass", "sky"]
+    out = label_overlay(narrow, np.zeros((30, 20), dtype=int), np.ones((30, 20)), names)
+    assert out.width > 200 and out.height > 30
+    assert out.crop((0, 0, 20, 30)).tobytes() != narrow.tobytes()  # the picture sits at the top left, coloured
+    assert out.getpixel((out.width - 1, 5)) == (255, 255, 255)  # white beside it
 
 
 def test_unlabelled_pixels_keep_the_photo(tiny):
