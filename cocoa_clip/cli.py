@@ -12,7 +12,7 @@ import contextlib
 import json
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ from .explain import METHODS, Explanation, explain
 from .images import FRAMINGS, ImageSource, load_image
 from .models import DEFAULT_MODEL, PRECISIONS, ClipModel, available_models, load
 from .presets import DEFAULT_TEMPLATE, FOIL_PRESETS
-from .render import SCALES, check_style
+from .render import SCALES, check_style, save_npy
 from .rise import ESTIMATORS, RiseSettings
 from .targets import SIMILARITIES, TARGETS, Question
 
@@ -224,7 +224,7 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     curves = insertion_deletion(model, args.image, heatmap, question, framing=args.framing, steps=args.steps,
                                 seed=args.seed, measure=args.measure)
     if args.plot:
-        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+        _make_folders([args.plot])
         curves.plot(question.describe()).save(args.plot, format="PNG")
     if args.json:
         print(json.dumps({**curves.to_dict(), "question": question.describe(), "target": args.target,
@@ -240,19 +240,16 @@ def _compare_command(args: argparse.Namespace) -> int:
     """Split one image among captions; write the coloured picture (and labels), print each caption's part."""
     caption_questions(args.caption, args.template)  # refuse bad caption lists before loading a model
     check_style(args.opacity)
-    paths = {"out": (args.out or "{stem}_compare.png").replace("{stem}", Path(args.image).stem),
-             "labels": args.labels.replace("{stem}", Path(args.image).stem) if args.labels else None}
+    paths = {"out": _fill(args.out or "{stem}_compare.png", args.image), "labels": _fill(args.labels, args.image)}
     _refuse_clashes([args.image], [(args.image, paths)])
     model = _load(args)
     picture = load_image(args.image)
     with _progress(model, args) as progress:
         comparison = compare(model, picture, args.caption, template=args.template, progress=progress, **_method(args))
-    for path in filter(None, paths.values()):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    _make_folders(paths.values())
     comparison.overlay(opacity=args.opacity).save(paths["out"], format="PNG")
     if paths["labels"]:
-        with open(paths["labels"], "wb") as stream:  # at exactly that path (numpy.save alone adds .npy)
-            np.save(stream, comparison.labels.astype(np.int16))
+        save_npy(paths["labels"], comparison.labels.astype(np.int16))
     parts = [{"caption": caption, "share": share, "score": answer.score}
              for (caption, share), answer in zip(comparison.shares.items(), comparison.answers, strict=True)]
     if args.json:
@@ -282,10 +279,19 @@ def _output_plan(args: argparse.Namespace) -> list[tuple[str, dict[str, str | No
     repeated = [image for image, count in Counter(args.image).items() if count > 1]
     if repeated:
         raise CocoaError(f"{repeated[0]} is given more than once.")
-    plan = [(image, {option: pattern.replace("{stem}", Path(image).stem) if pattern else None
-                     for option, pattern in patterns.items()}) for image in args.image]
+    plan = [(image, {option: _fill(pattern, image) for option, pattern in patterns.items()}) for image in args.image]
     _refuse_clashes(args.image, plan)
     return plan
+
+
+def _fill(pattern: str | None, image: str) -> str | None:
+    """An output path pattern with {stem} replaced by the image's file name without extension."""
+    return pattern.replace("{stem}", Path(image).stem) if pattern else None
+
+
+def _make_folders(paths: Iterable[str | None]) -> None:
+    for path in filter(None, paths):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
 
 
 def _refuse_clashes(images: Sequence[str], plan: list[tuple[str, dict[str, str | None]]]) -> None:
@@ -335,8 +341,7 @@ def _progress(model: ClipModel, args: argparse.Namespace) -> Iterator[Callable[[
 def _report_explanation(answer: Explanation, image: str, paths: dict[str, str | None], args: argparse.Namespace,
                         several: bool) -> None:
     """Write the image's files, then print its answer (text, or one JSON line per image)."""
-    for path in filter(None, paths.values()):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    _make_folders(paths.values())
     style = {"opacity": args.opacity, "scale": None if args.scale == "auto" else args.scale, "cmap": args.cmap}
     answer.save(overlay=paths["out"], heatmap=paths["heatmap"], **style)
     if paths["colorbar"]:

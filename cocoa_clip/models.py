@@ -91,7 +91,7 @@ class ClipModel:
             for text, row in zip(chunk, embedded, strict=True):
                 too_long = len(clip.clip._tokenizer.encode(text)) + 2 > self.context_length
                 note = f"Caption {_excerpt(text)!r} is longer than CLIP's {self.context_length} tokens: truncated."
-                self._texts[text] = (row, note if too_long else None)
+                self._texts[text] = (row, note if too_long else None)  # kept, so every later call says it too
         for text in texts:
             self._texts.move_to_end(text)
         notes = [self._texts[t][1] for t in unique if self._texts[t][1] is not None]

@@ -154,9 +154,14 @@ def colorbar_figure(heatmap: np.ndarray, *, scale: str = "minmax", cmap: str | N
 
 
 def save_heatmap(path: str | os.PathLike, heatmap: np.ndarray) -> None:
-    """Write the raw heatmap as a float32 (H, W) .npy file, at exactly `path` (numpy.save alone adds .npy)."""
+    """Write the raw heatmap as a float32 (H, W) .npy file."""
+    save_npy(path, np.asarray(heatmap, dtype=np.float32))
+
+
+def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write an array as .npy at exactly `path` (numpy.save given a name adds .npy to it)."""
     with open(path, "wb") as stream:
-        np.save(stream, np.asarray(heatmap, dtype=np.float32))
+        np.save(stream, array)
 
 
 def _cmap(name: str):
