@@ -12,6 +12,7 @@ from conftest_app import MASKS, app, served, write_photo
 from PIL import Image
 
 import cocoa_clip as cc
+from cocoa_clip import webinputs
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
@@ -76,7 +77,7 @@ def test_a_large_picture_is_downscaled_keeping_its_shape(web, tmp_path):
     path = tmp_path / "wide.png"
     Image.new("RGB", (3000, 1000), (200, 120, 40)).save(path)
     answer = ask(web, str(path), masks=64)
-    assert answer["overlay"].size == (app.MAX_SIDE, round(app.MAX_SIDE / 3))
+    assert answer["overlay"].size == (webinputs.MAX_SIDE, round(webinputs.MAX_SIDE / 3))
 
 
 def test_gradient_method_and_check(web, photo_file):
@@ -279,5 +280,16 @@ def test_module_level_demo_is_built_on_first_use(monkeypatch, tiny):
     assert "demo" not in vars(app)  # importing app loads no model
     try:
         assert isinstance(app.demo, gr.Blocks) and app.demo.cocoa_app.model is tiny
+    finally:
+        vars(app).pop("demo", None)
+
+
+def test_app_py_is_the_space_entry_point(monkeypatch, tiny):
+    """The Space runs app.py: its `demo` is the package's web app, built on first use."""
+    import app as entry
+
+    monkeypatch.setattr(app, "load_model", lambda: (tiny, ""))
+    try:
+        assert entry.demo is app.demo and entry.demo.cocoa_app.model is tiny
     finally:
         vars(app).pop("demo", None)

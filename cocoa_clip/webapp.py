@@ -1,0 +1,531 @@
+"""The cocoa-clip web app: "what in this image looks like X rather than Y?", in a browser and over HTTP.
+
+    python app.py                          # CLIP ViT-B/32 (app.py, the Space's entry point, runs main())
+    python app.py --weights tiny.pt --port 7861
+    python app.py --model shapes-demo      # the small bundled model, offline
+
+This module lays out widgets and calls `cocoa_clip`; it holds no maths, and what callers send is
+checked in `webinputs`. The main event is also an
+HTTP API (`api_name="explain"`), with parameters named after the inputs:
+
+    from gradio_client import Client, handle_file
+    client = Client("http://127.0.0.1:7860/")
+    overlay, reverse, colorbar, score, *rest = client.predict(
+        image=handle_file("dog.jpg"), corpus="dog", foil="cat", api_name="/explain")
+"""
+from __future__ import annotations
+
+# ZeroGPU (Hugging Face Spaces) patches torch when `spaces` is imported, so it comes first.
+try:
+    import spaces
+except ImportError:
+    spaces = None
+
+import argparse
+import inspect
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+from PIL import Image
+
+import cocoa_clip as cc
+from cocoa_clip import webinputs as valid
+from cocoa_clip.evaluate import MEASURE_LABELS, insertion_deletion
+from cocoa_clip.models import BUNDLED, DEFAULT_MODEL
+from cocoa_clip.rise import default_batch_size
+from cocoa_clip.webinputs import MAX_EXAMPLE_IMAGES, MAX_SEED, MAX_TEMPLATE_CHARS, MAX_TEXT_CHARS, MAX_UPLOAD
+
+log = logging.getLogger("cocoa_clip.app")
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"  # the repository's example pictures
+FALLBACK_MODEL = "shapes-demo"
+MAX_MASKS = {"cpu": 20_000, "cuda": 50_000}
+
+TIME_BUDGET_S = {"cpu": 300.0, "cuda": 100.0}  # RISE stops and answers from the masks done
+QUEUE_SIZE = 32                   # requests waiting; more are refused
+CURVE_STEPS = 50
+KEPT_ANSWERS = 16                 # answers kept for "Check this explanation", across all sessions
+KEPT_OUTPUT_DIRS = 64             # request folders of downloads kept on disk
+
+FOIL_PRESET_CHOICES = [("none", "none"), ("CIFAR-100 classes (the paper's foil)", "cifar100"),
+                       ("ImageNet-1k classes", "imagenet")]
+TARGET_CHOICES = [("COCOA: corpus rather than foil", "cocoa"), ("corpus only", "corpus"),
+                  ("label-free: the image itself", "label-free"),
+                  ("contrastive label-free: the image itself rather than the foil", "contrastive-label-free")]
+METHOD_CHOICES = [("RISE (as in the paper)", "rise"), ("Integrated Gradients", "integrated-gradients"),
+                  ("GradientSHAP", "gradient-shap")]
+SCALE_CHOICES = [("auto (min-max for RISE, signed for gradients)", "auto"), ("min-max", "minmax"),
+                 ("signed, centred on zero", "signed")]
+MEASURE_CHOICES = [("contrastive corpus similarity", "similarity"),
+                   ("zero-shot probability of the corpus", "probability")]
+FRAMING_CHOICES = [("whole picture (pad to square)", "pad"), ("CLIP's centre crop", "crop"),
+                   ("squash to square", "squash")]
+
+# (image, corpus, foil, foil preset): the paper's kind of questions on the pictures in assets/.
+EXAMPLES = [
+    ["astronaut.jpg", "woman", "", "cifar100"],
+    ["astronaut.jpg", "rocket", "woman", "none"],
+    ["chelsea.jpg", "cat", "dog", "none"],
+    ["coffee.jpg", "cup", "spoon", "none"],
+    ["rocket.jpg", "smoke", "rocket", "none"],
+    ["shapes_scene.png", "orange cross", "yellow square", "none"],  # for the bundled shapes-demo model
+]
+
+INTRO = """
+# cocoa-clip: what in this image looks like *X* rather than *Y*?
+Upload a photo, say what to look for (the **corpus**) and what to contrast it with (the **foil**):
+the heatmap shows where CLIP sees the corpus rather than the foil
+(COCOA, [Lin et al., ICLR 2023](https://arxiv.org/abs/2210.00107)).
+"""
+
+READING_GUIDE = """
+**Reading the map.** RISE maps use a min-max colour scale as in the paper: red marks the regions that most raise
+the score, blue the least; only the ranking of regions is meaningful. Gradient maps use a signed scale: red pushes
+towards the corpus, blue towards the foil. *Check this explanation* deletes and re-inserts pixels in the map's order
+and compares with a random order.
+"""
+
+CSS = """
+#model-banner.notice { border: 1px solid #d97706; background: #fffbeb; color: #78350f;
+                       border-radius: 8px; padding: 4px 12px; }
+#status, #estimate { font-size: 0.9em; }
+"""
+
+
+def gpu(function: Callable) -> Callable:
+    """`spaces.GPU` on a ZeroGPU Space (the GPU is attached for the call), unchanged elsewhere."""
+    return spaces.GPU(duration=120)(function) if spaces is not None else function
+
+
+class CocoaApp:
+    """What the widgets call: one model, its RISE pass cache, and the last answers for checking.
+
+    >>> app = CocoaApp(cc.load(weights="tiny.pt", device="cpu"))                  # doctest: +SKIP
+    >>> overlay, reverse, colorbar, score, reading, status, files, token = app.explain(
+    ...     "assets/chelsea.jpg", corpus="cat", foil="dog")                         # doctest: +SKIP
+    """
+
+    def __init__(self, model: cc.ClipModel, *, notice: str = "", cache_bytes: int = 512 << 20):
+        self.model = model
+        self.notice = notice
+        self.cache = cc.PassCache(max_bytes=cache_bytes)
+        self.device = model.device.type
+        self.max_masks = MAX_MASKS.get(self.device, MAX_MASKS["cpu"])
+        self.default_masks = cc.RiseSettings().masks_for(model.device)
+        self.masks_per_second: float | None = None  # measured: by calibrate(), then by every fresh pass
+        self._answers: OrderedDict[str, list[cc.Explanation]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._outputs = Path(tempfile.mkdtemp(prefix="cocoa-clip-app-"))
+        self._output_dirs: list[Path] = []
+
+    # ---------------------------------------------------------------- events
+
+    @gpu
+    def explain(
+        self,
+        image: Any,
+        corpus: Any = "",
+        foil: Any = "",
+        foil_preset: Any = "none",
+        template: Any = cc.DEFAULT_TEMPLATE,
+        target: Any = "cocoa",
+        method: Any = "rise",
+        masks: Any = None,
+        seed: Any = 0,
+        opacity: Any = 0.5,
+        scale: Any = "auto",
+        framing: Any = "pad",
+        reverse: Any = False,
+        corpus_images: Any = None,
+        foil_images: Any = None,
+        progress: gr.Progress = gr.Progress(),
+    ) -> tuple:
+        """Explain `image` for the question (and its reverse when asked).
+
+        Returns (overlay, reverse overlay or None, heatmap with colour bar, score, reading, status,
+        download paths, answer token). Every bad input raises gr.Error with a sentence to act on.
+        """
+        with valid.user_errors():
+            picture = valid.picture(image)
+            question = cc.Question(
+                corpus=valid.captions(corpus, "corpus"), foil=valid.captions(foil, "foil"),
+                foil_preset=valid.preset(foil_preset), corpus_images=valid.image_files(corpus_images, "corpus"),
+                foil_images=valid.image_files(foil_images, "foil"),
+                target=valid.choice(target, "target", cc.TARGETS), template=valid.template(template))
+            questions = [question, question.swapped()] if valid.flag(reverse, "reverse") else [question]
+            style = {"opacity": valid.number(opacity, "opacity", 0.0, 1.0),
+                     "scale": valid.choice(scale, "colour scale", [v for _, v in SCALE_CHOICES])}
+            answers = cc.explain(self.model, picture, questions, **self._run_options(method, masks, seed, framing,
+                                                                                    progress))
+            self._measured(answers[0])
+            return self._present(answers, style)
+
+    @gpu
+    def compare(
+        self,
+        image: Any,
+        captions: Any = "",
+        template: Any = cc.DEFAULT_TEMPLATE,
+        method: Any = "rise",
+        masks: Any = None,
+        seed: Any = 0,
+        framing: Any = "pad",
+        progress: gr.Progress = gr.Progress(),
+    ) -> tuple:
+        """Split `image` among captions (each one rather than the others): (coloured picture with legend, parts)."""
+        with valid.user_errors():
+            picture = valid.picture(image)
+            names = valid.captions(captions, "captions to compare")
+            comparison = cc.compare(self.model, picture, names, template=valid.template(template),
+                                    **self._run_options(method, masks, seed, framing, progress))
+            self._measured(comparison.answers[0])
+        parts = [f"- **{caption}**: {share:.0%} of the picture; score {answer.score:+.4f} rather than the others"
+                 for (caption, share), answer in zip(comparison.shares.items(), comparison.answers, strict=True)]
+        return comparison.overlay(), "\n".join([*parts, "", _status(comparison.answers[0])])
+
+    @gpu
+    def check(self, token: Any, measure: Any = "similarity", progress: gr.Progress = gr.Progress()) -> tuple:
+        """Insertion and deletion curves of an answer, recording `measure`: (plot, areas in words)."""
+        with self._lock:
+            answers = self._answers.get(token) if isinstance(token, str) else None
+        if answers is None:
+            raise valid.refuse("Explain a picture first (or again: only the latest answers are kept).")
+        answer = answers[0]
+        with valid.user_errors():
+            measure = valid.choice(measure, "measure", [v for _, v in MEASURE_CHOICES])
+            progress(0.0, desc="Insertion and deletion: re-scoring the picture as pixels come and go")
+            curves = insertion_deletion(self.model, answer.image, answer.heatmap, answer.question,
+                                        framing=answer.details.get("framing", "pad"), steps=CURVE_STEPS,
+                                        measure=measure)
+        aucs = curves.aucs()
+        verdict = ("beats" if aucs["insertion_auc"] > aucs["random_insertion_auc"]
+                   and aucs["deletion_auc"] < aucs["random_deletion_auc"] else "does not clearly beat")
+        # 4 significant digits, not 4 decimals: probabilities against 999 foils are tiny and still ordered.
+        text = (f"Curves of the {MEASURE_LABELS[measure]}. Insertion area {aucs['insertion_auc']:+.4g} "
+                f"(random order {aucs['random_insertion_auc']:+.4g}, higher is better); "
+                f"deletion area {aucs['deletion_auc']:+.4g} (random order {aucs['random_deletion_auc']:+.4g}, "
+                "lower is better). "
+                f"This heatmap {verdict} a random ranking of the pixels.")
+        return curves.plot(answer.question.describe()), text
+
+    def estimate(self, method: Any = "rise", masks: Any = None, *, markdown: bool = True) -> str:
+        """A time estimate for a RISE run: masks divided by the throughput measured on this machine."""
+        if method != "rise":
+            return "Gradient methods: one backward pass per step, a few seconds on a GPU, longer on a CPU."
+        try:
+            n_masks = valid.whole(masks, "number of masks", 1, self.max_masks, default=self.default_masks)
+        except gr.Error as error:
+            return error.message
+        if not self.masks_per_second:
+            return f"{n_masks:,} masks; the first run measures this machine's speed."
+        seconds = n_masks / self.masks_per_second
+        text = (f"{n_masks:,} masks: about {_duration(seconds)} on this {self.device.upper()} "
+                f"({self.masks_per_second:,.0f} masks/s measured here).")
+        if seconds > 30 and markdown:
+            text += " Fewer masks answer sooner with a noisier map; a repeated question on the same picture is instant."
+        return text
+
+    def calibrate(self) -> float:
+        """Measure masks per second with one batch of masks on a plain grey picture (not cached)."""
+        grey = Image.new("RGB", (self.model.n_px, self.model.n_px), (128, 128, 128))
+        batch = default_batch_size(self.model)
+        answer = cc.explain(self.model, grey, cc.Question(corpus=["a photo"], target="corpus"), masks=batch, cache=None)
+        self._measured(answer)
+        return self.masks_per_second or 0.0
+
+    # ---------------------------------------------------------------- helpers
+
+    def _run_options(self, method: Any, masks: Any, seed: Any, framing: Any, progress: gr.Progress) -> dict:
+        """What `cc.explain` takes from the method widgets, checked, with progress reports wired in."""
+        method = valid.choice(method, "method", cc.METHODS)
+        n_masks = valid.whole(masks, "number of masks", 1, self.max_masks, default=self.default_masks)
+        options = {"method": method, "masks": n_masks, "seed": valid.whole(seed, "seed", 0, MAX_SEED, default=0),
+                   "framing": valid.choice(framing, "framing", cc.FRAMINGS),
+                   "time_budget": TIME_BUDGET_S.get(self.device, TIME_BUDGET_S["cpu"]), "cache": self.cache}
+        if method == "rise":
+            progress(0.0, desc=self.estimate(method, n_masks, markdown=False))
+
+            def on_masks(done: int, total: int) -> None:
+                progress((done, total), desc="RISE: masked pictures through the encoder", unit="masks")
+
+            options["progress"] = on_masks
+        else:
+            progress(0.0, desc=f"{_label(METHOD_CHOICES, method)}: computing gradients")
+        return options
+
+    def _measured(self, answer: cc.Explanation) -> None:
+        details = answer.details
+        if answer.method == "rise" and not details.get("cached") and details.get("pass_seconds"):
+            self.masks_per_second = details["masks"] / details["pass_seconds"]
+
+    def _present(self, answers: list[cc.Explanation], style: dict) -> tuple:
+        folder = self._output_folder()
+        scale = None if style["scale"] == "auto" else style["scale"]
+        overlays = [a.overlay(opacity=style["opacity"], scale=scale) for a in answers]
+        files = []
+        for answer, overlay, name in zip(answers, overlays, ("question", "reverse"), strict=False):
+            overlay.save(folder / f"{name}_overlay.png", format="PNG")
+            cc.save_heatmap(folder / f"{name}_heatmap.npy", answer.heatmap)
+            files += [str(folder / f"{name}_overlay.png"), str(folder / f"{name}_heatmap.npy")]
+        token = uuid.uuid4().hex
+        with self._lock:
+            self._answers[token] = answers
+            while len(self._answers) > KEPT_ANSWERS:
+                self._answers.popitem(last=False)
+        first = answers[0]
+        reading = _reading(first) + ("" if len(answers) == 1 else f" Reverse question: {answers[1].score:+.4f}.")
+        return (overlays[0], overlays[1] if len(answers) > 1 else None, first.colorbar(scale=scale),
+                first.score, reading, _status(first), files, token)
+
+    def _output_folder(self) -> Path:
+        folder = self._outputs / uuid.uuid4().hex
+        folder.mkdir()
+        with self._lock:
+            self._output_dirs.append(folder)
+            while len(self._output_dirs) > KEPT_OUTPUT_DIRS:
+                shutil.rmtree(self._output_dirs.pop(0), ignore_errors=True)
+        return folder
+
+
+# -------------------------------------------------------------------- words
+
+
+def _label(choices: list[tuple[str, str]], value: str) -> str:
+    return next((label for label, v in choices if v == value), value)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
+def _reading(answer: cc.Explanation) -> str:
+    """One plain sentence about the score of the whole picture."""
+    question, score = answer.question, answer.score
+    if question.target == "cocoa":
+        leaning = "the corpus than to the foil" if score > 0 else "the foil than to the corpus"
+        return (f"Score {score:+.4f}: on the whole, the model finds this picture closer to {leaning} "
+                f"({question.describe()}; mean cosine similarity to the corpus minus that to the foil). "
+                "The map shows where.")
+    if question.target == "corpus":
+        return (f"Score {score:+.4f}: mean cosine similarity of the picture to {question.describe()}; "
+                "the map shows where it comes from.")
+    if question.target == "label-free":
+        return (f"Score {score:+.4f}: the picture's similarity to itself; "
+                "the map shows what makes it what it is to the model.")
+    return (f"Score {score:+.4f}: the picture's similarity to itself minus its mean similarity to the foil; "
+            "the map shows what sets it apart from the foil.")
+
+
+def _status(answer: cc.Explanation) -> str:
+    details = answer.details
+    where = f"{details.get('precision')} on {details.get('device')}"
+    if answer.method != "rise":
+        text = f"{_label(METHOD_CHOICES, answer.method)}: {details['seconds']:.1f} s ({where})."
+    elif details.get("cached"):
+        text = (f"Reused the image pass: {details['seconds']:.2f} s, no new RISE run "
+                f"({details['masks']:,} masks from the cache).")
+    else:
+        text = f"RISE: {details['masks']:,} masks in {details['pass_seconds']:.1f} s ({where})."
+        if not details.get("complete", True):
+            text += " The time budget ran out: the map uses the masks done so far and is noisier."
+    return " ".join([text, *answer.notes])
+
+
+# -------------------------------------------------------------------- layout
+
+
+def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True) -> gr.Blocks:
+    """The Blocks app around one loaded model. `notice` is shown as a banner (e.g. why a fallback runs)."""
+    app = CocoaApp(model, notice=notice)
+    if calibrate and model.device.type == "cpu":
+        app.calibrate()
+    banner = f"Model: **{Path(model.name).name}**, {model.precision} on {model.device.type.upper()}."  # no server paths
+    with gr.Blocks(title="cocoa-clip: X rather than Y, to CLIP", delete_cache=(1800, 3600),
+                   analytics_enabled=False) as demo:
+        gr.Markdown(INTRO)
+        gr.Markdown(f"{notice} {banner}" if notice else banner, elem_id="model-banner",
+                    elem_classes=["notice"] if notice else None)
+        answer_token = gr.State(None)
+        with gr.Row():
+            with gr.Column(scale=1):
+                image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard", "webcam"],
+                                 elem_id="image", height=360)
+                corpus = gr.Textbox(label="What to look for (corpus), one caption per line", lines=2,
+                                    placeholder="dog", max_length=MAX_TEXT_CHARS, elem_id="corpus")
+                foil = gr.Textbox(label="Rather than (foil), one caption per line", lines=2, placeholder="cat",
+                                  max_length=MAX_TEXT_CHARS, elem_id="foil")
+                foil_preset = gr.Dropdown(FOIL_PRESET_CHOICES, value="none", label="Or add a foil preset",
+                                          info="CIFAR-100: the 99 other classes, as in the paper",
+                                          elem_id="foil-preset")
+                with gr.Row():
+                    explain = gr.Button("Explain", variant="primary", elem_id="explain", scale=2)
+                    swap = gr.Button("⇄ Y rather than X", elem_id="swap", scale=1)
+                estimate = gr.Markdown(app.estimate("rise", app.default_masks), elem_id="estimate")
+                reverse = gr.Checkbox(False, elem_id="reverse",
+                                      label="Also ask the reverse question (foil rather than corpus), side by side")
+                with gr.Accordion("Options", open=False):
+                    template = gr.Textbox(cc.DEFAULT_TEMPLATE, label="Caption template ('{}' uses captions as written)",
+                                          max_length=MAX_TEMPLATE_CHARS, elem_id="template")
+                    target = gr.Dropdown(TARGET_CHOICES, value="cocoa", label="Target", elem_id="target")
+                    method = gr.Dropdown(METHOD_CHOICES, value="rise", label="Method", elem_id="method")
+                    masks = gr.Slider(100, app.max_masks, value=app.default_masks, step=100, label="RISE masks",
+                                      info="more masks, smoother map, longer run", elem_id="masks")
+                    seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED, elem_id="seed")
+                    framing = gr.Radio(FRAMING_CHOICES, value="pad", label="Framing", elem_id="framing")
+                    opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Heatmap opacity", elem_id="opacity")
+                    scale = gr.Radio(SCALE_CHOICES, value="auto", label="Colour scale", elem_id="scale")
+                with gr.Accordion("Corpus or foil made of images (optional)", open=False):
+                    corpus_images = gr.File(label=f"Corpus images (up to {MAX_EXAMPLE_IMAGES})", file_count="multiple",
+                                            file_types=["image"], elem_id="corpus-images")
+                    foil_images = gr.File(label=f"Foil images (up to {MAX_EXAMPLE_IMAGES})", file_count="multiple",
+                                          file_types=["image"], elem_id="foil-images")
+            with gr.Column(scale=1):
+                with gr.Row():
+                    overlay = gr.Image(label="Corpus rather than foil", format="png",
+                                       interactive=False, elem_id="overlay")
+                    overlay_reverse = gr.Image(label="Foil rather than corpus", format="png", interactive=False,
+                                               visible=False, elem_id="overlay-reverse")
+                score = gr.Number(label="Score of the whole picture (the reading below says what it measures)",
+                                  interactive=False, elem_id="score")
+                reading = gr.Markdown(label="Reading", elem_id="reading")
+                status = gr.Markdown(label="Status", elem_id="status")
+                with gr.Accordion("Raw heatmap and downloads", open=False):
+                    colorbar = gr.Image(label="Heatmap with colour bar", format="png", interactive=False,
+                                        elem_id="heatmap")
+                    downloads = gr.File(label="Overlay PNG and heatmap .npy (float32, H x W)", interactive=False,
+                                        file_count="multiple",
+                                        elem_id="downloads")
+                with gr.Row(equal_height=True):
+                    check = gr.Button("Check this explanation (insertion / deletion)", elem_id="check", scale=1)
+                    measure = gr.Dropdown(MEASURE_CHOICES, value="similarity", label="Curves record",
+                                          info="the paper's two measures; the probability is CLIP's zero-shot "
+                                               "classifier over the corpus and each foil", elem_id="measure", scale=2)
+                curves = gr.Image(label="Insertion and deletion curves", format="png", interactive=False,
+                                  elem_id="curves")
+                curves_text = gr.Markdown(label="Areas", elem_id="curves-text")
+        with gr.Accordion("Which caption where? Split the picture among several captions", open=False,
+                          elem_id="compare-section"):
+            gr.Markdown("Each caption is asked *this rather than the other captions*, all from one pass over the "
+                        "picture above (with its options); each region takes the colour of the caption it looks "
+                        "like most, faded where that is less clear.")
+            with gr.Row():
+                with gr.Column(scale=1):
+                    compare_captions = gr.Textbox(label="Captions to compare, one per line (2 to 10)", lines=4,
+                                                  placeholder="dog\ngrass\nsky", max_length=MAX_TEXT_CHARS,
+                                                  elem_id="compare-captions")
+                    compare = gr.Button("Compare", variant="primary", elem_id="compare")
+                    compare_parts = gr.Markdown(label="Parts", elem_id="compare-parts")
+                with gr.Column(scale=1):
+                    compare_overlay = gr.Image(label="Which caption where", format="png", interactive=False,
+                                               elem_id="compare-overlay")
+        gr.Examples([[str(ASSETS / name), *rest] for name, *rest in EXAMPLES if (ASSETS / name).is_file()],
+                    inputs=[image, corpus, foil, foil_preset], cache_examples=False, elem_id="examples",
+                    label="Examples (pictures and licences in assets/)", api_visibility="private")
+        gr.Markdown(READING_GUIDE)
+
+        inputs = [image, corpus, foil, foil_preset, template, target, method, masks, seed, opacity, scale, framing,
+                  reverse, corpus_images, foil_images]
+        explain.click(app.explain, inputs, [overlay, overlay_reverse, colorbar, score, reading, status, downloads,
+                                            answer_token],
+                      api_name="explain", preprocess=False, concurrency_limit=1, concurrency_id="model",
+                      api_description="Heatmap of where the model sees the corpus rather than the foil.").then(
+            app.estimate, [method, masks], estimate, queue=False, api_visibility="private")
+        check.click(app.check, [answer_token, measure], [curves, curves_text], api_name="check", concurrency_limit=1,
+                    concurrency_id="model")
+        compare.click(app.compare, [image, compare_captions, template, method, masks, seed, framing],
+                      [compare_overlay, compare_parts], api_name="compare", preprocess=False, concurrency_limit=1,
+                      concurrency_id="model",
+                      api_description="The picture split among captions: which one each region looks like most.")
+        swap_these = [corpus, foil, corpus_images, foil_images]
+        swap.click(lambda corpus, foil, corpus_pictures, foil_pictures: (foil, corpus, foil_pictures, corpus_pictures),
+                   swap_these, swap_these, queue=False, api_visibility="private")
+        reverse.change(lambda ask: gr.Image(visible=ask), reverse, overlay_reverse, queue=False,
+                       api_visibility="private")
+        for control in (masks, method):
+            control.change(app.estimate, [method, masks], estimate, queue=False, api_visibility="private")
+    demo.queue(max_size=QUEUE_SIZE)
+    demo.cocoa_app = app  # for tests and scripts
+    return demo
+
+
+def launch_options() -> dict:
+    """Safe launch settings (see the README); `run_history` only where this Gradio accepts it."""
+    options = dict(ssr_mode=False, enable_monitoring=False, share=False, show_error=False,
+                   max_file_size=MAX_UPLOAD, run_history=False, theme=gr.themes.Soft(), css=CSS)
+    accepted = inspect.signature(gr.Blocks.launch).parameters
+    return {key: value for key, value in options.items() if key in accepted}
+
+
+# -------------------------------------------------------------------- start-up
+
+
+def load_model(name: str | None = None, weights: str | None = None, device: str | None = None,
+               say: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> tuple[cc.ClipModel, str]:
+    """The model to serve, and a notice for the banner when it is not the one asked for.
+
+    A model the user named (--model, --weights) must load. With nothing named, ViT-B/32 is tried and,
+    when its weights cannot be had (offline), the bundled shapes-demo model runs instead, if present.
+    """
+    if name is not None or weights is not None:
+        return cc.load(name or DEFAULT_MODEL, weights=weights, device=device), ""
+    try:
+        return cc.load(DEFAULT_MODEL, device=device), ""
+    except cc.ModelLoadError as error:
+        if not BUNDLED[FALLBACK_MODEL].is_file():
+            raise
+        say(f"error: {error}")
+        say(f"Serving the bundled {FALLBACK_MODEL} model instead.")
+        # The reason names server paths: it goes to the operator's console (above), not to the page.
+        notice = (f"⚠ The {DEFAULT_MODEL} weights could not be had on this server (its console says how to add "
+                  f"them), so it runs the small bundled {FALLBACK_MODEL} model, which knows coloured shapes only.")
+        return cc.load(FALLBACK_MODEL, device=device), notice
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Serve the cocoa-clip web app (and its HTTP API).",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--model", metavar="NAME",
+                       help=f"CLIP model name (default {DEFAULT_MODEL}, else {FALLBACK_MODEL} if it is offline)")
+    which.add_argument("--weights", metavar="PATH", help="local CLIP checkpoint: OpenAI JIT archive or state dict")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                        help="address to listen on (0.0.0.0 serves other machines)")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        model, notice = load_model(args.model, args.weights, args.device)
+    except cc.CocoaError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    demo = build_demo(model, notice=notice)
+    globals()["demo"] = demo
+    demo.launch(server_name=args.host, server_port=args.port, **launch_options())
+    return 0
+
+
+def __getattr__(name: str) -> Any:
+    """`webapp.demo`, built on first use with the default model (for `gradio app.py` and Spaces tooling)."""
+    if name == "demo":
+        model, notice = load_model()
+        globals()["demo"] = build_demo(model, notice=notice)
+        return globals()["demo"]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
