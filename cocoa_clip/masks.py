@@ -88,9 +88,10 @@ def sample_masks(n: int, size: tuple[int, int], grid: int = 7, p_keep: float = 0
     they are used.
     """
     generator = torch.Generator().manual_seed(seed)
-    grids = torch.rand(n, grid, grid, generator=generator) < p_keep
-    cells = torch.tensor([math.ceil(side / grid) for side in size])
-    shifts = (torch.rand(n, 2, generator=generator) * cells).long().clamp_max(cells - 1)
+    # device="cpu" even under torch.set_default_device: the CPU generator draws the same numbers everywhere.
+    grids = torch.rand(n, grid, grid, generator=generator, device="cpu") < p_keep
+    cells = torch.tensor([math.ceil(side / grid) for side in size], device="cpu")
+    shifts = (torch.rand(n, 2, generator=generator, device="cpu") * cells).long().clamp_max(cells - 1)
     return MaskSet(grids=grids, shifts=shifts, size=(int(size[0]), int(size[1])), p_keep=p_keep)
 
 

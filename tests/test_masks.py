@@ -1,7 +1,7 @@
 import torch
 import torch.nn.functional as F
 
-from cocoa_clip.masks import sample_masks
+from cocoa_clip.masks import MaskSet, sample_masks
 
 
 def reference_mask(grid: torch.Tensor, shift: torch.Tensor, size: tuple[int, int],
@@ -45,6 +45,34 @@ def test_masks_are_seeded_and_shifts_stay_inside_a_cell():
     assert not torch.equal(a.grids, c.grids)
     assert a.cells == (32, 15)
     assert (a.shifts >= 0).all() and (a.shifts[:, 0] < 32).all() and (a.shifts[:, 1] < 15).all()
+
+
+def test_shifts_cover_every_offset_of_a_cell_evenly():
+    """RISE shifts each mask by an offset drawn uniformly from its cell (13 x 7 pixels here)."""
+    masks = sample_masks(6000, (91, 43), grid=7, seed=2)
+    assert masks.cells == (13, 7)
+    for axis, cell in enumerate(masks.cells):
+        counts = torch.bincount(masks.shifts[:, axis], minlength=cell)
+        assert len(counts) == cell and counts.min() > 0.8 * 6000 / cell and counts.max() < 1.2 * 6000 / cell
+
+
+def test_a_shifted_mask_is_the_unshifted_one_moved_by_the_shift():
+    grid = sample_masks(1, (40, 40), grid=5, seed=6).grids[0]
+    masks = MaskSet(grids=torch.stack([grid, grid]), shifts=torch.tensor([[0, 0], [3, 5]]), size=(40, 40), p_keep=0.5)
+    unshifted, shifted = masks.render(0, 2)
+    torch.testing.assert_close(shifted[:-3, :-5], unshifted[3:, 5:])
+    assert not torch.allclose(shifted, unshifted)
+
+
+def test_a_seed_draws_the_same_masks_whatever_the_default_device():
+    """Masks come from the seed's CPU generator, so GPU and CPU runs (or torch.set_default_device) share them."""
+    expected = sample_masks(30, (24, 24), seed=9)
+    with torch.device("meta"):
+        drawn = sample_masks(30, (24, 24), seed=9)
+        assert drawn.render(0, 30, "meta").shape == (30, 24, 24)
+    assert drawn.grids.device.type == "cpu" and torch.equal(drawn.grids, expected.grids)
+    assert torch.equal(drawn.shifts, expected.shifts)
+    torch.testing.assert_close(drawn.render(0, 30, torch.device("cpu")), expected.render(0, 30))
 
 
 def test_sampling_leaves_the_global_generator_alone():

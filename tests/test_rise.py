@@ -1,11 +1,14 @@
 import numpy as np
 import pytest
 import torch
-from conftest import PLANTED_REGION
+import torch.nn.functional as F
+from conftest import PLANTED_REGION, PlantedNet
+from PIL import Image
 from test_masks import reference_mask
 
 import cocoa_clip as cc
 from cocoa_clip.images import blur, frame
+from cocoa_clip.models import MEAN, STD, ClipModel, clip_package
 from cocoa_clip.rise import PassCache, RiseSettings, masked_pass, saliency
 from cocoa_clip.targets import resolve
 
@@ -66,9 +69,34 @@ def test_a_cached_second_question_runs_no_image_forward_pass(planted, noise_squa
     assert second.details["cached"] and not first.details["cached"]
     fresh = cc.explain(planted, noise_square, DOG_CAT.swapped(), masks=100, cache=None)
     np.testing.assert_allclose(second.heatmap, fresh.heatmap, atol=1e-7)
-    # Other settings or another picture are different entries.
+    # Other mask settings are another entry.
     cc.explain(planted, noise_square, DOG_CAT, masks=100, seed=1, cache=cache)
     assert planted.net.calls > calls and len(cache) == 2
+
+
+def test_a_second_picture_of_the_same_size_gets_its_own_map(planted, noise_square):
+    """The cache is keyed by the pixels: a new upload of the same size never gets another picture's pass."""
+    other = Image.fromarray(255 - np.asarray(noise_square)[::-1])
+    cache = PassCache()
+    cc.explain(planted, noise_square, DOG_CAT, masks=100, cache=cache)
+    second = cc.explain(planted, other, DOG_CAT, masks=100, cache=cache)
+    fresh = cc.explain(planted, other, DOG_CAT, masks=100, cache=None)
+    assert not second.details["cached"] and len(cache) == 2
+    np.testing.assert_array_equal(second.heatmap, fresh.heatmap)
+    assert second.score == fresh.score
+
+
+def test_the_cache_evicts_the_least_recently_used_pass(planted, noise_square):
+    """Room for two passes: after asking about A again, a third picture pushes out B, not A."""
+    pictures = [Image.fromarray(np.roll(np.asarray(noise_square), shift, axis=1)) for shift in (0, 1, 2)]
+    size = masked_pass(planted, frame(pictures[0], planted.n_px), RiseSettings(50)).nbytes
+    cache = PassCache(max_bytes=int(size * 2.5))
+
+    def cached(index: int) -> bool:
+        return cc.explain(planted, pictures[index], DOG_CAT, masks=50, cache=cache).details["cached"]
+
+    assert [cached(0), cached(1), cached(0), cached(2)] == [False, False, True, False]
+    assert cached(0) and not cached(1)
 
 
 def test_cache_stays_within_its_byte_budget(tiny, photo):
@@ -121,15 +149,101 @@ def test_progress_reports_masks_done(tiny, photo):
     assert seen == [(30, 100), (60, 100), (90, 100), (100, 100)]
 
 
-def test_centered_estimator_reaches_the_converged_map_with_fewer_masks(planted, noise_square):
+class LinearNet(PlantedNet):
+    """embedding = b + <w, pixels> u: with dot similarity "dog rather than cat" scores 4 <w, pixels>,
+    linear in the pixels, so RISE's expected map follows from the mask distribution alone."""
+
+    def __init__(self, weights: torch.Tensor):
+        super().__init__(PLANTED_REGION)
+        self.register_buffer("w", weights)
+
+    def encode_image(self, normalised: torch.Tensor) -> torch.Tensor:
+        pixels = normalised * normalised.new_tensor(STD).view(1, 3, 1, 1) + normalised.new_tensor(MEAN).view(1, 3, 1, 1)
+        return self.b + (pixels * self.w).sum((1, 2, 3))[:, None] * self.u
+
+
+DOG_CAT_DOT = cc.Question(corpus=["dog"], foil=["cat"], similarity="dot")
+
+
+@pytest.fixture
+def linear() -> ClipModel:
+    weights = torch.zeros(3, 64, 64)
+    weights[:, 8:24, 30:50] = 1 / 960  # one region raises the score, another lowers it
+    weights[:, 40:56, 4:24] = -1 / 960
+    return ClipModel(net=LinearNet(weights), name="linear", device=torch.device("cpu"), precision="fp32")
+
+
+def expected_rise_maps(model: ClipModel, picture: Image.Image, grid: int = 7, p: float = 0.5):
+    """RISE's exact expected maps (paper, centered) for LinearNet, from the mask distribution.
+
+    With masked picture  blur + m * (x - blur)  the score is  c + sum_j a_j m_j. Grid cells are
+    independent Bernoulli(p) and the shift uniform over a cell, so for mask pixel m_q
+    E[s m_q] = c E[m_q] + sum_j a_j E[m_j m_q]  and  Cov(s, m_q) = sum_j a_j Cov(m_j, m_q),
+    where each mask pixel is R[q] . cells, R the bilinear upsampling of unit grids cropped at the shift.
+    """
+    content = frame(picture, model.n_px).content.double()
+    height, width = content.shape[1:]
+    baseline = blur(content, model.n_px)
+    direction = 4.0  # <t_dog - t_cat, u>: PlantedNet embeds "dog" as b + 2u and "cat" as b - 2u
+    a = direction * (model.net.w * (content - baseline)).sum(0).flatten()
+    c = direction * float((model.net.w * baseline).sum())
+    cells = (-(-height // grid), -(-width // grid))
+    units = torch.eye(grid * grid, dtype=torch.float64).view(-1, 1, grid, grid)
+    upsampled = F.interpolate(units, size=((grid + 1) * cells[0], (grid + 1) * cells[1]), mode="bilinear",
+                              align_corners=False)[:, 0]
+    paper, centered = torch.zeros(height * width, dtype=torch.float64), torch.zeros(height * width, dtype=torch.float64)
+    for dy in range(cells[0]):
+        for dx in range(cells[1]):
+            weights = upsampled[:, dy:dy + height, dx:dx + width].flatten(1).T  # shape = [h * w, g * g]
+            per_cell = weights.T @ a
+            covariance = (p - p * p) * (weights @ per_cell)  # the cells' own variance
+            centered += covariance
+            paper += (c + p * per_cell.sum()) * p * weights.sum(1) + covariance
+    scale = cells[0] * cells[1] * p
+    return (paper / scale).view(height, width).numpy(), (centered / scale).view(height, width).numpy()
+
+
+def test_rise_maps_converge_to_the_exact_expected_map(linear, noise_square):
+    """An oracle independent of the implementation: the closed-form expectation of RISE's estimators."""
+    paper, centered = expected_rise_maps(linear, noise_square)
+    for estimator, expected in (("centered", centered), ("paper", paper)):
+        heatmap = cc.explain(linear, noise_square, DOG_CAT_DOT, masks=2000, estimator=estimator, cache=None).heatmap
+        assert heatmap.mean() == pytest.approx(expected.mean(), abs=0.02 * np.abs(expected).max())
+        if estimator == "centered":  # the paper's estimator is too noisy at 2,000 masks to check pixel by pixel
+            x, y = expected.ravel() - expected.mean(), heatmap.ravel() - heatmap.mean()
+            assert np.corrcoef(x, y)[0, 1] > 0.97
+            assert (x @ y) / (x @ x) == pytest.approx(1.0, abs=0.08)  # the map's scale, not only its shape
+
+
+def test_centered_estimator_reaches_the_expected_map_with_fewer_masks(linear, noise_square):
     """Both estimators converge to the same map up to a constant; the centred one gets there sooner."""
-    reference = cc.explain(planted, noise_square, DOG_CAT, masks=20_000, seed=99, estimator="paper", cache=None).heatmap
+    expected = expected_rise_maps(linear, noise_square)[1]
 
     def correlation(estimator: str) -> float:
-        heatmap = cc.explain(planted, noise_square, DOG_CAT, masks=300, estimator=estimator, cache=None).heatmap
-        return np.corrcoef(heatmap.ravel(), reference.ravel())[0, 1]
+        heatmap = cc.explain(linear, noise_square, DOG_CAT_DOT, masks=300, estimator=estimator, cache=None).heatmap
+        return np.corrcoef(heatmap.ravel(), expected.ravel())[0, 1]
 
-    assert correlation("centered") > max(0.9, correlation("paper") + 0.02)
+    assert correlation("centered") > max(0.9, correlation("paper") + 0.2)
+
+
+def test_default_mask_counts_are_2000_on_a_cpu_and_20000_on_a_gpu(planted, noise_square):
+    assert RiseSettings().masks_for(torch.device("cuda")) == 20_000
+    assert RiseSettings().masks_for(torch.device("cpu")) == 2_000
+    assert cc.explain(planted, noise_square, DOG_CAT, cache=None).details["masks"] == 2_000
+
+
+def test_fp16_weights_as_on_a_gpu_keep_the_map(tiny, tiny_checkpoint, photo):
+    """The GPU's default path, checked on the CPU: fp16 weights as clip's build_model makes them."""
+    state = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
+    net = clip_package().model.build_model(dict(state)).eval().requires_grad_(False)
+    assert net.visual.conv1.weight.dtype == torch.float16
+    fp16 = ClipModel(net=net, name="tiny-fp16", device=torch.device("cpu"), precision="fp16")
+    cache = PassCache()
+    half, full = (cc.explain(m, photo, DOG_CAT, masks=300, cache=cache) for m in (fp16, tiny))
+    assert not full.details["cached"] and len(cache) == 2  # precisions never share a pass
+    assert half.details["precision"] == "fp16" and half.heatmap.dtype == np.float32
+    assert np.corrcoef(half.heatmap.ravel(), full.heatmap.ravel())[0, 1] > 0.999
+    assert half.score == pytest.approx(full.score, abs=2e-3)
 
 
 def test_bf16_autocast_keeps_the_map(tiny_checkpoint, photo):
