@@ -6,9 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from cocoa_clip.cli import build_parser, main
+from cocoa_clip.evaluate import insertion_deletion
+from cocoa_clip.images import frame, load_image
+from cocoa_clip.models import clip_package, normalize
+from cocoa_clip.targets import Question
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -169,29 +174,50 @@ def test_evaluate_prints_the_four_areas_as_json(tiny_checkpoint, picture, tmp_pa
                  "--masks", "50", "--steps", "10", "--json", "--plot", str(tmp_path / "curves.png")])
     assert code == 0
     result = json.loads(capsys.readouterr().out)
-    for key in ("insertion_auc", "deletion_auc", "random_insertion_auc", "random_deletion_auc"):
-        assert isinstance(result[key], float)
-    assert len(result["insertion"]) == 11
+    trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2 has only the old name
+    assert result["fractions"] == pytest.approx(np.linspace(0, 1, 11).tolist())
+    for name in ("insertion", "deletion", "random_insertion", "random_deletion"):
+        assert len(result[name]) == 11
+        assert result[f"{name}_auc"] == pytest.approx(trapezoid(result[name], result["fractions"]), abs=1e-6)
+    picture_score, blurred_score = result["deletion"][0], result["insertion"][0]
+    assert picture_score != pytest.approx(blurred_score, abs=1e-4)
+    assert result["random_deletion"][0] == pytest.approx(picture_score, abs=1e-6)
+    assert result["random_insertion"][-1] == pytest.approx(picture_score, abs=1e-6)
+    assert result["random_insertion"][0] == pytest.approx(blurred_score, abs=1e-6)
     assert (tmp_path / "curves.png").stat().st_size > 1000
 
 
-def test_evaluate_with_the_zero_shot_probability_measure(tiny_checkpoint, picture, capsys):
+def test_evaluate_with_the_zero_shot_probability_measure(tiny, tiny_checkpoint, picture, capsys):
     code = main(["evaluate", picture, "--corpus", "dog", "--foil-preset", "cifar100", "--weights", tiny_checkpoint,
-                 "--method", "integrated-gradients", "--steps", "5", "--measure", "probability", "--json"])
+                 "--method", "integrated-gradients", "--steps", "5", "--measure", "probability", "--json",
+                 "--precision", "fp32"])
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     assert result["measure"] == "probability"
-    assert all(0.0 <= value <= 1.0 for value in result["deletion"] + result["random_insertion"])
+    # On the whole picture: the zero-shot probability of "dog" among it and CIFAR-100's 99 other classes.
+    question = Question(corpus=["dog"], foil_preset="cifar100")
+    captions = [question.template.format(c) for c in ("dog", *question.foil_captions)]
+    with torch.no_grad():
+        logits, _ = tiny.net(normalize(frame(load_image(picture), 32).canvas[None]), clip_package().tokenize(captions))
+    probability = logits.softmax(-1)[0, 0].item()
+    assert result["deletion"][0] == pytest.approx(probability, abs=1e-6)
+    assert result["random_insertion"][-1] == pytest.approx(probability, abs=1e-6)
     assert main(["evaluate", picture, "--corpus", "dog", "--foil", "cat", "--weights", tiny_checkpoint,
                  "--masks", "20", "--steps", "3", "--measure", "probability"]) == 0
     assert "probability of the corpus" in capsys.readouterr().out
 
 
-def test_evaluate_a_saved_heatmap(tiny_checkpoint, picture, tmp_path, capsys):
-    np.save(tmp_path / "h.npy", np.random.rand(45, 70).astype(np.float32))
+def test_evaluate_a_saved_heatmap(tiny, tiny_checkpoint, picture, tmp_path, capsys):
+    """The curves are those of the saved map, not of a map computed afresh."""
+    saved = np.random.default_rng(5).random((45, 70)).astype(np.float32)
+    np.save(tmp_path / "h.npy", saved)
     assert main(["evaluate", picture, "--corpus", "dog", "--foil", "cat", "--weights", tiny_checkpoint,
-                 "--from-heatmap", str(tmp_path / "h.npy"), "--steps", "5"]) == 0
-    assert "insertion_auc" in capsys.readouterr().out
+                 "--precision", "fp32", "--masks", "20", "--from-heatmap", str(tmp_path / "h.npy"), "--steps", "5",
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    expected = insertion_deletion(tiny, picture, saved, Question(corpus=["dog"], foil=["cat"]), steps=5)
+    np.testing.assert_allclose(result["insertion"], expected.insertion, atol=1e-6)
+    np.testing.assert_allclose(result["deletion"], expected.deletion, atol=1e-6)
     np.save(tmp_path / "bad.npy", np.zeros(3))
     assert main(["evaluate", picture, "--corpus", "dog", "--foil", "cat", "--weights", tiny_checkpoint,
                  "--from-heatmap", str(tmp_path / "bad.npy")]) == 2

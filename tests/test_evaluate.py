@@ -5,9 +5,10 @@ from conftest import PLANTED_REGION
 from PIL import Image
 
 import cocoa_clip as cc
-from cocoa_clip.evaluate import Curves, content_ranking, insertion_deletion
-from cocoa_clip.images import frame
+from cocoa_clip.evaluate import Curves, content_ranking, insertion_deletion, pointing_hit, positive_share
+from cocoa_clip.images import blur, frame
 from cocoa_clip.models import clip_package, normalize
+from cocoa_clip.targets import resolve
 
 DOG_CAT = cc.Question(corpus=["dog"], foil=["cat"])
 
@@ -23,10 +24,24 @@ def test_true_region_beats_random_order(planted, noise_square):
     aucs = curves.aucs()
     assert aucs["insertion_auc"] > aucs["random_insertion_auc"] + 0.01
     assert aucs["deletion_auc"] < aucs["random_deletion_auc"] - 0.01
-    # The curves start and end at the picture's and the blurred picture's scores.
-    assert curves.insertion[-1] == pytest.approx(curves.deletion[0], abs=1e-6)
-    assert curves.insertion[0] == pytest.approx(curves.deletion[-1], abs=1e-6)
-    assert curves.deletion[0] == pytest.approx(cc.score(planted, noise_square, DOG_CAT), abs=1e-6)
+
+
+def test_every_curve_runs_between_the_blurred_picture_and_the_picture(planted, noise_square):
+    """Insertion (heatmap or random order) starts at the blurred picture's score and ends at the picture's;
+    deletion runs the other way."""
+    curves = insertion_deletion(planted, noise_square, region_heatmap(), DOG_CAT, steps=5)
+    framed = frame(noise_square, planted.n_px)
+    with torch.no_grad():
+        blurred = planted.encode_images(framed.with_content(blur(framed.content[None], planted.n_px)))
+    blurred_score = resolve(planted, DOG_CAT, None)(blurred).item()
+    picture_score = cc.score(planted, noise_square, DOG_CAT)
+    assert abs(picture_score - blurred_score) > 0.1
+    for name in ("insertion", "random_insertion"):
+        start, end = getattr(curves, name)[[0, -1]]
+        assert start == pytest.approx(blurred_score, abs=1e-6) and end == pytest.approx(picture_score, abs=1e-6)
+    for name in ("deletion", "random_deletion"):
+        start, end = getattr(curves, name)[[0, -1]]
+        assert start == pytest.approx(picture_score, abs=1e-6) and end == pytest.approx(blurred_score, abs=1e-6)
 
 
 def test_reversed_heatmap_is_worse_than_random(planted, noise_square):
@@ -36,10 +51,12 @@ def test_reversed_heatmap_is_worse_than_random(planted, noise_square):
 
 
 def test_measure_is_contrastive_corpus_similarity_whatever_the_target(planted, noise_square):
-    label_free = cc.Question(corpus=["dog"], foil=["cat"], target="label-free")
-    a = insertion_deletion(planted, noise_square, region_heatmap(), label_free, steps=10)
-    b = insertion_deletion(planted, noise_square, region_heatmap(), DOG_CAT, steps=10)
-    np.testing.assert_allclose(a.insertion, b.insertion)
+    cosine = insertion_deletion(planted, noise_square, region_heatmap(), DOG_CAT, steps=10)
+    for other in (cc.Question(corpus=["dog"], foil=["cat"], target="label-free"),
+                  cc.Question(corpus=["dog"], foil=["cat"], similarity="dot")):  # planted embeddings are not unit
+        curves = insertion_deletion(planted, noise_square, region_heatmap(), other, steps=10)
+        np.testing.assert_allclose(curves.insertion, cosine.insertion)
+        np.testing.assert_allclose(curves.random_deletion, cosine.random_deletion)
 
 
 def test_rise_heatmap_of_planted_encoder_beats_random(planted, noise_square):
@@ -75,9 +92,35 @@ def test_probability_measure_is_clips_own_zero_shot_probability(tiny, photo):
     with torch.no_grad():
         pixels = normalize(frame(photo, tiny.n_px).canvas[None])
         logits, _ = tiny.net(pixels, clip_package().tokenize(["dog", "cat", "bird"]))
+        blurred = framed_blur(tiny, photo)
+        logits_blurred, _ = tiny.net(normalize(blurred), clip_package().tokenize(["dog", "cat", "bird"]))
     assert curves.deletion[0] == pytest.approx(logits.softmax(-1)[0, 0].item(), abs=1e-5)
+    assert curves.random_deletion[-1] == pytest.approx(logits_blurred.softmax(-1)[0, 0].item(), abs=1e-5)
     assert curves.measure == "probability" and curves.to_dict()["measure"] == "probability"
-    assert all(((0 <= c) & (c <= 1)).all() for c in (curves.insertion, curves.deletion, curves.random_deletion))
+
+
+def framed_blur(model, picture) -> torch.Tensor:
+    """The blurred picture the curves start or end at, on the model's canvas: (1, 3, n_px, n_px)."""
+    framed = frame(picture, model.n_px)
+    return framed.with_content(blur(framed.content[None], model.n_px))
+
+
+def test_a_corpus_of_several_captions_is_one_class_with_the_renormalised_mean_prototype(tiny, photo):
+    """CLIP's prompt ensembling: the corpus class is the mean of its unit text embeddings, renormalised."""
+    question = cc.Question(corpus=["dog", "a red car"], foil=["cat", "bird"], template="{}")
+    heatmap = np.random.default_rng(2).random((45, 70)).astype(np.float32)
+    curves = insertion_deletion(tiny, photo, heatmap, question, steps=3, measure="probability")
+    with torch.no_grad():
+        texts = tiny.net.encode_text(clip_package().tokenize(["dog", "a red car", "cat", "bird"])).float()
+        image = tiny.net.encode_image(normalize(frame(photo, tiny.n_px).canvas[None])).float()
+    texts = texts / texts.norm(dim=-1, keepdim=True)
+    prototype = texts[:2].mean(0)
+    image = image / image.norm()
+    scale = tiny.net.logit_scale.exp()
+    expected = (scale * image @ torch.stack([prototype / prototype.norm(), texts[2], texts[3]]).T).softmax(-1)[0, 0]
+    not_renormalised = (scale * image @ torch.stack([prototype, texts[2], texts[3]]).T).softmax(-1)[0, 0]
+    assert abs(expected - not_renormalised) > 1e-3  # the two captions differ enough for it to matter
+    assert curves.deletion[0] == pytest.approx(expected.item(), abs=1e-5)
 
 
 def test_with_one_caption_each_probability_is_a_sigmoid_of_similarity(tiny, photo):
@@ -114,3 +157,29 @@ def test_bad_curve_settings_are_refused(planted, noise_square, options, message)
 def test_a_heatmap_must_hold_real_numbers(planted, noise_square):
     with pytest.raises(cc.SettingsError, match="real numbers"):
         insertion_deletion(planted, noise_square, region_heatmap().astype(np.complex64), DOG_CAT)
+
+
+def test_pointing_game_hits_within_the_tolerance_only():
+    heatmap = np.zeros((6, 6))
+    heatmap[1, 4] = 1.0
+    heatmap[5, 0] = np.nan  # NaN pixels are never the maximum
+    near, far, corner = (np.zeros((6, 6), dtype=bool) for _ in range(3))
+    near[2, 5] = True  # one pixel away diagonally
+    far[3, 4] = True  # two rows away
+    corner[5, 0] = True
+    assert pointing_hit(heatmap, near) and not pointing_hit(heatmap, near, tolerance=0)
+    assert not pointing_hit(heatmap, far) and pointing_hit(heatmap, far, tolerance=2)
+    assert not pointing_hit(heatmap, corner, tolerance=3)
+    at_the_edge = np.zeros((6, 6))
+    at_the_edge[0, 0] = 1.0  # the window must not wrap round to the last row or column
+    bottom_right = np.zeros((6, 6), dtype=bool)
+    bottom_right[-1, -1] = True
+    assert not pointing_hit(at_the_edge, bottom_right)
+
+
+def test_positive_share_counts_only_positive_attribution():
+    heatmap = np.array([[3.0, -5.0, 0.5], [1.0, np.nan, 0.5]])
+    region = np.array([[True, True, False], [False, True, False]])
+    assert positive_share(heatmap, region) == pytest.approx(3.0 / 5.0)
+    assert positive_share(heatmap, ~region) == pytest.approx(2.0 / 5.0)
+    assert positive_share(-np.abs(heatmap), region) == 0.0

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import cocoa_clip as cc
 from cocoa_clip.gradients import GradientSettings, attribute
@@ -47,13 +48,22 @@ def test_swapping_negates_gradient_maps(tiny, photo):
     assert forward.scale == "signed"
 
 
-def test_padding_gets_no_attribution(planted):
-    """Only the picture's pixels differ from the baseline, so a wide picture's map has no padding in it."""
-    from PIL import Image
-
-    wide = Image.fromarray((np.random.default_rng(0).integers(0, 2, (20, 64, 1)) * 255).repeat(3, 2).astype(np.uint8))
-    answer = cc.explain(planted, wide, DOG_CAT, method="integrated-gradients")
-    assert answer.heatmap.shape == (20, 64) and np.isfinite(answer.heatmap).all()
+def test_the_map_covers_the_picture_and_the_padding_gets_none(planted):
+    """A tall picture (64 x 32) sits between two padding strips 16 px wide. The planted encoder reads canvas
+    pixels [0:20, 0:20], so only the picture's pixels [0:20, 0:4] may get attribution, and they get all of it."""
+    tall = Image.fromarray((np.random.default_rng(0).integers(0, 2, (64, 32, 1)) * 255).repeat(3, 2).astype(np.uint8))
+    answer = cc.explain(planted, tall, DOG_CAT, method="integrated-gradients")
+    assert answer.heatmap.shape == (64, 32)
+    outside = np.ones((64, 32), dtype=bool)
+    outside[:20, :4] = False
+    assert (answer.heatmap[outside] == 0).all()
+    assert (answer.heatmap[:20, :4] != 0).mean() > 0.5
+    framed = frame(tall, planted.n_px)
+    with torch.no_grad():
+        baseline = framed.with_content(blur(framed.content[None], planted.n_px))
+        target = resolve(planted, DOG_CAT, None)
+        expected = (target(planted.encode_images(framed.canvas[None])) - target(planted.encode_images(baseline))).item()
+    assert answer.heatmap.sum() == pytest.approx(expected, rel=0.02)
 
 
 def test_bad_gradient_settings():

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.transforms.functional import gaussian_blur
 
 import cocoa_clip as cc
 from cocoa_clip.images import blur, frame, load_image, unframe
@@ -36,11 +37,19 @@ def test_sixteen_bit_images_keep_their_contrast(tmp_path):
 
 
 def test_exif_orientation_is_respected(tmp_path):
-    upright = Image.new("RGB", (30, 20), "red")
+    """Orientation 6: the camera stored the picture turned; it must be shown turned 90 degrees clockwise."""
+    stored = np.zeros((20, 30, 3), dtype=np.uint8)
+    stored[:10, :15] = (255, 0, 0)  # top left: red
+    stored[10:, :15] = (0, 255, 0)  # bottom left: green
+    stored[:, 15:] = (0, 0, 255)  # right half: blue
     exif = Image.Exif()
-    exif[0x0112] = 6  # rotated 90 degrees clockwise
-    path = save(upright, tmp_path / "rotated.jpg", exif=exif.tobytes())
-    assert load_image(path).size == (20, 30)
+    exif[0x0112] = 6
+    path = save(Image.fromarray(stored), tmp_path / "rotated.jpg", exif=exif.tobytes(), quality=95)
+    upright = np.asarray(load_image(path)).astype(int)
+    assert upright.shape == (30, 20, 3)
+    # Turned clockwise, the stored left side is the top (its top edge now on the right) and the right side the bottom.
+    for (row, col), colour in (((7, 15), (255, 0, 0)), ((7, 4), (0, 255, 0)), ((22, 10), (0, 0, 255))):
+        assert np.abs(upright[row, col] - colour).max() < 40, (row, col)
 
 
 def test_arrays_of_any_range_are_read():
@@ -168,6 +177,15 @@ def test_blur_keeps_constants_and_smooths_noise():
     assert torch.allclose(blur(flat, 224), flat, atol=1e-6)
     noise = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0))
     assert blur(noise, 224).std() < noise.std() / 3
+
+
+@pytest.mark.parametrize("n_px", [32, 64, 224, 336])
+def test_the_blur_is_the_papers_at_224_px_scaled_with_the_input_size(n_px):
+    """Kernel 21, sigma 5 at 224 px (appendix I): torchvision's Gaussian blur with both scaled to the input."""
+    picture = torch.rand(3, n_px, n_px, generator=torch.Generator().manual_seed(n_px))
+    kernel = 2 * round(10 * n_px / 224) + 1
+    expected = gaussian_blur(picture, kernel_size=kernel, sigma=5.0 * n_px / 224)
+    torch.testing.assert_close(blur(picture, n_px), expected, atol=1e-5, rtol=0)
 
 
 def test_unknown_framing(tiny):

@@ -99,6 +99,20 @@ def test_swapped_question_exchanges_corpus_and_foil():
         cc.Question(corpus=["dog"], foil_preset="cifar100").swapped()
 
 
+def test_the_reverse_question_swaps_corpus_and_foil_images_too(tiny, photo):
+    """The app's reverse question: with pictures on both sides, the pictures change sides with the captions."""
+    dog_picture = np.asarray(photo)[::-1]
+    cat_picture = np.asarray(photo)[:, ::-1]
+    question = cc.Question(corpus=["dog"], corpus_images=[dog_picture], foil=["cat", "cow"], foil_images=[cat_picture])
+    swapped = question.swapped()
+    assert swapped.corpus_images[0] is cat_picture and swapped.foil_images[0] is dog_picture
+    forward, backward = cc.explain(tiny, photo, [question, swapped], masks=40, cache=None)
+    assert abs(forward.score) > 1e-3 and backward.score == pytest.approx(-forward.score, abs=1e-6)
+    np.testing.assert_allclose(backward.heatmap, -forward.heatmap, atol=1e-6)
+    images_only = cc.Question(corpus_images=[dog_picture], foil_images=[cat_picture])
+    assert cc.score(tiny, photo, images_only.swapped()) == pytest.approx(-cc.score(tiny, photo, images_only), abs=1e-6)
+
+
 def test_long_captions_are_truncated_with_a_note(tiny, photo):
     long = "a very long caption about a dog " * 20 + "in the end a cat"
     question = cc.Question(corpus=[long], foil=["cat"])
