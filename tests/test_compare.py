@@ -1,3 +1,5 @@
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -5,6 +7,7 @@ from PIL import Image
 
 import cocoa_clip as cc
 from cocoa_clip.compare import MAX_CAPTIONS, compare
+from cocoa_clip.explain import Explanation
 from cocoa_clip.models import MEAN, STD, ClipModel, clip_package
 from cocoa_clip.shapes import two_object_scene
 
@@ -56,7 +59,24 @@ def test_maps_of_caption_rather_than_the_others_sum_to_zero(tiny, photo, method)
     assert np.abs(maps).max() > 0
     np.testing.assert_allclose(maps.sum(0), 0.0, atol=1e-5 * np.abs(maps).max())
     assert [a.question.describe() for a in comparison.answers][1] == '"cat" rather than "dog" / "a red car"'
-    np.testing.assert_array_equal(comparison.labels, maps.argmax(0))  # no ties on a noisy photo
+
+
+def test_each_pixel_goes_to_the_highest_map_by_its_lead_over_the_runner_up(tiny, monkeypatch):
+    """Hand-made maps of three captions: ties and unseen (NaN) pixels go to no caption."""
+    maps = np.array([[[3, 1, 0], [0, np.nan, 2]],
+                     [[1, 2, 0], [0, np.nan, 2]],
+                     [[0, 0, 0], [-1, np.nan, 5]]], dtype=np.float32)
+    picture = Image.new("RGB", (3, 2))
+
+    def explain(model, image, questions, **options):
+        return [Explanation(heatmap, 0.0, picture, q, "rise") for heatmap, q in zip(maps, questions, strict=True)]
+
+    # cc.compare is the function; the module that calls explain is the one imported under that name.
+    monkeypatch.setattr(importlib.import_module("cocoa_clip.compare"), "explain", explain)
+    comparison = compare(tiny, picture, ["dog", "cat", "grass"])
+    np.testing.assert_array_equal(comparison.labels, [[0, 1, -1], [-1, -1, 2]])
+    np.testing.assert_array_equal(comparison.margin, [[2, 1, 0], [0, 0, 3]])
+    assert comparison.shares == pytest.approx({"dog": 1 / 6, "cat": 1 / 6, "grass": 1 / 6})
 
 
 def test_the_demo_model_finds_both_objects():

@@ -44,10 +44,17 @@ def test_colorbar_figure_is_an_image():
     assert figure.mode == "RGB" and figure.width == 640 and 200 < figure.height < 640
 
 
-@pytest.mark.parametrize("shape", [(4000, 10), (10, 4000)])
-def test_colorbar_figure_of_a_thin_map_stays_a_sane_size(shape):
+@pytest.mark.parametrize("shape, clamped", [((4000, 10), (400, 100)), ((10, 4000), (100, 400))])
+def test_colorbar_figure_of_a_thin_map_stays_within_four_to_one(shape, clamped):
+    """A map thinner than 4:1 gets the figure of a 4:1 map: never taller than 4 widths, nor a sliver."""
     figure = colorbar_figure(np.random.rand(*shape))
-    assert figure.width == 640 and 100 < figure.height <= 4 * 640 * 0.85 + 60
+    assert figure.size == colorbar_figure(np.random.rand(*clamped)).size
+    assert figure.width == 640 and 640 / 4 < figure.height < 4 * 640
+
+
+def test_colorbar_figure_follows_the_maps_aspect():
+    heights = [colorbar_figure(np.random.rand(*shape)).height for shape in ((30, 60), (30, 30), (60, 30))]
+    assert heights[0] < heights[1] < heights[2]
 
 
 def test_label_outlines_do_not_wrap_around_the_picture():
