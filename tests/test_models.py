@@ -49,10 +49,14 @@ def test_offline_download_names_the_cache_path_and_weights_flag(monkeypatch, tmp
         assert "--model shapes-demo" in message
 
 
-def test_precision_choices():
+def test_precision_choices(monkeypatch):
     assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
     assert resolve_precision("auto", torch.device("cuda")) == "fp16"
-    assert resolve_precision("auto", torch.device("cpu")) in ("bf16", "fp32")
+    expected = "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+    assert resolve_precision("auto", torch.device("cpu")) == expected
+    for units, precision in ((True, "bf16"), (False, "fp32")):  # a CPU with and without bf16 units
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda units=units: units)
+        assert resolve_precision("auto", torch.device("cpu")) == precision
     with pytest.raises(cc.SettingsError, match="precision"):
         resolve_precision("int8", torch.device("cpu"))
     with pytest.raises(cc.SettingsError, match="CUDA only"):
