@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         mutants = [m for m in mutants if any(text.lower() in m.name.lower() for text in args.only)]
     if args.list or not mutants:
         for mutant in mutants:
-            print(f"{mutant.name}  ({mutant.file}; {' '.join(mutant.tests)})")
+            print(f"{stale(mutant) or 'ready'}: {mutant.name}  ({mutant.file}; {' '.join(mutant.tests)})")
         return 0
 
     started = time.perf_counter()
