@@ -115,7 +115,7 @@ def _row(index: int, result: dict, columns: Sequence[tuple[str, str, str]]) -> s
             value = "" if shown == "" else repr(float(value))
         else:
             value = shown = result[key]
-        css = f' class="{"number" if kind == "number" else key}"'
+        css = f' class="{"number " if kind == "number" else ""}{key}"'
         cells.append(f'<td{css} data-value="{html.escape(str(value))}">{html.escape(shown)}</td>')
     return "<tr>" + "".join(cells) + "</tr>"
 
