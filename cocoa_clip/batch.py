@@ -314,23 +314,17 @@ def _local_engine(rows: Sequence[dict], job: Job, **_: object) -> Iterator[dict]
         yield explain_row(model, job, read_row(row))
 
 
-def _explainer(job: Job) -> type:
-    """The class of the Ray actors: each loads its own model, then explains one row per call.
+class _Explainer:
+    """A Ray actor's work: its own model, then one row per call."""
 
-    (The job travels inside the class, not as constructor arguments: Ray would keep those in its
-    object store and warn that a restarted actor might not find them.)
-    """
+    def __init__(self, job: Job):
+        self.job = job
+        self.model = job.model.load()
 
-    class Explainer:
-        def __init__(self):
-            self.model = job.model.load()
-
-        def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-            results = [explain_row(self.model, job, {name: values[i] for name, values in batch.items()})
-                       for i in range(len(batch["key"]))]
-            return {name: [result[name] for result in results] for name in results[0]}
-
-    return Explainer
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        results = [explain_row(self.model, self.job, {name: values[i] for name, values in batch.items()})
+                   for i in range(len(batch["key"]))]
+        return {name: [result[name] for result in results] for name in results[0]}
 
 
 def _ray_engine(rows: Sequence[dict], job: Job, *, workers: int = 1, gpus_per_worker: float = 0.0,
@@ -338,14 +332,17 @@ def _ray_engine(rows: Sequence[dict], job: Job, *, workers: int = 1, gpus_per_wo
     """A Ray Data pipeline: one block per row; reads in CPU tasks, explanations in `workers` actors.
 
     Joins the cluster at `ray_address` ("auto": the one `ray start` made), or starts a local Ray;
-    a Ray this process had already started is used as it is. Each actor takes one row at a time
-    (max_tasks_in_flight_per_actor=1) and 1 CPU (plus `gpus_per_worker` GPUs); reads take none, so
-    they never wait for the actors' CPUs, and Ray Data stops reading ahead at RAY_BUFFER_BYTES.
+    a Ray this process had already started is used as it is (its workers must import cocoa_clip).
+    Each actor takes one row at a time (max_tasks_in_flight_per_actor=1) and 1 CPU (plus
+    `gpus_per_worker` GPUs); reads take none, so they never wait for the actors' CPUs, at most
+    workers + 1 run at once, and Ray Data stops reading ahead at RAY_BUFFER_BYTES.
     """
     ray = _ray()
     started = not ray.is_initialized()
     if started:
-        ray.init(address=ray_address, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        # The workers run this copy of cocoa_clip (a checkout need not be installed on the cluster's nodes).
+        ray.init(address=ray_address, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
+                 runtime_env={"py_modules": [str(Path(__file__).parent)]})
     try:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the batch has its own bar
@@ -353,8 +350,8 @@ def _ray_engine(rows: Sequence[dict], job: Job, *, workers: int = 1, gpus_per_wo
         limits = context.execution_options.resource_limits
         context.execution_options.resource_limits = limits.copy(object_store_memory=RAY_BUFFER_BYTES)
         pipeline = (ray.data.from_items(list(rows), override_num_blocks=len(rows))
-                    .map(read_row, num_cpus=0)
-                    .map_batches(_explainer(job), batch_size=1, num_cpus=1,
+                    .map(read_row, num_cpus=0, concurrency=workers + 1)  # worker processes are reused
+                    .map_batches(_Explainer, fn_constructor_args=(job,), batch_size=1, num_cpus=1,
                                  num_gpus=gpus_per_worker or None, batch_format="numpy",
                                  compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1)))
         for result in pipeline.iter_rows():
