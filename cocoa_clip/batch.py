@@ -40,7 +40,7 @@ from .errors import CocoaError, SettingsError, check_seed
 from .evaluate import insertion_deletion
 from .explain import explain
 from .images import load_image
-from .models import ClipModel, load
+from .models import ClipModel, available_models, load
 from .render import save_heatmap
 from .report import write_report
 from .targets import Question
@@ -69,6 +69,15 @@ class ModelSpec:
 
     def load(self) -> ClipModel:
         return load(self.name, weights=self.weights, device=self.device, precision=self.precision)
+
+    def check(self, gpus_per_worker: float) -> None:
+        """Refuse, before Ray starts, what every actor would fail on (each loads the model on its node)."""
+        if self.weights is None and self.name not in available_models():
+            raise SettingsError(f"Unknown model {self.name!r}; choose one of: {', '.join(available_models())}.")
+        if self.weights is not None and not Path(self.weights).is_file():
+            raise SettingsError(f"No checkpoint file at {self.weights}; the Ray actors load it from that path.")
+        if self.device == "cuda" and not gpus_per_worker:
+            raise SettingsError("--device cuda on Ray needs --gpus-per-worker (1: one GPU per actor).")
 
 
 @dataclass(frozen=True)
@@ -134,6 +143,8 @@ def collect(source: str, job: Job) -> list[dict]:
             files = sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file())
             if not files and not glob.has_magic(source):
                 raise SettingsError(f"No folder, image or table at {source}.")
+        out = Path(job.out_dir).resolve()
+        files = [p for p in files if out not in p.resolve().parents]  # not the thumbnails of an earlier run
         if not files:
             raise SettingsError(f"{source} holds no image files ({', '.join(IMAGE_SUFFIXES)}).")
         entries, folder, where = [{"image": str(p)} for p in files], Path("."), "image {}"
@@ -374,6 +385,8 @@ def run(rows: Sequence[dict], job: Job, *, engine: str = "local", workers: int =
     a folder that holds results is refused. on_result: called with each new result row (a progress bar).
     """
     check_engine(engine, workers, gpus_per_worker, ray_address)
+    if engine == "ray":
+        job.model.check(gpus_per_worker)
     store = ResultStore(Path(job.out_dir), evaluate=job.evaluate)
     manifest = _start_manifest(store, job, resume)
     previous = store.load()

@@ -217,6 +217,27 @@ def test_cli_batch_refuses_bad_engine_settings(collection, tmp_path, capsys, arg
     assert status == 2 and message in capsys.readouterr().err
 
 
+def test_a_folder_inside_the_input_is_left_out(tmp_path, tiny_checkpoint):
+    Image.new("RGB", (8, 8)).save(tmp_path / "photo.png")
+    (tmp_path / "out" / "thumbnails").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "out" / "thumbnails" / "photo-0123.jpg")  # an earlier run's output
+    for source in (str(tmp_path), str(tmp_path / "**" / "*.*")):
+        rows = collect(source, job_for(tmp_path / "out", tiny_checkpoint))
+        assert [Path(row["image"]).name for row in rows] == ["photo.png"]
+
+
+@pytest.mark.parametrize("model, message", [
+    (ModelSpec("no-such-model"), "Unknown model 'no-such-model'"),
+    (ModelSpec("tiny", weights="/nowhere/tiny.pt"), "No checkpoint file at /nowhere/tiny.pt"),
+    (ModelSpec("shapes-demo", device="cuda"), "needs --gpus-per-worker"),
+])
+def test_ray_jobs_that_every_actor_would_fail_are_refused_before_ray_starts(tmp_path, collection, model, message):
+    pytest.importorskip("ray", reason="the ray engine needs ray[data] (requirements-dev.txt)")
+    job = Job(out_dir=str(tmp_path), model=model, question={"corpus": ("dog",), "foil": ("cat",)})
+    with pytest.raises(cc.CocoaError, match=message):
+        batch.run(collect(str(collection), job), job, engine="ray")
+
+
 def test_missing_pyarrow_and_ray_are_one_sentence(monkeypatch):
     with monkeypatch.context() as patch:
         patch.setitem(sys.modules, "pyarrow", None)  # import pyarrow raises ImportError
