@@ -356,7 +356,7 @@ def _batch_progress(total: int, quiet: bool) -> Iterator[Callable[[dict], None] 
     from tqdm import tqdm
 
     with tqdm(total=total, unit="image", disable=None, file=sys.stderr,
-              bar_format="{n_fmt}/{total_fmt} images |{bar}| {elapsed}<{remaining} left, {postfix}") as bar:
+              bar_format="{n_fmt}/{total_fmt} images |{bar}| {elapsed}<{remaining} left{postfix}") as bar:
         def update(result: dict) -> None:
             bar.update(1)
             elapsed = bar.format_dict["elapsed"]

@@ -272,3 +272,19 @@ def test_the_ray_engine_gives_the_local_table(ray_instance, local_run, tmp_path)
             np.testing.assert_array_equal(np.load(tmp_path / "ray" / ours["heatmap"]),
                                           np.load(Path(job.out_dir) / theirs["heatmap"]))
     assert json.loads((tmp_path / "ray" / "manifest.json").read_text())["versions"]["ray"] == ray_instance.__version__
+
+
+def test_the_progress_bar_counts_images_per_minute_and_time_left(monkeypatch, capsys):
+    import tqdm
+
+    from cocoa_clip.cli import _batch_progress
+
+    shown = tqdm.tqdm
+    monkeypatch.setattr(tqdm, "tqdm", lambda *args, **kwargs: shown(*args, **{**kwargs, "disable": False}))
+    with _batch_progress(4, quiet=False) as update:
+        for _ in range(3):
+            update({})
+    line = capsys.readouterr().err.split("\r")[-1]
+    assert re.search(r"3/4 images \|.*\| \d\d:\d\d<\d\d:\d\d left, [\d.]+ images/min", line), line
+    with _batch_progress(4, quiet=True) as update:
+        assert update is None
