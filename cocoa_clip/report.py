@@ -7,7 +7,6 @@ zipped whole. Rows start sorted by score, highest first, so both extremes are on
 from __future__ import annotations
 
 import html
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -66,7 +65,8 @@ def write_report(path: Path, table: Sequence[dict], manifest: dict) -> None:
     counts = manifest.get("counts", {})
     settings = manifest["settings"]
     facts = {"model": settings["model"]["weights"] or settings["model"]["name"],
-             "method": json.dumps(settings["explain"]), "rows": counts.get("rows", len(table)),
+             "settings": ", ".join(f"{k} {v}" for k, v in settings["explain"].items() if v is not None),
+             "rows": counts.get("rows", len(table)),
              "failed": counts.get("failed", "?"), "engine": manifest.get("engine", "?"),
              "finished": manifest.get("finished", "?")}
     summary = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(str(v))}</dd>" for k, v in facts.items())
