@@ -278,6 +278,10 @@ def explain_row(model: ClipModel, job: Job, row: dict) -> dict:
 
 def _explain(model: ClipModel, job: Job, row: dict) -> dict:
     question = job.question_of(row)
+    # An empty caption cache for each row: CLIP's text encoder rounds a caption differently in different
+    # batches (~1e-7), so cached captions would make a row depend on the rows its worker did before.
+    # This way every row is what cc.explain gives on a freshly loaded model, whichever worker runs it.
+    model = dataclasses.replace(model, _texts=type(model._texts)())
     answer = explain(model, row["pixels"], question, seed=int(row["seed"]), **{**job.options, "cache": None})
     paths = outputs(row)
     folder = Path(job.out_dir)

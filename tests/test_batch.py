@@ -112,7 +112,7 @@ def test_summarize_peak_and_top_share():
     assert summarize(np.full((2, 2), np.nan)) == (-1, -1, pytest.approx(math.nan, nan_ok=True))
 
 
-def test_table_rows_fill_in_from_the_options(tmp_path, tiny_checkpoint, collection, tiny):
+def test_table_rows_fill_in_from_the_options(tmp_path, tiny_checkpoint, collection):
     table = tmp_path / "rows.csv"
     table.write_text("image,corpus,foil,seed,target,label\n"
                      f"{collection / 'a.png'},,,,,x\n"
@@ -128,8 +128,24 @@ def test_table_rows_fill_in_from_the_options(tmp_path, tiny_checkpoint, collecti
     batch.run(rows[1:2], job)
     result = read(tmp_path / "out")[0]
     assert (result["corpus"], result["foil_preset"], result["seed"]) == ("red car|blue car", "cifar100", 3)
-    answer = cc.explain(tiny, collection / "a.png", questions[1], masks=MASKS, seed=3, cache=None)
+    fresh = cc.load(weights=tiny_checkpoint, device="cpu", precision="fp32")  # no captions cached yet
+    answer = cc.explain(fresh, collection / "a.png", questions[1], masks=MASKS, seed=3, cache=None)
     np.testing.assert_array_equal(np.load(tmp_path / "out" / result["heatmap"]), answer.heatmap)
+
+
+def test_a_row_does_not_depend_on_the_rows_before_it(tmp_path, tiny_checkpoint, collection):
+    """A worker that did other questions first gives what a fresh model gives (the text encoder's
+    rounding depends on which captions share its batch, so cached captions would leak between rows)."""
+    table = tmp_path / "rows.csv"
+    table.write_text(f"image,foil\n{collection / 'a.png'},cat\n{collection / 'a.png'},cat|cow|hen\n")
+    job = job_for(tmp_path / "out", tiny_checkpoint)
+    rows = collect(str(table), job)
+    batch.run(rows, job)
+    second = read(tmp_path / "out")[1]
+    fresh = cc.load(weights=tiny_checkpoint, device="cpu", precision="fp32")
+    answer = cc.explain(fresh, collection / "a.png", job.question_of(rows[1]), masks=MASKS, seed=0, cache=None)
+    assert second["score"] == answer.score
+    np.testing.assert_array_equal(np.load(tmp_path / "out" / second["heatmap"]), answer.heatmap)
 
 
 @pytest.mark.parametrize("text, message", [
