@@ -161,7 +161,7 @@ def test_json_output_and_gradient_method(tiny_checkpoint, picture, tmp_path, cap
     assert code == 0
     answer = json.loads(capsys.readouterr().out)
     assert answer["method"] == "integrated-gradients" and isinstance(answer["score"], float)
-    assert answer["question"] == '"dog" rather than the cifar100 classes'
+    assert answer["question"] == '"dog" rather than the CIFAR-100 classes'
 
 
 def test_evaluate_prints_the_four_areas_as_json(tiny_checkpoint, picture, tmp_path, capsys):
