@@ -59,6 +59,16 @@ class Curves:
         return {f"{name}_auc": self.area(getattr(self, name), self.fractions)
                 for name in ("insertion", "deletion", "random_insertion", "random_deletion")}
 
+    def verdict(self) -> str:
+        """One sentence: does the heatmap beat a random pixel order on both curves, and by how much?"""
+        aucs = self.aucs()
+        gain = aucs["insertion_auc"] - aucs["random_insertion_auc"]  # higher is better
+        drop = aucs["random_deletion_auc"] - aucs["deletion_auc"]  # lower is better
+        beats = "beats" if gain > 0 and drop > 0 else "does not clearly beat"
+        # 4 significant digits, not 4 decimals: probabilities against 999 foils are tiny and still ordered.
+        return (f"This heatmap {beats} a random ranking of the pixels: insertion area {gain:+.4g} and deletion area "
+                f"{-drop:+.4g} against the random order's.")
+
     def to_dict(self) -> dict:
         curves = {f.name: getattr(self, f.name).tolist() for f in dataclasses.fields(self) if f.name != "measure"}
         return {"measure": self.measure, **self.aucs(), **curves}
