@@ -90,13 +90,20 @@ EXAMPLES = [
 # (objects drawn, scene seed, corpus, foil): scenes for the bundled shapes-demo model, drawn by cocoa_clip.shapes at
 # start-up (so the installed package has them too); together they use every colour and shape the model knows.
 SHAPE_EXAMPLES = [
-    ([("orange", "cross"), ("yellow", "square")], 4, "orange cross", "yellow square"),
+    ([("orange", "cross"), ("yellow", "square")], 0, "orange cross", "yellow square"),
     ([("red", "circle"), ("blue", "star")], 0, "red circle", "blue star"),
     ([("green", "triangle"), ("purple", "square")], 3, "purple square", "green triangle"),
     ([("purple", "star"), ("green", "circle"), ("red", "triangle")], 0, "purple star", "green circle\nred triangle"),
 ]
-SHAPES_HINT = (f"**{FALLBACK_MODEL}** knows only coloured shapes: {', '.join(shapes.COLORS)} "
-               f"{', '.join(name + 's' for name in shapes.SHAPES)}. Ask, say, *red circle* rather than *blue star*.")
+
+
+def _either(words: list[str]) -> str:
+    return ", ".join(words[:-1]) + " or " + words[-1]
+
+
+SHAPES_HINT = (f"**{FALLBACK_MODEL}** knows only coloured shapes: {_either(list(shapes.COLORS))} "
+               f"{_either([name + ('es' if name.endswith('s') else 's') for name in shapes.SHAPES])}. "
+               "Ask, say, *red circle* rather than *blue star*.")
 
 INTRO = """
 # cocoa-clip: what in this image looks like *X* rather than *Y*?
@@ -298,7 +305,9 @@ class CocoaApp:
         options = {"method": method, "masks": n_masks, "seed": valid.whole(seed, "seed", 0, MAX_SEED, default=0),
                    "framing": valid.choice(framing, "framing", cc.FRAMINGS), "gradient": gradient,
                    "baseline": valid.choice(baseline, "baseline", BASELINES),
-                   "blur_sigma": None if blur_sigma is None else valid.number(blur_sigma, "blur sigma", 0.1, 100.0),
+                   # 0, what an emptied number box sends, means the default too.
+                   "blur_sigma": None if blur_sigma in (None, 0) else valid.number(blur_sigma, "blur sigma", 0.1,
+                                                                                    100.0),
                    "time_budget": TIME_BUDGET_S.get(self.device, TIME_BUDGET_S["cpu"]), "cache": self.cache}
         if method == "rise":
             progress(0.0, desc=self.estimate(method, n_masks, markdown=False))
@@ -446,8 +455,8 @@ def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True)
                     with gr.Row():
                         baseline = gr.Dropdown(BASELINE_CHOICES, value="blur", label="Baseline",
                                                info="what hidden or removed pixels show", elem_id="baseline")
-                        blur_sigma = gr.Number(None, label="Blur sigma (pixels at the model's input)",
-                                               info=f"empty: {default_sigma(model.n_px):g} (5 x input size / 224); "
+                        blur_sigma = gr.Number(0, label="Blur sigma (pixels at the model's input)",
+                                               info=f"0: {default_sigma(model.n_px):.3g} here (5 x input size / 224); "
                                                     "5 is the paper's code at any size", elem_id="blur-sigma")
                     framing = gr.Radio(FRAMING_CHOICES, value="pad", label="Framing", elem_id="framing")
                     opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Heatmap opacity", elem_id="opacity")
@@ -515,20 +524,17 @@ def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True)
             api_name="explain", preprocess=False, concurrency_limit=1, concurrency_id="model",
             show_progress_on=[overlay],  # one progress bar, not a copy clipped into every output
             api_description="Heatmap of where the model sees the corpus rather than the foil.")
-        run.then(lambda: gr.Button("Explain", interactive=True), None, explain, queue=False, api_visibility="private")
+        _ready_again(run, explain)
         run.then(app.estimate, [method, masks], estimate, queue=False, api_visibility="private")
-        _one_at_a_time(check, "Checking…").then(
+        _ready_again(_one_at_a_time(check, "Checking…").then(
             app.check, [answer_token, measure], [curves, curves_text], api_name="check", concurrency_limit=1,
-            concurrency_id="model", show_progress_on=[curves]).then(
-            lambda: gr.Button("Check this explanation (insertion / deletion)", interactive=True), None, check,
-            queue=False, api_visibility="private")
-        _one_at_a_time(compare, "Comparing…").then(
+            concurrency_id="model", show_progress_on=[curves]), check)
+        _ready_again(_one_at_a_time(compare, "Comparing…").then(
             app.compare, [image, compare_captions, template, method, masks, seed, framing, baseline, blur_sigma,
                           steps, samples, stdev],
             [compare_overlay, compare_parts], api_name="compare", preprocess=False, concurrency_limit=1,
             concurrency_id="model", show_progress_on=[compare_overlay],
-            api_description="The picture split among captions: which one each region looks like most.").then(
-            lambda: gr.Button("Compare", interactive=True), None, compare, queue=False, api_visibility="private")
+            api_description="The picture split among captions: which one each region looks like most."), compare)
         swap_these = [corpus, foil, corpus_images, foil_images]
         swap.click(lambda corpus, foil, corpus_pictures, foil_pictures: (foil, corpus, foil_pictures, corpus_pictures),
                    swap_these, swap_these, queue=False, api_visibility="private")
@@ -548,9 +554,17 @@ def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True)
 
 def _one_at_a_time(button: gr.Button, busy: str) -> Any:
     """The button's click event, which first disables the button (labelled `busy`) so that a second click
-    cannot queue a second run; the events chained after it re-enable it."""
+    cannot queue a second run; `_ready_again` re-enables it when the run ends."""
     return button.click(lambda: gr.Button(busy, interactive=False), None, button, queue=False,
                         api_visibility="private")
+
+
+def _ready_again(run: Any, button: gr.Button) -> None:
+    """Re-enable the button, with its own label, when the run ends well or badly (Gradio's .then follows
+    success only, .failure the rest)."""
+    label = button.value
+    for after in (run.then, run.failure):
+        after(lambda: gr.Button(label, interactive=True), None, button, queue=False, api_visibility="private")
 
 
 def _examples(app: CocoaApp, knows_shapes: bool) -> tuple[list[list[str]], str]:

@@ -130,7 +130,7 @@ BAD_INPUTS = {
     "blank corpus": (dict(corpus="  \n \n"), "Type at least one caption to look for"),
     "no foil": (dict(foil=""), "Type at least one caption to contrast with, or choose a foil preset"),
     "unknown baseline": (dict(baseline="white"), "Unknown baseline 'white'"),
-    "blur sigma zero": (dict(blur_sigma=0), "blur sigma must be a number from 0.1 to 100.0"),
+    "blur sigma too small": (dict(blur_sigma=0.01), "blur sigma must be a number from 0.1 to 100.0"),
     "steps too many": (dict(method="integrated-gradients", steps=10_000), "Integrated Gradients steps must be"),
     "noise negative": (dict(method="gradient-shap", stdev=-1), "GradientSHAP noise must be a number"),
     "bad template": (dict(template="a photo of"), "must contain {} exactly once"),
