@@ -300,3 +300,29 @@ def test_app_py_is_the_space_entry_point(monkeypatch, tiny):
         assert entry.demo is app.demo and entry.demo.cocoa_app.model is tiny
     finally:
         vars(app).pop("demo", None)
+
+
+def test_examples_fit_the_model_and_survive_without_the_repositorys_photos(monkeypatch, tiny):
+    """shapes-demo gets its own scenes first; CLIP gets photos first; an installed package (no assets/) still has
+    the scenes, drawn at start-up."""
+    demo_model = cc.load("shapes-demo", device="cpu")
+    rows, label = app._examples(app.CocoaApp(demo_model), knows_shapes=True)
+    assert [row[1] for row in rows[:4]] == [corpus for *_, corpus, _ in app.SHAPE_EXAMPLES]
+    assert all(Image.open(row[0]).size == (256, 256) for row in rows[:4]) and "shapes-demo knows" in label
+    assert Path(rows[4][0]).parent == app.ASSETS
+    rows, _ = app._examples(app.CocoaApp(tiny), knows_shapes=False)
+    assert Path(rows[0][0]).parent == app.ASSETS and rows[0][1] == "woman"
+    monkeypatch.setattr(app, "ASSETS", Path("/no/such/assets"))
+    rows, _ = app._examples(app.CocoaApp(tiny), knows_shapes=False)
+    assert len(rows) == len(app.SHAPE_EXAMPLES) and all(Path(row[0]).is_file() for row in rows)
+
+
+def test_gradient_and_baseline_settings_reach_the_answer(web, photo_file):
+    answer = ask(web, str(photo_file), method="integrated-gradients", steps=7, baseline="black")
+    assert answer["status"].startswith("Integrated Gradients (7 steps)")
+    shap = ask(web, str(photo_file), method="gradient-shap", samples=3, stdev=0.05, blur_sigma=2.5)
+    assert shap["status"].startswith("GradientSHAP (3 samples, noise 0.05)")
+    token_answers = web._answers[shap["token"]]
+    assert token_answers[0].details["blur_sigma"] == 2.5 and token_answers[0].details["baseline"] == "blur"
+    default = ask(web, str(photo_file), blur_sigma=0)  # what an emptied box sends
+    assert web._answers[default["token"]][0].details["blur_sigma"] is None
