@@ -24,11 +24,12 @@ from .evaluate import MEASURE_LABELS, MEASURES, check_steps, curves_of, insertio
 from .explain import METHODS, Explanation, explain
 from .gradients import GradientSettings
 from .images import BASELINES, FRAMINGS, ImageSource, check_baseline, load_image
-from .models import DEFAULT_MODEL, PRECISIONS, ClipModel, available_models, load
+from .models import DEFAULT_MODEL, PRECISIONS, ClipModel, available_models, download, load, weights_on_disk
 from .presets import DEFAULT_TEMPLATE, FOIL_PRESETS
 from .render import SCALES, check_style, save_npy
 from .rise import ESTIMATORS, RiseSettings
 from .targets import SIMILARITIES, TARGETS, Question
+from .weights import report_sources
 
 
 class _Help(argparse.HelpFormatter):
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Explain what in an image makes CLIP see the corpus rather than the foil (COCOA).",
     )
     commands = parser.add_subparsers(dest="command", required=True,
-                                     metavar="{explain,evaluate,compare,models,serve}")
+                                     metavar="{explain,evaluate,compare,models,download,serve}")
     explain_parser = commands.add_parser(
         "explain", help="heatmap of an image for a question", formatter_class=_Help,
         description="Write a heatmap of each IMAGE: where CLIP sees the corpus rather than the foil. Prints the "
@@ -107,7 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
                                      "picture's largest lead")
     compare_parser.add_argument("--opacity", type=float, default=0.6, help="weight of the colours, 0 to 1")
 
-    commands.add_parser("models", help="list the model names --model accepts", formatter_class=_Help)
+    commands.add_parser("models", help="list the model names --model accepts, and where their weights are")
+    download_parser = commands.add_parser(
+        "download", help="fetch a model's weights ahead of time (for an offline machine, a Docker image, a Space)",
+        formatter_class=_Help,
+        description="Fetch NAME's weights to where later runs find them with no network: the clip package's "
+                    "cache (from its URL) or the Hugging Face hub's cache (HF_HOME; HF_ENDPOINT for a mirror).")
+    download_parser.add_argument("name", metavar="NAME", help="a model name (see `models`), e.g. ViT-B/32")
     # `serve` hands its arguments to the web app's own parser (main() routes them before this one).
     commands.add_parser("serve", help="the web app and its HTTP API, as app.py serves it (options: serve --help; "
                                       "needs pip install 'cocoa-clip[app]')")
@@ -178,17 +185,22 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--precision", choices=PRECISIONS, default="auto",
                        help="auto: fp16 on CUDA, bf16 autocast on CPUs that have it, else fp32")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar, no line per weights source tried")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv) if argv[:1] != ["serve"] else None
+    if args is not None:
+        report_sources(not getattr(args, "quiet", False))
     try:
         if args is None:
             return _serve(argv[1:])
         if args.command == "models":
-            print("\n".join(available_models()))
+            return _models_command()
+        if args.command == "download":
+            found = download(args.name)
+            print(f"{args.name}: {found.path} ({found.source})")
             return 0
         return _run(args)
     except CocoaError as error:
@@ -200,6 +212,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as error:
         print(f"error: {error.strerror or error} ({error.filename or 'file'})", file=sys.stderr)
         return 2
+
+
+def _models_command() -> int:
+    """Each model name with where its weights are on this machine (usable offline) or that they are missing."""
+    names = available_models()
+    width = max(map(len, names))
+    for name in names:
+        found = weights_on_disk(name)
+        where = f"on disk ({found.source}): {found.path}" if found else "not on disk: fetched on first use " \
+            f"(or now: cocoa-clip download {name})"
+        print(f"{name:{width}s}  {where}")
+    return 0
 
 
 def _serve(app_args: list[str]) -> int:

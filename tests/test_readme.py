@@ -36,7 +36,7 @@ def test_command_lines_parse():
     parser = build_parser()
     for line in lines:
         if not line.startswith("cocoa-clip serve"):  # serve hands its options to the web app's parser
-            parser.parse_args(shlex.split(line)[1:])  # argparse exits on an unknown option
+            parser.parse_args(shlex.split(line, comments=True)[1:])  # argparse exits on an unknown option
 
 
 def test_command_line_examples_do_not_overwrite_each_others_outputs():
@@ -46,7 +46,7 @@ def test_command_line_examples_do_not_overwrite_each_others_outputs():
     for line in lines:
         if line.split()[1] not in ("explain", "evaluate", "compare"):
             continue
-        args = parser.parse_args(shlex.split(line)[1:])
+        args = parser.parse_args(shlex.split(line, comments=True)[1:])
         stem = Path(args.image if isinstance(args.image, str) else args.image[0]).stem
         defaults = {"explain": f"{stem}_cocoa.png", "compare": f"{stem}_compare.png", "evaluate": None}
         outputs = [getattr(args, "out", None) or defaults[args.command]]
