@@ -22,16 +22,14 @@ except ImportError:
     spaces = None
 
 import argparse
+import functools
 import inspect
 import logging
 import os
-import shutil
 import sys
 import tempfile
-import threading
 import uuid
-from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +37,7 @@ import gradio as gr
 from PIL import Image
 
 import cocoa_clip as cc
+from cocoa_clip import webhost
 from cocoa_clip import webinputs as valid
 from cocoa_clip.evaluate import MEASURE_LABELS, insertion_deletion
 from cocoa_clip.models import BUNDLED, DEFAULT_MODEL
@@ -52,10 +51,9 @@ FALLBACK_MODEL = "shapes-demo"
 MAX_MASKS = {"cpu": 20_000, "cuda": 50_000}
 
 TIME_BUDGET_S = {"cpu": 300.0, "cuda": 100.0}  # RISE stops and answers from the masks done
-QUEUE_SIZE = 32                   # requests waiting; more are refused
+QUEUE_SIZE = 32                   # jobs waiting; more are refused with a sentence (one per visitor)
 CURVE_STEPS = 50
-KEPT_ANSWERS = 16                 # answers kept for "Check this explanation", across all sessions
-KEPT_OUTPUT_DIRS = 64             # request folders of downloads kept on disk
+DISK_BUDGET_MB = 1024             # everything written for visitors: uploads, Gradio's cache, downloads
 
 FOIL_PRESET_CHOICES = [("none", "none"), ("CIFAR-100 classes (the paper's foil)", "cifar100"),
                        ("ImageNet-1k classes", "imagenet")]
@@ -107,6 +105,29 @@ def gpu(function: Callable) -> Callable:
     return spaces.GPU(duration=120)(function) if spaces is not None else function
 
 
+def job(method: Callable) -> Callable:
+    """After each job (answered, refused or failed): give freed memory back and keep the disk budget.
+
+    Works for plain and generator methods; Gradio still sees the method's own signature.
+    """
+    if inspect.isgeneratorfunction(method):
+        @functools.wraps(method)
+        def stream(self: CocoaApp, *args: Any, **kwargs: Any) -> Iterator:
+            try:
+                yield from method(self, *args, **kwargs)
+            finally:
+                self.after_job()
+        return stream
+
+    @functools.wraps(method)
+    def call(self: CocoaApp, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self.after_job()
+    return call
+
+
 class CocoaApp:
     """What the widgets call: one model, its RISE pass cache, and the last answers for checking.
 
@@ -115,22 +136,31 @@ class CocoaApp:
     ...     "assets/chelsea.jpg", corpus="cat", foil="dog")                         # doctest: +SKIP
     """
 
-    def __init__(self, model: cc.ClipModel, *, notice: str = "", cache_bytes: int = 512 << 20):
+    def __init__(self, model: cc.ClipModel, *, notice: str = "", cache_bytes: int = 512 << 20,
+                 max_masks: int | None = None, job_seconds: float | None = None,
+                 disk_budget_mb: float = DISK_BUDGET_MB):
+        """max_masks, job_seconds: a deployment's caps (default per device: MAX_MASKS, TIME_BUDGET_S).
+        disk_budget_mb: bound on everything this process writes for visitors (oldest files go first)."""
+        webhost.tame_malloc()
         self.model = model
         self.notice = notice
         self.cache = cc.PassCache(max_bytes=cache_bytes)
         self.device = model.device.type
-        self.max_masks = MAX_MASKS.get(self.device, MAX_MASKS["cpu"])
-        self.default_masks = cc.RiseSettings().masks_for(model.device)
+        self.max_masks = max_masks or MAX_MASKS.get(self.device, MAX_MASKS["cpu"])
+        self.default_masks = min(cc.RiseSettings().masks_for(model.device), self.max_masks)
+        self.job_seconds = job_seconds or TIME_BUDGET_S.get(self.device, TIME_BUDGET_S["cpu"])
         self.masks_per_second: float | None = None  # measured: by calibrate(), then by every fresh pass
-        self._answers: OrderedDict[str, list[cc.Explanation]] = OrderedDict()
-        self._lock = threading.Lock()
-        self._outputs = Path(tempfile.mkdtemp(prefix="cocoa-clip-app-"))
-        self._output_dirs: list[Path] = []
+        self.answers = webhost.AnswerStore()
+        self.admission: webhost.Admission | None = None  # set by build_demo, which has the queue
+        workspace = webhost.workspace()
+        # Inside Gradio's folder, so that Gradio serves the downloads without copying them.
+        self._outputs = Path(tempfile.mkdtemp(prefix="outputs-", dir=workspace.gradio))
+        self.disk = webhost.DiskBudget(workspace.root, int(disk_budget_mb * (1 << 20)))
 
     # ---------------------------------------------------------------- events
 
     @gpu
+    @job
     def explain(
         self,
         image: Any,
@@ -149,6 +179,7 @@ class CocoaApp:
         corpus_images: Any = None,
         foil_images: Any = None,
         progress: gr.Progress = gr.Progress(),
+        request: gr.Request = None,
     ) -> tuple:
         """Explain `image` for the question (and its reverse when asked).
 
@@ -168,9 +199,10 @@ class CocoaApp:
             answers = cc.explain(self.model, picture, questions, **self._run_options(method, masks, seed, framing,
                                                                                     progress))
             self._measured(answers[0])
-            return self._present(answers, style)
+            return self._present(answers, style, webhost.visitor(request))
 
     @gpu
+    @job
     def compare(
         self,
         image: Any,
@@ -181,6 +213,7 @@ class CocoaApp:
         seed: Any = 0,
         framing: Any = "pad",
         progress: gr.Progress = gr.Progress(),
+        request: gr.Request = None,
     ) -> tuple:
         """Split `image` among captions (each one rather than the others): (coloured picture with legend, parts)."""
         with valid.user_errors():
@@ -194,12 +227,13 @@ class CocoaApp:
         return comparison.overlay(), "\n".join([*parts, "", _status(comparison.answers[0])])
 
     @gpu
-    def check(self, token: Any, measure: Any = "similarity", progress: gr.Progress = gr.Progress()) -> tuple:
-        """Insertion and deletion curves of an answer, recording `measure`: (plot, areas in words)."""
-        with self._lock:
-            answers = self._answers.get(token) if isinstance(token, str) else None
+    @job
+    def check(self, token: Any, measure: Any = "similarity", progress: gr.Progress = gr.Progress(),
+              request: gr.Request = None) -> tuple:
+        """Insertion and deletion curves of the visitor's latest answer, recording `measure`: (plot, areas in words)."""
+        answers = self.answers.get(webhost.visitor(request), token)
         if answers is None:
-            raise valid.refuse("Explain a picture first (or again: only the latest answers are kept).")
+            raise valid.refuse("Explain a picture first (or again: each visitor's latest answer is kept for a while).")
         answer = answers[0]
         with valid.user_errors():
             measure = valid.choice(measure, "measure", [v for _, v in MEASURE_CHOICES])
@@ -251,7 +285,7 @@ class CocoaApp:
         n_masks = valid.whole(masks, "number of masks", 1, self.max_masks, default=self.default_masks)
         options = {"method": method, "masks": n_masks, "seed": valid.whole(seed, "seed", 0, MAX_SEED, default=0),
                    "framing": valid.choice(framing, "framing", cc.FRAMINGS),
-                   "time_budget": TIME_BUDGET_S.get(self.device, TIME_BUDGET_S["cpu"]), "cache": self.cache}
+                   "time_budget": self.job_seconds, "cache": self.cache}
         if method == "rise":
             progress(0.0, desc=self.estimate(method, n_masks, markdown=False))
 
@@ -268,7 +302,7 @@ class CocoaApp:
         if answer.method == "rise" and not details.get("cached") and details.get("pass_seconds"):
             self.masks_per_second = details["masks"] / details["pass_seconds"]
 
-    def _present(self, answers: list[cc.Explanation], style: dict) -> tuple:
+    def _present(self, answers: list[cc.Explanation], style: dict, visitor: str) -> tuple:
         folder = self._output_folder()
         scale = None if style["scale"] == "auto" else style["scale"]
         overlays = [a.overlay(opacity=style["opacity"], scale=scale) for a in answers]
@@ -278,10 +312,9 @@ class CocoaApp:
             cc.save_heatmap(folder / f"{name}_heatmap.npy", answer.heatmap)
             files += [str(folder / f"{name}_overlay.png"), str(folder / f"{name}_heatmap.npy")]
         token = uuid.uuid4().hex
-        with self._lock:
-            self._answers[token] = answers
-            while len(self._answers) > KEPT_ANSWERS:
-                self._answers.popitem(last=False)
+        picture = answers[0].image
+        self.answers.put(visitor, token, answers,
+                         nbytes=picture.width * picture.height * 3 + sum(a.heatmap.nbytes for a in answers))
         first = answers[0]
         reading = _reading(first) + ("" if len(answers) == 1 else f" Reverse question: {answers[1].score:+.4f}.")
         return (overlays[0], overlays[1] if len(answers) > 1 else None, first.colorbar(scale=scale),
@@ -289,12 +322,20 @@ class CocoaApp:
 
     def _output_folder(self) -> Path:
         folder = self._outputs / uuid.uuid4().hex
-        folder.mkdir()
-        with self._lock:
-            self._output_dirs.append(folder)
-            while len(self._output_dirs) > KEPT_OUTPUT_DIRS:
-                shutil.rmtree(self._output_dirs.pop(0), ignore_errors=True)
+        folder.mkdir(parents=True)  # parents: the disk budget removes emptied folders
         return folder
+
+    def after_job(self) -> None:
+        webhost.trim_memory()
+        self.disk.enforce()
+
+    def admit(self, where: int) -> Callable:
+        """The queue's door for one event (Gradio's `validator`): refuses a visitor's second job, and all
+        jobs while the queue is full, with a sentence shown on the event's input number `where`."""
+        def validator(*inputs: Any, request: gr.Request = None) -> list[dict]:
+            refusal = self.admission.refusal(webhost.visitor(request)) if self.admission else None
+            return [gr.validate(refusal is None or index != where, refusal or "") for index in range(len(inputs))]
+        return validator
 
 
 # -------------------------------------------------------------------- words
@@ -344,9 +385,10 @@ def _status(answer: cc.Explanation) -> str:
 # -------------------------------------------------------------------- layout
 
 
-def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True) -> gr.Blocks:
-    """The Blocks app around one loaded model. `notice` is shown as a banner (e.g. why a fallback runs)."""
-    app = CocoaApp(model, notice=notice)
+def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True, **limits: Any) -> gr.Blocks:
+    """The Blocks app around one loaded model. `notice` is shown as a banner (e.g. why a fallback runs);
+    `limits` go to CocoaApp (max_masks, job_seconds, disk_budget_mb)."""
+    app = CocoaApp(model, notice=notice, **limits)
     if calibrate and model.device.type == "cpu":
         app.calibrate()
     banner = f"Model: **{Path(model.name).name}**, {model.precision} on {model.device.type.upper()}."  # no server paths
@@ -438,13 +480,14 @@ def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True)
         explain.click(app.explain, inputs, [overlay, overlay_reverse, colorbar, score, reading, status, downloads,
                                             answer_token],
                       api_name="explain", preprocess=False, concurrency_limit=1, concurrency_id="model",
+                      validator=app.admit(0),
                       api_description="Heatmap of where the model sees the corpus rather than the foil.").then(
             app.estimate, [method, masks], estimate, queue=False, api_visibility="private")
         check.click(app.check, [answer_token, measure], [curves, curves_text], api_name="check", concurrency_limit=1,
-                    concurrency_id="model")
+                    concurrency_id="model", validator=app.admit(1))
         compare.click(app.compare, [image, compare_captions, template, method, masks, seed, framing],
                       [compare_overlay, compare_parts], api_name="compare", preprocess=False, concurrency_limit=1,
-                      concurrency_id="model",
+                      concurrency_id="model", validator=app.admit(0),
                       api_description="The picture split among captions: which one each region looks like most.")
         swap_these = [corpus, foil, corpus_images, foil_images]
         swap.click(lambda corpus, foil, corpus_pictures, foil_pictures: (foil, corpus, foil_pictures, corpus_pictures),
@@ -453,7 +496,10 @@ def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True)
                        api_visibility="private")
         for control in (masks, method):
             control.change(app.estimate, [method, masks], estimate, queue=False, api_visibility="private")
-    demo.queue(max_size=QUEUE_SIZE)
+    # Our door (app.admit) refuses at QUEUE_SIZE waiting jobs with a sentence; Gradio's own limit is the backstop.
+    demo.queue(max_size=2 * QUEUE_SIZE, api_open=False)
+    app.admission = webhost.Admission(lambda: webhost.queued_jobs(demo, "model"), max_waiting=QUEUE_SIZE)
+    app.disk.watch()
     demo.cocoa_app = app  # for tests and scripts
     return demo
 
@@ -502,7 +548,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                         help="address to listen on (0.0.0.0 serves other machines)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    limits = parser.add_argument_group("limits for a public deployment")
+    limits.add_argument("--max-masks", type=_positive(int), metavar="N",
+                        help=f"most RISE masks a visitor may ask for (default {MAX_MASKS['cpu']:,} on a CPU, "
+                             f"{MAX_MASKS['cuda']:,} on a GPU)")
+    limits.add_argument("--job-seconds", type=_positive(float), metavar="S",
+                        help="time budget of a RISE run; it then answers from the masks done "
+                             f"(default {TIME_BUDGET_S['cpu']:.0f} on a CPU, {TIME_BUDGET_S['cuda']:.0f} on a GPU)")
+    limits.add_argument("--disk-budget", type=_positive(float), metavar="MB", default=DISK_BUDGET_MB,
+                        help="most disk used for visitors (uploads, Gradio's cache, downloads); oldest files go first")
     return parser.parse_args(argv)
+
+
+def _positive(kind: type) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not 0 < value < float("inf"):
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+        return value
+    return parse
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -512,7 +579,9 @@ def main(argv: list[str] | None = None) -> int:
     except cc.CocoaError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    demo = build_demo(model, notice=notice)
+    webhost.remove_on_signals()  # SIGTERM too ends through atexit, which removes visitors' files
+    demo = build_demo(model, notice=notice, max_masks=args.max_masks, job_seconds=args.job_seconds,
+                      disk_budget_mb=args.disk_budget)
     globals()["demo"] = demo
     demo.launch(server_name=args.host, server_port=args.port, **launch_options())
     return 0
