@@ -22,6 +22,7 @@ except ImportError:
     spaces = None
 
 import argparse
+import dataclasses
 import functools
 import inspect
 import logging
@@ -40,8 +41,10 @@ import cocoa_clip as cc
 from cocoa_clip import webhost
 from cocoa_clip import webinputs as valid
 from cocoa_clip.evaluate import MEASURE_LABELS, insertion_deletion
+from cocoa_clip.explain import FLAT_NOTE
 from cocoa_clip.models import BUNDLED, DEFAULT_MODEL
 from cocoa_clip.rise import default_batch_size
+from cocoa_clip.targets import SAME_NOTE
 from cocoa_clip.webinputs import MAX_EXAMPLE_IMAGES, MAX_SEED, MAX_TEMPLATE_CHARS, MAX_TEXT_CHARS, MAX_UPLOAD
 
 log = logging.getLogger("cocoa_clip.app")
@@ -187,7 +190,7 @@ class CocoaApp:
         download paths, answer token). Every bad input raises gr.Error with a sentence to act on.
         """
         with valid.user_errors():
-            picture = valid.picture(image)
+            picture, size_note = valid.picture(image)
             question = cc.Question(
                 corpus=valid.captions(corpus, "corpus"), foil=valid.captions(foil, "foil"),
                 foil_preset=valid.preset(foil_preset), corpus_images=valid.image_files(corpus_images, "corpus"),
@@ -199,6 +202,7 @@ class CocoaApp:
             answers = cc.explain(self.model, picture, questions, **self._run_options(method, masks, seed, framing,
                                                                                     progress))
             self._measured(answers[0])
+            answers = _noted(answers, size_note)
             return self._present(answers, style, webhost.visitor(request))
 
     @gpu
@@ -217,14 +221,14 @@ class CocoaApp:
     ) -> tuple:
         """Split `image` among captions (each one rather than the others): (coloured picture with legend, parts)."""
         with valid.user_errors():
-            picture = valid.picture(image)
+            picture, size_note = valid.picture(image)
             names = valid.captions(captions, "captions to compare")
             comparison = cc.compare(self.model, picture, names, template=valid.template(template),
                                     **self._run_options(method, masks, seed, framing, progress))
             self._measured(comparison.answers[0])
         parts = [f"- **{caption}**: {share:.0%} of the picture; score {answer.score:+.4f} rather than the others"
                  for (caption, share), answer in zip(comparison.shares.items(), comparison.answers, strict=True)]
-        return comparison.overlay(), "\n".join([*parts, "", _status(comparison.answers[0])])
+        return comparison.overlay(), "\n".join([*parts, "", _status(_noted(comparison.answers[:1], size_note)[0])])
 
     @gpu
     @job
@@ -329,11 +333,14 @@ class CocoaApp:
         webhost.trim_memory()
         self.disk.enforce()
 
-    def admit(self, where: int) -> Callable:
-        """The queue's door for one event (Gradio's `validator`): refuses a visitor's second job, and all
-        jobs while the queue is full, with a sentence shown on the event's input number `where`."""
-        def validator(*inputs: Any, request: gr.Request = None) -> list[dict]:
+    def admit(self, event: Callable, where: int = 0) -> Callable:
+        """The queue's door for `event` (Gradio's `validator`): refuses a visitor's second job, and every job
+        while the queue is full, with a sentence shown on the event's input number `where`."""
+        @functools.wraps(event)  # the event's signature, so that Gradio passes the gr.Request here too
+        def validator(*args: Any) -> list[dict]:
+            request = next((arg for arg in args if isinstance(arg, gr.Request)), None)
             refusal = self.admission.refusal(webhost.visitor(request)) if self.admission else None
+            inputs = [arg for arg in args if not isinstance(arg, (gr.Request, gr.Progress))]
             return [gr.validate(refusal is None or index != where, refusal or "") for index in range(len(inputs))]
         return validator
 
@@ -350,8 +357,14 @@ def _duration(seconds: float) -> str:
 
 
 def _reading(answer: cc.Explanation) -> str:
-    """One plain sentence about the score of the whole picture."""
+    """One plain sentence about the score of the whole picture (two when the map is flat)."""
     question, score = answer.question, answer.score
+    flat = " No region of the picture changes it: the map is flat, shown in one colour." * (FLAT_NOTE in answer.notes)
+    if SAME_NOTE in answer.notes:
+        return (f"Score {score:+.4f}: the corpus and the foil are the same to the model ({question.describe()}), "
+                "so the question compares a caption with itself and neither side is closer." + flat)
+    if flat:
+        return f"Score {score:+.4f} ({question.describe()})." + flat
     if question.target == "cocoa":
         leaning = "the corpus than to the foil" if score > 0 else "the foil than to the corpus"
         return (f"Score {score:+.4f}: on the whole, the model finds this picture closer to {leaning} "
@@ -365,6 +378,11 @@ def _reading(answer: cc.Explanation) -> str:
                 "the map shows what makes it what it is to the model.")
     return (f"Score {score:+.4f}: the picture's similarity to itself minus its mean similarity to the foil; "
             "the map shows what sets it apart from the foil.")
+
+
+def _noted(answers: list[cc.Explanation], note: str) -> list[cc.Explanation]:
+    """The answers with one more note for the visitor (none added when `note` is empty)."""
+    return [dataclasses.replace(answer, notes=(*answer.notes, note)) for answer in answers] if note else answers
 
 
 def _status(answer: cc.Explanation) -> str:
@@ -480,14 +498,14 @@ def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True,
         explain.click(app.explain, inputs, [overlay, overlay_reverse, colorbar, score, reading, status, downloads,
                                             answer_token],
                       api_name="explain", preprocess=False, concurrency_limit=1, concurrency_id="model",
-                      validator=app.admit(0),
+                      validator=app.admit(app.explain),
                       api_description="Heatmap of where the model sees the corpus rather than the foil.").then(
             app.estimate, [method, masks], estimate, queue=False, api_visibility="private")
         check.click(app.check, [answer_token, measure], [curves, curves_text], api_name="check", concurrency_limit=1,
-                    concurrency_id="model", validator=app.admit(1))
+                    concurrency_id="model", validator=app.admit(app.check, 1))
         compare.click(app.compare, [image, compare_captions, template, method, masks, seed, framing],
                       [compare_overlay, compare_parts], api_name="compare", preprocess=False, concurrency_limit=1,
-                      concurrency_id="model", validator=app.admit(0),
+                      concurrency_id="model", validator=app.admit(app.compare),
                       api_description="The picture split among captions: which one each region looks like most.")
         swap_these = [corpus, foil, corpus_images, foil_images]
         swap.click(lambda corpus, foil, corpus_pictures, foil_pictures: (foil, corpus, foil_pictures, corpus_pictures),

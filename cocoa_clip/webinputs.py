@@ -28,7 +28,7 @@ MAX_EXAMPLE_IMAGES = 8            # images per corpus or foil
 MAX_SEED = 2 ** 31 - 1
 MAX_UPLOAD = "20mb"
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
-MAX_SIDE = 2048                   # larger pictures are downscaled (aspect ratio kept) before explaining
+MAX_SIDE = 2048                   # larger pictures are explained, and answered, at this size (aspect ratio kept)
 
 @contextlib.contextmanager
 def user_errors():
@@ -89,15 +89,20 @@ def read_upload(value: Any, what: str) -> bytes | None:
         raise refuse(f"The {what} could not be read; upload it again.") from error
 
 
-def picture(value: Any) -> Image.Image:
-    """The uploaded picture, checked from its header before decoding, then downscaled to MAX_SIDE."""
+def picture(value: Any) -> tuple[Image.Image, str]:
+    """The uploaded picture, checked from its header before decoding, then downscaled to MAX_SIDE;
+    and a sentence saying so when it was (else "")."""
     data = read_upload(value, "image")
     if data is None:
         raise refuse("Upload an image first (PNG, JPEG, WebP, ...).")
     picture = cc.load_image(data)
-    if max(picture.size) > MAX_SIDE:
-        picture.thumbnail((MAX_SIDE, MAX_SIDE), Image.LANCZOS)
-    return picture
+    if max(picture.size) <= MAX_SIDE:
+        return picture, ""
+    width, height = picture.size
+    picture.thumbnail((MAX_SIDE, MAX_SIDE), Image.LANCZOS)
+    return picture, (f"The picture is {width:,} x {height:,} px; this app explains pictures of at most "
+                     f"{MAX_SIDE:,} px a side, so it was scaled down and the maps come at "
+                     f"{picture.width:,} x {picture.height:,} px.")
 
 
 def image_files(value: Any, where: str) -> list[bytes]:
