@@ -185,10 +185,9 @@ class DiskBudget:
                 with contextlib.suppress(OSError):
                     os.remove(path)
                     total -= size
-            for folder, subfolders, names in os.walk(self.root, topdown=False):
-                if folder != str(self.root) and not subfolders and not names:
-                    with contextlib.suppress(OSError):
-                        os.rmdir(folder)
+                    folder = os.path.dirname(path)
+                    if folder != str(self.root) and not os.listdir(folder):
+                        os.rmdir(folder)  # a request's folder, emptied (new empty folders are left alone)
             return total
 
     def watch(self) -> None:
