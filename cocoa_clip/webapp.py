@@ -109,17 +109,16 @@ def gpu(function: Callable) -> Callable:
 
 
 def job(method: Callable) -> Callable:
-    """After each job (answered, refused or failed): give freed memory back and keep the disk budget.
-
-    Works for plain and generator methods; Gradio still sees the method's own signature.
-    """
+    """After each job (answered, refused or failed): the visitor may ask again, freed memory goes back
+    to the system and the disk budget is kept. Works for plain and generator methods; Gradio still sees
+    the method's own signature (and passes its gr.Request)."""
     if inspect.isgeneratorfunction(method):
         @functools.wraps(method)
         def stream(self: CocoaApp, *args: Any, **kwargs: Any) -> Iterator:
             try:
                 yield from method(self, *args, **kwargs)
             finally:
-                self.after_job()
+                self.after_job(_request(args, kwargs))
         return stream
 
     @functools.wraps(method)
@@ -127,8 +126,13 @@ def job(method: Callable) -> Callable:
         try:
             return method(self, *args, **kwargs)
         finally:
-            self.after_job()
+            self.after_job(_request(args, kwargs))
     return call
+
+
+def _request(args: tuple, kwargs: dict) -> gr.Request | None:
+    """The gr.Request among an event's arguments (Gradio passes it by position), if any."""
+    return next((value for value in (*args, *kwargs.values()) if isinstance(value, gr.Request)), None)
 
 
 class CocoaApp:
@@ -329,7 +333,9 @@ class CocoaApp:
         folder.mkdir(parents=True)  # parents: the disk budget removes emptied folders
         return folder
 
-    def after_job(self) -> None:
+    def after_job(self, request: gr.Request | None) -> None:
+        if self.admission is not None:
+            self.admission.finished(webhost.visitor(request))
         webhost.trim_memory()
         self.disk.enforce()
 
@@ -338,8 +344,7 @@ class CocoaApp:
         while the queue is full, with a sentence shown on the event's input number `where`."""
         @functools.wraps(event)  # the event's signature, so that Gradio passes the gr.Request here too
         def validator(*args: Any) -> list[dict]:
-            request = next((arg for arg in args if isinstance(arg, gr.Request)), None)
-            refusal = self.admission.refusal(webhost.visitor(request)) if self.admission else None
+            refusal = self.admission.refusal(webhost.visitor(_request(args, {}))) if self.admission else None
             inputs = [arg for arg in args if not isinstance(arg, (gr.Request, gr.Progress))]
             return [gr.validate(refusal is None or index != where, refusal or "") for index in range(len(inputs))]
         return validator

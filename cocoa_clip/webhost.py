@@ -16,6 +16,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import logging
+import math
 import os
 import shutil
 import signal
@@ -255,36 +256,51 @@ class Admission:
     """Decides at the queue's door (Gradio's event `validator`) whether a job may join.
 
     A visitor with a job waiting or running is refused, and so is everyone while `max_waiting` jobs
-    wait, each with a sentence. `jobs()` lists (visitor, running) for the jobs the queue holds.
+    wait, each with a sentence. `jobs()` lists (visitor, waiting, enqueued at) for the jobs the queue
+    holds; a running job counts until `finished(visitor)` is called for it (Gradio keeps its
+    bookkeeping a moment longer, after the answer has reached the visitor).
     """
 
-    def __init__(self, jobs: Callable[[], list[tuple[str, bool]]], max_waiting: int):
+    def __init__(self, jobs: Callable[[], list[tuple[str, bool, float]]], max_waiting: int,
+                 remembered: int = 10_000):
         self.jobs = jobs
         self.max_waiting = max_waiting
+        self.remembered = remembered
+        self._finished: OrderedDict[str, float] = OrderedDict()  # visitor -> time.monotonic() of their last answer
+        self._lock = threading.Lock()
+
+    def finished(self, who: str) -> None:
+        with self._lock:
+            self._finished[who] = time.monotonic()
+            self._finished.move_to_end(who)
+            while len(self._finished) > self.remembered:
+                self._finished.popitem(last=False)
 
     def refusal(self, who: str) -> str | None:
         """The sentence refusing a new job from `who`, or None to let it in."""
         jobs = self.jobs()
-        if any(owner == who for owner, _ in jobs):
+        with self._lock:
+            answered = self._finished.get(who, -math.inf)
+        if any(owner == who and (waiting or enqueued > answered) for owner, waiting, enqueued in jobs):
             return ("You already have a job waiting or running: wait for its answer (or stop it) "
                     "before asking again.")
-        waiting = sum(not running for _, running in jobs)
+        waiting = sum(waiting for _, waiting, _ in jobs)
         if waiting >= self.max_waiting:
             return f"The app is busy ({waiting} jobs are waiting); please try again in a few minutes."
         return None
 
 
-def queued_jobs(blocks: Any, concurrency_id: str) -> list[tuple[str, bool]]:
-    """(session, running) of the events Gradio's queue holds for `concurrency_id`, waiting or running.
+def queued_jobs(blocks: Any, concurrency_id: str) -> list[tuple[str, bool, float]]:
+    """(session, waiting, enqueued at) of the events Gradio's queue holds for `concurrency_id`.
 
     Reads the queue's bookkeeping (Gradio 5 and 6: `_queue.event_ids_to_events` holds waiting and running
-    events, `_queue.event_queue_per_concurrency_id` the waiting ones); tests/test_app.py checks it against
-    real traffic, so that a Gradio upgrade that changes it is noticed.
+    events, `_queue.event_queue_per_concurrency_id` the waiting ones; `enqueue_time` is time.monotonic());
+    tests/test_app.py checks it against real traffic, so that a Gradio upgrade that changes it is noticed.
     """
     queue = getattr(blocks, "_queue", None)
     if queue is None:
         return []
     line = queue.event_queue_per_concurrency_id.get(concurrency_id)
     waiting = {id(event) for event in (list(line.queue) if line is not None else [])}
-    return [(event.session_hash, id(event) not in waiting) for event in list(queue.event_ids_to_events.values())
-            if event.concurrency_id == concurrency_id]
+    return [(event.session_hash, id(event) in waiting, event.enqueue_time)
+            for event in list(queue.event_ids_to_events.values()) if event.concurrency_id == concurrency_id]
