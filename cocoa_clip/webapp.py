@@ -36,6 +36,7 @@ from typing import Any
 
 import gradio as gr
 from PIL import Image
+from starlette.exceptions import HTTPException
 
 import cocoa_clip as cc
 from cocoa_clip import webhost
@@ -530,7 +531,8 @@ def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True,
 def launch_options() -> dict:
     """Safe launch settings (see the README); `run_history` only where this Gradio accepts it."""
     options = dict(ssr_mode=False, enable_monitoring=False, share=False, show_error=False,
-                   max_file_size=MAX_UPLOAD, run_history=False, theme=gr.themes.Soft(), css=CSS)
+                   max_file_size=MAX_UPLOAD, run_history=False, theme=gr.themes.Soft(), css=CSS,
+                   app_kwargs={"exception_handlers": {HTTPException: valid.gradio_refusal}})
     accepted = inspect.signature(gr.Blocks.launch).parameters
     return {key: value for key, value in options.items() if key in accepted}
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import gradio as gr
+import httpx
 import numpy as np
 import pytest
 from conftest_app import MASKS, app, served, write_photo
@@ -322,6 +323,34 @@ def test_client_gets_the_error_sentence_and_the_server_keeps_serving(server, pho
     overlay, *_ = api.predict(image=handle_file(str(photo_file)), corpus="dog", foil="cat", masks=MASKS,
                               api_name="/explain")
     assert Image.open(overlay).size == (70, 45)
+
+
+def test_inputs_gradio_refuses_before_our_code_get_our_sentences(server, photo_file):
+    """Raw HTTP calls whose inputs Gradio's own data models refuse: the caller reads a sentence of ours."""
+    _, url = server
+    with open(photo_file, "rb") as stream:
+        uploaded = httpx.post(url + "gradio_api/upload", files={"files": stream}).json()[0]
+
+    def upload(path: str) -> dict:
+        return {"path": path, "meta": {"_type": "gradio.FileData"}}
+
+    rest = ["none", "{}", "cocoa", "rise", MASKS, 0, 0.5, "auto", "pad", False]
+    cases = [
+        ([upload("/etc/hostname"), "dog", "cat", *rest, None, None], "paths on the server are refused"),
+        ([upload(str(photo_file)), "dog", "cat", *rest, None, None], "paths on the server are refused"),
+        (["/etc/hostname", "dog", "cat", *rest, None, None], "The image must be a file uploaded to this app"),
+        ([upload(uploaded), "dog", "cat", *rest, "abc", None], "Corpus and foil images must be a list of files"),
+        ([upload(uploaded), "dog", "cat", *rest, [1, 2], None], "Corpus and foil images must be a list of files"),
+        ([upload(uploaded), "dog"], "Some inputs are missing"),
+    ]
+    for data, sentence in cases:
+        reply = httpx.post(url + "gradio_api/call/explain", json={"data": data})
+        assert reply.status_code == 422 and sentence in reply.json()["detail"][0]["message"]
+        assert "/tmp" not in reply.text and "pydantic" not in reply.text
+    reply = httpx.post(url + "gradio_api/call/check", json={"data": ["accuracy"]})
+    assert reply.status_code == 422 and "A choice is not one the app offers" in reply.text
+    good = [upload(uploaded), "dog", "cat", *rest, None, None]
+    assert httpx.post(url + "gradio_api/call/explain", json={"data": good}).status_code == 200  # joins the queue
 
 
 def test_eight_concurrent_clients_get_their_own_answers(server, tiny, tmp_path):
