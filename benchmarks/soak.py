@@ -77,8 +77,11 @@ def picture(path: Path, index: int, low: int, high: int) -> Path:
 def start_server(args: argparse.Namespace, tmp: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     which = ["--model", args.model] if args.model else ["--weights", write_checkpoint(tmp / "tiny.pt", "tiny")]
-    command = [sys.executable, "-m", "cocoa_clip.webapp", *which, "--device", "cpu", "--port", str(port),
-               "--disk-budget", str(args.disk_budget)]
+    options = [*which, "--device", "cpu", "--port", str(port), "--disk-budget", str(args.disk_budget)]
+    command = [sys.executable, "-m", "cocoa_clip.webapp", *options]
+    if args.glibc_defaults:  # the comparison: the same app with the allocator left alone
+        command = [sys.executable, "-c", "from cocoa_clip import webapp, webhost; webhost.tame_malloc = lambda: False; "
+                   f"webhost.trim_memory = lambda: None; webapp.main({options!r})"]
     workspace = tmp / "server-tmp"
     workspace.mkdir()
     log = open(tmp / "server.log", "w")  # noqa: SIM115 -- the server's, closed when the folder goes
@@ -109,6 +112,8 @@ def main() -> None:
     parser.add_argument("--disk-budget", type=float, default=64, metavar="MB")
     parser.add_argument("--warm-up", type=int, default=100, help="requests before the memory baseline")
     parser.add_argument("--every", type=int, default=100, help="print memory and disk every so many requests")
+    parser.add_argument("--glibc-defaults", action="store_true",
+                        help="for comparison: leave glibc's allocator as it is (no mallopt, no malloc_trim)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="cocoa-soak-") as name:
@@ -173,7 +178,7 @@ def main() -> None:
     final = memory[-1][1]
     print(f"\n{len(latencies)} requests ({half} one at a time, {args.requests - half} from {args.clients} clients), "
           f"{args.masks} masks each, pictures {args.sizes[0]}-{args.sizes[1]} px, "
-          f"model {args.model or 'tiny random CLIP'}")
+          f"model {args.model or 'tiny random CLIP'}{', glibc allocator defaults' if args.glibc_defaults else ''}")
     print(f"latency p50 {np.percentile(seconds, 50):.2f} s, p95 {np.percentile(seconds, 95):.2f} s; "
           f"failures {len(failures)}")
     for failure in sorted(set(failures))[:5]:
