@@ -524,6 +524,7 @@ def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True,
     # Our door (app.admit) refuses at QUEUE_SIZE waiting jobs with a sentence; Gradio's own limit is the backstop.
     demo.queue(max_size=2 * QUEUE_SIZE, api_open=False)
     app.admission = webhost.Admission(lambda: webhost.queued_jobs(demo, "model"), max_waiting=QUEUE_SIZE)
+    app.disk.keep_present()  # the examples Gradio has just copied in stay, however old
     app.disk.watch()
     demo.cocoa_app = app  # for tests and scripts
     return demo

@@ -163,14 +163,20 @@ class DiskBudget:
     """Keeps the files under `root` within `max_bytes`, removing the oldest first.
 
     `enforce()` runs after every job and every `interval` seconds in a thread (uploads arrive between jobs).
+    Files present at `keep_present()` (the app's own, e.g. the example pictures Gradio copies in at start)
+    count towards the budget but stay.
     """
 
     def __init__(self, root: Path, max_bytes: int, interval: float = 5.0):
         self.root = root
         self.max_bytes = max_bytes
         self.interval = interval
+        self.kept: frozenset[str] = frozenset()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+
+    def keep_present(self) -> None:
+        self.kept = frozenset(path for _, _, path in _files(self.root))
 
     def used(self) -> int:
         return sum(size for _, size, _ in _files(self.root))
@@ -183,6 +189,8 @@ class DiskBudget:
             for _, size, path in files:
                 if total <= self.max_bytes:
                     break
+                if path in self.kept:
+                    continue
                 with contextlib.suppress(OSError):
                     os.remove(path)
                     total -= size

@@ -28,14 +28,16 @@ def write(path: Path, size: int, age: float) -> Path:
 
 def test_disk_budget_removes_the_oldest_files_until_the_total_fits(tmp_path):
     (tmp_path / webhost.LOCK).touch()
+    example = write(tmp_path / "examples" / "chelsea.jpg", 500, age=1000)  # the app's own, there from the start
+    budget = webhost.DiskBudget(tmp_path, max_bytes=4000)
+    budget.keep_present()
     files = [write(tmp_path / f"request{i}" / "overlay.png", 1000, age=100 - i) for i in range(10)]  # 0 is oldest
-    budget = webhost.DiskBudget(tmp_path, max_bytes=3500)
-    assert budget.used() == 10_000
-    assert budget.enforce() == 3000 and budget.used() == 3000
-    assert [f.exists() for f in files] == [False] * 7 + [True] * 3
+    assert budget.used() == 10_500
+    assert budget.enforce() == 3500 and budget.used() == 3500
+    assert [f.exists() for f in files] == [False] * 7 + [True] * 3 and example.exists()
     assert not (tmp_path / "request0").exists()  # emptied folders go too
     assert (tmp_path / webhost.LOCK).exists()
-    assert budget.enforce() == 3000  # within budget: nothing more goes
+    assert budget.enforce() == 3500  # within budget: nothing more goes
 
 
 def test_stale_workspaces_go_live_and_foreign_ones_stay(tmp_path):
