@@ -15,6 +15,7 @@ import atexit
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import logging
 import math
 import os
@@ -45,6 +46,7 @@ LOCAL = "local"           # the visitor of direct Python calls (no HTTP session)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8  # glibc's mallopt parameters (malloc.h)
 
 
+@functools.cache
 def _glibc() -> ctypes.CDLL | None:
     if not sys.platform.startswith("linux"):
         return None
