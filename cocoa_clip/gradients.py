@@ -17,7 +17,7 @@ from captum.attr import GradientShap, IntegratedGradients
 
 from .errors import SettingsError, check_seed
 from .images import Framed, blur
-from .models import ClipModel, normalize
+from .models import Model
 from .targets import Target
 
 GRADIENT_METHODS = ("integrated-gradients", "gradient-shap")
@@ -44,7 +44,7 @@ class GradientSettings:
         check_seed(self.seed)
 
 
-def attribute(model: ClipModel, framed: Framed, target: Target, method: str = "integrated-gradients",
+def attribute(model: Model, framed: Framed, target: Target, method: str = "integrated-gradients",
               settings: GradientSettings = GradientSettings()) -> tuple[torch.Tensor, float | None]:
     """Attribute the target over the picture: returns ((h, w) float32 over the content box, convergence delta).
 
@@ -54,10 +54,10 @@ def attribute(model: ClipModel, framed: Framed, target: Target, method: str = "i
         raise SettingsError(f"Unknown gradient method {method!r}; choose one of {', '.join(GRADIENT_METHODS)}.")
     canvas = framed.canvas[None].to(model.device)
     baseline = framed.with_content(blur(framed.content[None].to(model.device), model.n_px))
-    inputs, baselines = normalize(canvas), normalize(baseline)
+    inputs, baselines = model.normalize(canvas), model.normalize(baseline)
 
     def forward(normalised: torch.Tensor) -> torch.Tensor:
-        return target(model.net.encode_image(normalised).float())
+        return target(model.encode_normalised(normalised).float())
 
     with _seeded(settings.seed, model.device):
         attributions, delta = _run(method, forward, inputs, baselines, settings)
