@@ -8,9 +8,11 @@ COCOA (Contrastive Corpus Attribution, Lin et al., ICLR 2023) on CLIP, in four l
     answer.overlay().save("overlay.png"); print(answer.score)
 """
 from .compare import Comparison, compare
+from .encoder import Model, Preprocessing
 from .errors import CocoaError, ImageError, ModelLoadError, QuestionError, SettingsError
 from .evaluate import MEASURES, Curves, insertion_deletion
 from .explain import METHODS, Explanation, explain, score
+from .families.wrapped import wrap
 from .images import FRAMINGS, load_image
 from .models import ClipModel, available_models, load
 from .presets import DEFAULT_TEMPLATE, FOIL_PRESETS, class_names
@@ -19,7 +21,8 @@ from .rise import ESTIMATORS, PassCache, RiseSettings
 from .targets import TARGETS, Question, Target
 
 __all__ = [
-    "load", "available_models", "ClipModel", "Question", "Target", "explain", "score", "Explanation",
+    "load", "available_models", "ClipModel", "Model", "Preprocessing", "wrap",
+    "Question", "Target", "explain", "score", "Explanation",
     "load_image", "overlay", "save_heatmap", "class_names", "PassCache", "RiseSettings",
     "insertion_deletion", "Curves", "compare", "Comparison",
     "METHODS", "TARGETS", "FRAMINGS", "ESTIMATORS", "MEASURES", "FOIL_PRESETS", "DEFAULT_TEMPLATE",

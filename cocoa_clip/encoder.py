@@ -58,15 +58,16 @@ class Preprocessing:
 class Model:
     """An image encoder (and, for most families, a text encoder) with what the explainers need to know.
 
-    Subclasses fill in `preprocessing`, `encode_normalised` and, with a text side, `token_ids`,
-    `context_length` and `_embed_captions`. `precision` is what batched forward passes use ("fp32",
-    "bf16" autocast on CPU, or "fp16" weights on CUDA). `family` and `weights` say where the model
+    `preprocessing` is how the model reads a picture. Subclasses fill in `encode_normalised` and, with a
+    text side, `token_ids`, `context_length` and `_embed_captions`. `precision` is what batched forward
+    passes use ("fp32", "bf16" autocast on CPU, or "fp16" weights on CUDA). `family` and `weights` say where the model
     came from; they start `key`, which also names this loaded instance, so caches never mix models.
     """
 
     name: str
     device: torch.device
     precision: str
+    preprocessing: Preprocessing | None = None  # None only while a subclass's __post_init__ reads it off the net
     family: str = "clip"
     weights: str = ""
     key: str = ""
@@ -76,10 +77,6 @@ class Model:
         self.key = f"{self.family}:{self.name}:{self.weights}:{self.key or uuid.uuid4().hex}"
 
     # --- the image side ---------------------------------------------------------------------------
-    @property
-    def preprocessing(self) -> Preprocessing:
-        raise NotImplementedError
-
     @property
     def n_px(self) -> int:
         """Side of the square image the model takes, in pixels."""

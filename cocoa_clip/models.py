@@ -15,6 +15,7 @@ from .encoder import STD as STD
 from .encoder import Model as Model
 from .encoder import Preprocessing
 from .errors import ModelLoadError, SettingsError
+from .families import family_of
 
 DEFAULT_MODEL = "ViT-B/32"
 # Small models that ship with the project, so that everything runs offline.
@@ -39,9 +40,9 @@ class ClipModel(Model):
     net: torch.nn.Module
     family: str = "clip"
 
-    @property
-    def preprocessing(self) -> Preprocessing:
-        return Preprocessing(int(self.net.visual.input_resolution))
+    def __post_init__(self) -> None:
+        self.preprocessing = self.preprocessing or Preprocessing(int(self.net.visual.input_resolution))
+        super().__post_init__()
 
     @property
     def context_length(self) -> int:
@@ -107,19 +108,25 @@ def load(
     precision: str = "auto",
     download_root: str | None = None,
 ) -> ClipModel:
-    """Load CLIP by name (downloaded and cached by the `clip` package) or from a local checkpoint.
+    """Load a model by name, or OpenAI CLIP from a local checkpoint.
 
-    `weights` is a path to an OpenAI JIT archive or a plain CLIP state dict; it wins over `name`.
+    Names with a family prefix go to that family's adapter (families/): `open_clip:ARCH[:TAG]`
+    (with `weights`, a checkpoint for ARCH) and `hf:REPO_ID` or `hf:DIR`. Other names are the `clip`
+    package's (downloaded and cached by it) or bundled ones; for those `weights` is a path to an
+    OpenAI JIT archive or a plain CLIP state dict, and wins over `name`.
     Raises ModelLoadError with what to do when the weights cannot be had.
 
-    >>> model = load("shapes-demo")            # doctest: +SKIP
-    >>> model = load(weights="ViT-B-32.pt")    # doctest: +SKIP
+    >>> model = load("shapes-demo")                                     # doctest: +SKIP
+    >>> model = load(weights="ViT-B-32.pt")                             # doctest: +SKIP
+    >>> model = load("open_clip:ViT-B-16-SigLIP-256:webli")             # doctest: +SKIP
+    >>> model = load("hf:openai/clip-vit-base-patch32")                 # doctest: +SKIP
     """
-    clip = clip_package()
     device = _device(device)
-    precision = resolve_precision(precision, device)
-    if precision == "fp16" and device.type != "cuda":
-        raise SettingsError("fp16 runs on CUDA only; use fp32 or bf16 on the CPU.")
+    precision = _precision(precision, device)
+    family = family_of(name)
+    if family is not None:
+        return family.load(name, weights=weights, device=device, precision=precision)
+    clip = clip_package()
     if weights is not None:
         source, label = Path(weights), str(weights)
         if not source.is_file():
@@ -163,6 +170,13 @@ def _build(path: Path, device: torch.device) -> torch.nn.Module:
         state_dict = state_dict["state_dict"]
     net = build_model(dict(state_dict)).to(device)
     return net.float() if device.type == "cpu" else net
+
+
+def _precision(precision: str, device: torch.device) -> str:
+    precision = resolve_precision(precision, device)
+    if precision == "fp16" and device.type != "cuda":
+        raise SettingsError("fp16 runs on CUDA only; use fp32 or bf16 on the CPU.")
+    return precision
 
 
 def _device(device: str | torch.device | None) -> torch.device:
