@@ -1,4 +1,6 @@
-"""open_clip models, SigLIP included: `open_clip:ARCH[:TAG]`, or `open_clip:ARCH` with `--weights PATH`.
+"""open_clip models, SigLIP included: `open_clip:ARCH[:TAG]`, or `open_clip:ARCH` with `--weights PATH`;
+also open_clip's own schemas, `open_clip:hf-hub:ORG/REPO` and `open_clip:local-dir:DIR` (a folder with
+open_clip_config.json and the weights).
 
 The architecture, its pretrained weights (downloaded and cached by open_clip itself), its
 preprocessing (`open_clip.get_model_preprocess_cfg`: size, resize mode, interpolation, mean, std)
@@ -16,6 +18,8 @@ import torch
 from ..encoder import Model, Preprocessing
 from ..errors import ModelLoadError
 from . import ready
+
+SCHEMAS = ("hf-hub:", "local-dir:")  # open_clip's own ways to name a model with its weights
 
 
 @dataclass(eq=False, kw_only=True)
@@ -55,15 +59,21 @@ class OpenClipModel(Model):
 def load(rest: str, *, weights: str | os.PathLike | None, device: torch.device, precision: str) -> OpenClipModel:
     """rest: "ARCH" or "ARCH:TAG" (the part after "open_clip:"); weights: a checkpoint for ARCH."""
     open_clip = _package()
-    arch, _, tag = rest.partition(":") if not rest.startswith("hf-hub:") else (rest, "", "")
+    schema = rest.startswith(SCHEMAS)  # the name says where config and weights are
+    arch, _, tag = (rest, "", "") if schema else rest.partition(":")
     name = f"open_clip:{rest}"
-    if arch not in open_clip.list_models() and not arch.startswith("hf-hub:"):
+    if not schema and arch not in open_clip.list_models():
         raise ModelLoadError(f"Unknown open_clip architecture {arch!r}; `python -m cocoa_clip models` lists them "
                              "(e.g. open_clip:ViT-B-32:laion2b_s34b_b79k).")
-    tags = open_clip.list_pretrained_tags_by_model(arch) if not arch.startswith("hf-hub:") else []
+    tags = [] if schema else open_clip.list_pretrained_tags_by_model(arch)
     if tag and tag not in tags:
         raise ModelLoadError(f"open_clip has no weights {tag!r} for {arch}; its tags: {', '.join(tags) or 'none'}.")
-    if weights is None and not tag and not arch.startswith("hf-hub:"):
+    if schema and weights is not None:
+        raise ModelLoadError(f"{name} names its own weights; drop --weights, or use open_clip:ARCH --weights PATH.")
+    if arch.startswith("local-dir:") and not Path(arch[len("local-dir:"):]).is_dir():
+        raise ModelLoadError(f"No folder at {arch[len('local-dir:'):]}; open_clip:local-dir:DIR needs a folder with "
+                             "open_clip_config.json and the weights.")
+    if weights is None and not tag and not schema:
         raise ModelLoadError(f"{name} needs its weights: open_clip:{arch}:TAG (TAG one of {', '.join(tags) or 'none'})"
                              f", or --weights PATH with a checkpoint for {arch}.")
     if weights is not None and not Path(weights).is_file():
