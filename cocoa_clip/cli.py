@@ -21,7 +21,7 @@ from .compare import MAX_CAPTIONS, caption_questions, compare
 from .errors import CocoaError, ImageError, check_seed
 from .evaluate import MEASURE_LABELS, MEASURES, check_steps, insertion_deletion, measure_of
 from .explain import METHODS, Explanation, explain
-from .images import FRAMINGS, ImageSource, load_image
+from .images import FRAMING_ALIASES, FRAMINGS, ImageSource, load_image
 from .models import DEFAULT_MODEL, PRECISIONS, ClipModel, available_models, load
 from .presets import DEFAULT_TEMPLATE, FOIL_PRESETS
 from .render import SCALES, check_style, save_npy
@@ -137,8 +137,9 @@ def _method_options(parser: argparse.ArgumentParser, estimator: bool) -> None:
     if estimator:
         how.add_argument("--estimator", choices=ESTIMATORS, default="centered",
                          help="RISE estimator: centered (mean score subtracted, less noise) or paper (the paper's)")
-    how.add_argument("--framing", choices=FRAMINGS, default="pad",
-                     help="pad: whole image on a square; crop: CLIP's centre crop; squash: resize to square")
+    how.add_argument("--framing", choices=(*FRAMINGS, *FRAMING_ALIASES), default="pad",
+                     help="pad: whole image on a square; model (alias crop): the model's own preprocessing (CLIP: "
+                          "centre crop; SigLIP: squash); squash: resize to square")
     how.add_argument("--batch-size", type=int, default=None, help="masked images per forward pass (default: by device)")
     how.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                      help="stop RISE after this long and answer from the masks done (default: no limit)")
@@ -146,9 +147,10 @@ def _method_options(parser: argparse.ArgumentParser, estimator: bool) -> None:
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model")
-    models = model.add_mutually_exclusive_group()
-    models.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME", help="CLIP model name (see `models`)")
-    models.add_argument("--weights", metavar="PATH", help="local CLIP checkpoint: OpenAI JIT archive or state dict")
+    model.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME",
+                       help="an OpenAI CLIP name (ViT-B/32 ...), open_clip:ARCH[:TAG] or hf:REPO_OR_DIR (see `models`)")
+    model.add_argument("--weights", metavar="PATH", help="local checkpoint: an OpenAI CLIP .pt (JIT archive or state "
+                       "dict), or with --model open_clip:ARCH one for that architecture")
     model.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     model.add_argument("--precision", choices=PRECISIONS, default="auto",
                        help="auto: fp16 on CUDA, bf16 autocast on CPUs that have it, else fp32")

@@ -230,6 +230,21 @@ def test_a_checkpoint_of_the_wrong_architecture_is_refused(tmp_path):
         cc.load("open_clip:cocoa-wrong", weights=tmp_path / "tiny.pt", device="cpu")
 
 
+def test_the_command_line_explains_with_each_family(family_dirs, tmp_path, capsys, picture):
+    from cocoa_clip.cli import main
+
+    picture.save(tmp_path / "picture.png")
+    for family in ("hf-siglip", "open_clip"):
+        code = main(["explain", str(tmp_path / "picture.png"), "--corpus", "dog", "--foil", "cat", "--model",
+                     name_of(family, family_dirs), "--framing", "model", "--masks", "20", "--json", "--quiet",
+                     "--device", "cpu", "--out", str(tmp_path / f"{family}.png")])
+        assert code == 0 and (tmp_path / f"{family}.png").is_file()
+        assert json.loads(capsys.readouterr().out)["details"]["model"] == name_of(family, family_dirs)
+    assert main(["explain", str(tmp_path / "picture.png"), "--corpus", "dog", "--foil", "cat",
+                 "--model", f"hf:{family_dirs['hf-clip']}", "--weights", str(tmp_path / "picture.png")]) == 2
+    assert "drop --weights" in capsys.readouterr().err
+
+
 # --- cc.wrap -------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -258,7 +273,7 @@ def test_a_wrapped_resnet_explains_with_image_corpora(resnet, picture):
         assert rise.score == pytest.approx(float(unit(picture) @ direction), abs=1e-4)
     assert cc.score(resnet, picture, question.swapped()) == pytest.approx(-rise.score, abs=1e-6)
     ig = cc.explain(resnet, picture, question, method="integrated-gradients",
-                    gradient=GradientSettings(n_steps=32, internal_batch_size=16))
+                    gradient=GradientSettings(n_steps=16, internal_batch_size=16))
     assert abs(ig.details["convergence_delta"][0]) < 0.05 * abs(np.nansum(ig.heatmap))  # completeness
     assert resnet.key.startswith("wrap:resnet18:")
 
