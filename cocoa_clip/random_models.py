@@ -103,7 +103,8 @@ def write_open_clip_dir(folder: str | os.PathLike, sigmoid: bool = False, seed: 
 
 
 def write_hf_dir(folder: str | os.PathLike, kind: str = "clip", seed: int = 0) -> str:
-    """A random tiny transformers CLIPModel ("clip") or SiglipModel ("siglip") with its processor, written
+    """A random tiny transformers CLIPModel ("clip"), SiglipModel ("siglip") or Siglip2Model ("siglip2", a 4 x 4
+    grid of 8 px patches) with its processor, written
     by save_pretrained, as `hf:FOLDER` reads it; returns FOLDER. CLIP's tokenizer is built from the
     vocabulary the `clip` package ships; SigLIP's is a SentencePiece model trained here on a few words."""
     import math
@@ -124,15 +125,23 @@ def write_hf_dir(folder: str | os.PathLike, kind: str = "clip", seed: int = 0) -
                                                                  projection_dim=16))
             images = transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
             processor = transformers.CLIPProcessor(image_processor=images, tokenizer=tokenizer)
-        else:
+        elif kind == "siglip":
             tokenizer = _sentencepiece_tokenizer(folder)
             text = dict(layers, vocab_size=tokenizer.vocab_size, max_position_embeddings=16)
             net = transformers.SiglipModel(transformers.SiglipConfig(text_config=text, vision_config=vision))
+            images = transformers.SiglipImageProcessor(size={"height": 32, "width": 32})
+            processor = transformers.SiglipProcessor(image_processor=images, tokenizer=tokenizer)
+        else:
+            tokenizer = _sentencepiece_tokenizer(folder)
+            text = dict(layers, vocab_size=tokenizer.vocab_size, max_position_embeddings=16)
+            vision = dict(layers, patch_size=8, num_patches=16)
+            net = transformers.Siglip2Model(transformers.Siglip2Config(text_config=text, vision_config=vision))
+            images = transformers.Siglip2ImageProcessor(patch_size=8, max_num_patches=16)
+            processor = transformers.Siglip2Processor(image_processor=images, tokenizer=tokenizer)
+        if kind != "clip":
             with torch.no_grad():
                 net.logit_scale.fill_(math.log(10.0))
                 net.logit_bias.fill_(-2.5)
-            images = transformers.SiglipImageProcessor(size={"height": 32, "width": 32})
-            processor = transformers.SiglipProcessor(image_processor=images, tokenizer=tokenizer)
     net.save_pretrained(folder)
     processor.save_pretrained(folder)
     return str(folder)

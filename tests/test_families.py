@@ -131,6 +131,19 @@ def test_probability_is_the_softmax_head_for_clip_models(models, picture):
     assert float(probability(model.encode_images(pixels))[0]) == pytest.approx(float(expected), abs=1e-5)
 
 
+def test_siglip2_sees_the_patches_its_own_processor_makes(tmp_path):
+    model = cc.load(f"hf:{write_hf_dir(tmp_path, 'siglip2')}", device="cpu", precision="fp32")
+    assert model.n_px == 32 and model.preprocessing.resize == "squash" and model.logit_bias == pytest.approx(-2.5)
+    square = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    inputs = transformers.Siglip2ImageProcessor()(square, patch_size=8, max_num_patches=16, return_tensors="pt")
+    with torch.no_grad():
+        own = model.net.get_image_features(**inputs)
+    own = own if isinstance(own, torch.Tensor) else own.pooler_output
+    torch.testing.assert_close(model.encode_canvas(frame(square, model.preprocessing, "model").canvas), own[0],
+                               atol=1e-5, rtol=1e-5)
+    assert model.token_ids("A Dog") == model.token_ids("a dog")  # SigLIP 2 reads lower-cased captions
+
+
 def test_an_openai_checkpoint_gives_the_same_answers_through_clip_and_open_clip(tmp_path, picture):
     # clip.load keeps fp16 weights (upcast on the CPU); so does this checkpoint, so both read the same numbers.
     path = tmp_path / "tiny.pt"
