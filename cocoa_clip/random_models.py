@@ -132,7 +132,7 @@ def write_hf_dir(folder: str | os.PathLike, kind: str = "clip", seed: int = 0) -
             images = transformers.SiglipImageProcessor(size={"height": 32, "width": 32})
             processor = transformers.SiglipProcessor(image_processor=images, tokenizer=tokenizer)
         else:
-            tokenizer = _sentencepiece_tokenizer(folder)
+            tokenizer = _sentencepiece_tokenizer(folder, lower_case=False)  # cased, as SigLIP 2's Gemma tokenizer
             text = dict(layers, vocab_size=tokenizer.vocab_size, max_position_embeddings=16)
             vision = dict(layers, patch_size=8, num_patches=16)
             net = transformers.Siglip2Model(transformers.Siglip2Config(text_config=text, vision_config=vision))
@@ -166,7 +166,7 @@ def _clip_tokenizer(folder: Path):
                                       pad_token="<|endoftext|>")
 
 
-def _sentencepiece_tokenizer(folder: Path):
+def _sentencepiece_tokenizer(folder: Path, lower_case: bool = True):
     """transformers' SiglipTokenizer on a tiny SentencePiece model (pad 0, end 1, unknown 2, as SigLIP's)."""
     import io
 
@@ -179,4 +179,4 @@ def _sentencepiece_tokenizer(folder: Path):
                                              pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2,
                                              hard_vocab_limit=False)
     (folder / "spiece.model").write_bytes(model.getvalue())
-    return transformers.SiglipTokenizer(str(folder / "spiece.model"), model_max_length=16)
+    return transformers.SiglipTokenizer(str(folder / "spiece.model"), model_max_length=16, do_lower_case=lower_case)
