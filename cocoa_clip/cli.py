@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import families
 from .compare import MAX_CAPTIONS, caption_questions, compare
 from .errors import CocoaError, ImageError, check_seed
 from .evaluate import MEASURE_LABELS, MEASURES, check_steps, insertion_deletion, measure_of
@@ -99,13 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
                                      "-1 where the model saw nothing")
     compare_parser.add_argument("--opacity", type=float, default=0.6, help="weight of the colours, 0 to 1")
 
-    commands.add_parser("models", help="list the model names --model accepts, and where their weights are")
+    models_parser = commands.add_parser("models", help="list the model names --model accepts, and where their "
+                                        "weights are")
+    models_parser.add_argument("--all", action="store_true", help="also every open_clip ARCH:TAG pair")
     download_parser = commands.add_parser(
         "download", help="fetch a model's weights ahead of time (for an offline machine, a Docker image, a Space)",
         formatter_class=_Help,
         description="Fetch NAME's weights to where later runs find them with no network: the clip package's "
                     "cache (from its URL) or the Hugging Face hub's cache (HF_HOME; HF_ENDPOINT for a mirror).")
-    download_parser.add_argument("name", metavar="NAME", help="a model name (see `models`), e.g. ViT-B/32")
+    download_parser.add_argument("name", metavar="NAME", help="a model name (see `models`), e.g. ViT-B/32, "
+                                 "open_clip:ViT-B-32:laion2b_s34b_b79k or hf:google/siglip-base-patch16-224")
     return parser
 
 
@@ -171,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report_sources(not getattr(args, "quiet", False))
     try:
         if args.command == "models":
-            return _models_command()
+            return _models_command(args.all)
         if args.command == "download":
             found = download(args.name)
             print(f"{args.name}: {found.path} ({found.source})")
@@ -188,8 +192,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-def _models_command() -> int:
-    """Each model name with where its weights are on this machine (usable offline) or that they are missing."""
+def _models_command(every: bool = False) -> int:
+    """Each model name with where its weights are on this machine (usable offline) or that they are missing;
+    then each other family: the names it accepts, an example, and its models already on disk."""
     names = available_models()
     width = max(map(len, names))
     for name in names:
@@ -197,6 +202,17 @@ def _models_command() -> int:
         where = f"on disk ({found.source}): {found.path}" if found else "not on disk: fetched on first use " \
             f"(or now: cocoa-clip download {name})"
         print(f"{name:{width}s}  {where}")
+    cached = families.cached_names()
+    for family in families.FAMILIES:
+        print(f"\n{family.names}  {family.title}, e.g. --model {family.example} (needs {family.package})")
+        if family.prefix == "open_clip" and every:
+            import open_clip
+
+            print("\n".join(f"  open_clip:{arch}:{tag}" for arch, tag in open_clip.list_pretrained()))
+        elif family.prefix == "open_clip":
+            print("  every ARCH:TAG of open_clip.list_pretrained() (`cocoa-clip models --all` lists them)")
+        on_disk = [(name, path) for name, path in cached if name.startswith(family.prefix + ":")]
+        print("\n".join(f"  on disk: {name}  {path}" for name, path in on_disk) or "  none on disk yet")
     return 0
 
 

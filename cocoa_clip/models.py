@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from . import families
 from . import weights as weights_sources
 from .encoder import MEAN as MEAN
 from .encoder import STD as STD
@@ -32,6 +33,9 @@ def available_models() -> list[str]:
 
 def weights_on_disk(name: str, download_root: str | None = None) -> weights_sources.Found | None:
     """Where the weights of model `name` are on this machine (so it loads offline), or None."""
+    if family_of(name) is not None:  # open_clip:, hf: (families/)
+        path = families.on_disk(name)
+        return weights_sources.Found(Path(path), "hub cache") if path else None
     if name in BUNDLED:
         return weights_sources.Found(BUNDLED[name], "bundled") if BUNDLED[name].is_file() else None
     return weights_sources.on_disk(name, download_root)
@@ -39,6 +43,9 @@ def weights_on_disk(name: str, download_root: str | None = None) -> weights_sour
 
 def download(name: str, download_root: str | None = None) -> weights_sources.Found:
     """Fetch model `name`'s weights ahead of time, to where the next `load` finds them offline."""
+    if family_of(name) is not None:
+        path, source = families.download(name)
+        return weights_sources.Found(Path(path), source)
     if name in BUNDLED:
         return weights_on_disk(name) or weights_sources.Found(BUNDLED[name], "bundled (missing)")
     if name not in clip_package().available_models():

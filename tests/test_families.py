@@ -238,6 +238,33 @@ def test_offline_and_bad_names_get_one_sentence(offline, name, message):
     assert "\n" not in str(caught.value)
 
 
+def test_models_lists_and_download_finds_what_the_hub_cache_holds(family_dirs, tmp_path, monkeypatch, capsys):
+    import os
+    import shutil
+
+    import huggingface_hub.constants
+
+    from cocoa_clip.cli import main
+
+    repo = tmp_path / "hub" / "models--tiny--siglip"  # the hub client's cache layout: blobs, a snapshot, refs/main
+    snapshot = repo / "snapshots" / ("a" * 40)
+    for folder in (snapshot, repo / "blobs", repo / "refs"):
+        folder.mkdir(parents=True)
+    (repo / "refs" / "main").write_text("a" * 40)
+    for file in sorted(os.listdir(family_dirs["hf-siglip"])):
+        shutil.copy(os.path.join(family_dirs["hf-siglip"], file), repo / "blobs" / file)
+        os.symlink(repo / "blobs" / file, snapshot / file)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["models"]) == 0
+    listing = capsys.readouterr().out
+    assert "open_clip:ARCH[:TAG]" in listing and f"on disk: hf:tiny/siglip  {snapshot}" in listing
+    assert main(["download", "hf:tiny/siglip"]) == 0 and "(on disk)" in capsys.readouterr().out
+    assert cc.load("hf:tiny/siglip", device="cpu").logit_bias == pytest.approx(-2.5)  # offline, from the cache
+    assert main(["download", "hf:tiny/clip"]) == 2 and "HF_HUB_OFFLINE is set" in capsys.readouterr().err
+
+
 def test_a_checkpoint_of_the_wrong_architecture_is_refused(tmp_path):
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "cocoa-wrong.json").write_text(json.dumps({**OPEN_CLIP_TINY, "embed_dim": 48}))

@@ -11,6 +11,7 @@ sqrt(max_num_patches) x sqrt(max_num_patches) patches, which is what its process
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import warnings
@@ -21,7 +22,7 @@ import torch
 
 from ..encoder import Model, Preprocessing
 from ..errors import ModelLoadError
-from . import ready
+from . import hub_cached, ready
 
 MODEL_TYPES = ("clip", "siglip", "siglip2")
 _FILTERS = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL's resampling codes, as image processors store them
@@ -126,6 +127,27 @@ def load(source: str, *, weights: str | os.PathLike | None, device: torch.device
     return HfModel(net=ready(net, device, precision), tokenizer=tokenizer, lower_case=config.model_type == "siglip2",
                    patch_size=patch_size, name=name, device=device, precision=precision, preprocessing=preprocessing,
                    weights=source)
+
+
+def on_disk(source: str) -> str | None:
+    """The folder, or the cached hub copy's config of a repository id, or None."""
+    if Path(source).expanduser().is_dir():
+        return str(Path(source).expanduser())
+    return hub_cached(source, ("config.json",))
+
+
+def cached(repos: list[str]) -> list[tuple[str, str]]:
+    """(repo id, path) of the cached `repos` that are CLIP or SigLIP models (their config says so)."""
+    found = []
+    for repo in repos:
+        config = hub_cached(repo, ("config.json",))
+        try:
+            model_type = json.loads(Path(config).read_text()).get("model_type") if config else None
+        except (OSError, ValueError):
+            continue
+        if model_type in MODEL_TYPES and hub_cached(repo, ("model.safetensors", "pytorch_model.bin")):
+            found.append((repo, str(Path(config).parent)))
+    return found
 
 
 def _advice(name: str, source: str, error: Exception) -> str:

@@ -17,7 +17,8 @@ import torch
 
 from ..encoder import Model, Preprocessing
 from ..errors import ModelLoadError
-from . import ready
+from ..weights import HUB_FILES
+from . import hub_cached, ready
 
 SCHEMAS = ("hf-hub:", "local-dir:")  # open_clip's own ways to name a model with its weights
 
@@ -99,6 +100,32 @@ def load(rest: str, *, weights: str | os.PathLike | None, device: torch.device, 
                                   config.get("resize_mode", "shortest"), config.get("interpolation", "bicubic"))
     return OpenClipModel(net=ready(net, device, precision), tokenizer=tokenizer, name=name, device=device,
                          precision=precision, preprocessing=preprocessing, weights=str(weights or tag))
+
+
+def on_disk(rest: str) -> str | None:
+    """The cached weights of "ARCH:TAG" (open_clip's hub copy, or its URL download), or None."""
+    open_clip = _package()
+    if rest.startswith("local-dir:"):
+        return rest[len("local-dir:"):] if Path(rest[len("local-dir:"):]).is_dir() else None
+    arch, _, tag = rest.partition(":")
+    config = open_clip.get_pretrained_cfg(arch, tag) if tag and not rest.startswith("hf-hub:") else {}
+    if config.get("hf_hub"):
+        return hub_cached(config["hf_hub"].strip("/"), HUB_FILES)
+    if config.get("url"):
+        path = Path(os.path.expanduser("~/.cache/clip")) / os.path.basename(config["url"])
+        return str(path) if path.is_file() else None
+    return None
+
+
+def cached(repos: list[str]) -> list[tuple[str, str]]:
+    """("ARCH:TAG", path) of each open_clip pretrained model whose hub copy is among the cached `repos`."""
+    open_clip = _package()
+    found = []
+    for arch, tag in open_clip.list_pretrained():
+        repo = open_clip.get_pretrained_cfg(arch, tag).get("hf_hub", "").strip("/")
+        if repo in repos and (path := on_disk(f"{arch}:{tag}")):
+            found.append((f"{arch}:{tag}", path))
+    return found
 
 
 def _advice(name: str, arch: str, weights: object, error: Exception) -> str:
