@@ -104,7 +104,7 @@ def load(source: str, *, weights: str | os.PathLike | None, device: torch.device
             if config.model_type not in MODEL_TYPES:
                 raise ModelLoadError(f"{name} is a {config.model_type!r} model; cocoa-clip reads CLIP, SigLIP and "
                                      "SigLIP 2 models from transformers.")
-            net = transformers.AutoModel.from_pretrained(source, dtype=torch.float32)
+            net = transformers.AutoModel.from_pretrained(source)
             processor = transformers.AutoImageProcessor.from_pretrained(source)
             tokenizer = transformers.AutoTokenizer.from_pretrained(source)
     except ModelLoadError:

@@ -1,0 +1,75 @@
+"""Seconds of one RISE pass per model family: the same picture, question and masks through each adapter.
+
+    python benchmarks/families_speed.py --masks 2000            # CPU
+    python benchmarks/families_speed.py --masks 20000 --device cuda
+
+Every model has random weights at the size of a real one (speed does not depend on the weight values)
+and is written to disk in its library's own format, then loaded by name like real weights:
+OpenAI CLIP ViT-B/32 (`clip`), open_clip ViT-B-32 (`open_clip:ViT-B-32 --weights`), transformers
+CLIPModel (ViT-B/32 sizes) and SiglipModel (base, 16 px patches, 224 px) from `hf:DIR`, and a
+torchvision ResNet-18 through `cc.wrap` (image corpus).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import cocoa_clip as cc  # noqa: E402
+from cocoa_clip.random_models import _clip_tokenizer, _sentencepiece_tokenizer, write_checkpoint  # noqa: E402
+
+ASTRONAUT = Path(__file__).resolve().parents[1] / "assets" / "astronaut.jpg"
+QUESTION = cc.Question(corpus=["woman"], foil=["rocket"])
+
+
+def models(root: Path, device: str) -> dict[str, tuple[cc.Model, cc.Question]]:
+    import open_clip
+    import torchvision
+    import transformers
+
+    torch.manual_seed(0)
+    found = {"clip ViT-B/32": cc.load(weights=write_checkpoint(root / "clip.pt", "ViT-B/32"), device=device)}
+    torch.save(open_clip.create_model("ViT-B-32").state_dict(), root / "open_clip.pt")
+    found["open_clip ViT-B-32"] = cc.load("open_clip:ViT-B-32", weights=root / "open_clip.pt", device=device)
+    hf_clip = root / "hf-clip"
+    hf_clip.mkdir()
+    transformers.CLIPModel(transformers.CLIPConfig()).save_pretrained(hf_clip)
+    transformers.CLIPProcessor(image_processor=transformers.CLIPImageProcessor(),
+                               tokenizer=_clip_tokenizer(hf_clip)).save_pretrained(hf_clip)
+    found["hf CLIPModel B/32"] = cc.load(f"hf:{hf_clip}", device=device)
+    hf_siglip = root / "hf-siglip"
+    hf_siglip.mkdir()
+    transformers.SiglipModel(transformers.SiglipConfig()).save_pretrained(hf_siglip)
+    transformers.SiglipProcessor(image_processor=transformers.SiglipImageProcessor(),
+                                 tokenizer=_sentencepiece_tokenizer(hf_siglip)).save_pretrained(hf_siglip)
+    found["hf SiglipModel B/16"] = cc.load(f"hf:{hf_siglip}", device=device)
+    resnet = torchvision.models.resnet18().to(device)
+    found["wrap ResNet-18"] = cc.wrap(resnet, n_px=224, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    image_question = cc.Question(corpus_images=[ASTRONAUT], foil_images=[cc.load_image(ASTRONAUT).rotate(90)])
+    return {name: (model, image_question if name.startswith("wrap") else QUESTION) for name, model in found.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--masks", type=int, default=2000)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    print(f"RISE, {args.masks} masks, {ASTRONAUT.name}, pad framing, device {args.device}, "
+          f"{torch.get_num_threads()} torch threads, torch {torch.__version__}")
+    with tempfile.TemporaryDirectory() as folder:
+        for name, (model, question) in models(Path(folder), args.device).items():
+            started = time.perf_counter()
+            answer = cc.explain(model, ASTRONAUT, question, masks=args.masks, cache=None)
+            print(f"{name:22s} {model.n_px:4d} px  {answer.details['precision']:5s}  "
+                  f"{time.perf_counter() - started:7.1f} s  (pass {answer.details['pass_seconds']:.1f} s, "
+                  f"batch {answer.details['batch_size']})", flush=True)
+
+
+if __name__ == "__main__":
+    main()
