@@ -44,6 +44,7 @@ from cocoa_clip.evaluate import MEASURE_LABELS, insertion_deletion
 from cocoa_clip.models import BUNDLED, DEFAULT_MODEL
 from cocoa_clip.rise import default_batch_size
 from cocoa_clip.webinputs import MAX_EXAMPLE_IMAGES, MAX_SEED, MAX_TEMPLATE_CHARS, MAX_TEXT_CHARS, MAX_UPLOAD
+from cocoa_clip.webmodels import ModelShelf
 from cocoa_clip.weights import report_sources
 
 log = logging.getLogger("cocoa_clip.app")
@@ -69,8 +70,8 @@ SCALE_CHOICES = [("auto (min-max for RISE, signed for gradients)", "auto"), ("mi
                  ("signed, centred on zero", "signed")]
 MEASURE_CHOICES = [("contrastive corpus similarity", "similarity"),
                    ("zero-shot probability of the corpus", "probability")]
-FRAMING_CHOICES = [("whole picture (pad to square)", "pad"), ("CLIP's centre crop", "crop"),
-                   ("squash to square", "squash")]
+FRAMING_CHOICES = [("whole picture (pad to square)", "pad"),
+                   ("the model's own (CLIP: centre crop; SigLIP: squash)", "model"), ("squash to square", "squash")]
 
 # (image, corpus, foil, foil preset): the paper's kind of questions on the pictures in assets/.
 EXAMPLES = [
@@ -116,8 +117,10 @@ class CocoaApp:
     ...     "assets/chelsea.jpg", corpus="cat", foil="dog")                         # doctest: +SKIP
     """
 
-    def __init__(self, model: cc.ClipModel, *, notice: str = "", cache_bytes: int = 512 << 20):
+    def __init__(self, model: cc.ClipModel, *, notice: str = "", cache_bytes: int = 512 << 20,
+                 shelf: ModelShelf | None = None):
         self.model = model
+        self.shelf = shelf  # --models: the models a visitor may choose, loaded on first use
         self.notice = notice
         self.cache = cc.PassCache(max_bytes=cache_bytes)
         self.device = model.device.type
@@ -149,6 +152,7 @@ class CocoaApp:
         reverse: Any = False,
         corpus_images: Any = None,
         foil_images: Any = None,
+        model_name: Any = None,
         progress: gr.Progress = gr.Progress(),
     ) -> tuple:
         """Explain `image` for the question (and its reverse when asked).
@@ -166,8 +170,8 @@ class CocoaApp:
             questions = [question, question.swapped()] if valid.flag(reverse, "reverse") else [question]
             style = {"opacity": valid.number(opacity, "opacity", 0.0, 1.0),
                      "scale": valid.choice(scale, "colour scale", [v for _, v in SCALE_CHOICES])}
-            answers = cc.explain(self.model, picture, questions, **self._run_options(method, masks, seed, framing,
-                                                                                    progress))
+            answers = cc.explain(self._model(model_name), picture, questions,
+                                 **self._run_options(method, masks, seed, framing, progress))
             self._measured(answers[0])
             return self._present(answers, style)
 
@@ -181,13 +185,14 @@ class CocoaApp:
         masks: Any = None,
         seed: Any = 0,
         framing: Any = "pad",
+        model_name: Any = None,
         progress: gr.Progress = gr.Progress(),
     ) -> tuple:
         """Split `image` among captions (each one rather than the others): (coloured picture with legend, parts)."""
         with valid.user_errors():
             picture = valid.picture(image)
             names = valid.captions(captions, "captions to compare")
-            comparison = cc.compare(self.model, picture, names, template=valid.template(template),
+            comparison = cc.compare(self._model(model_name), picture, names, template=valid.template(template),
                                     **self._run_options(method, masks, seed, framing, progress))
             self._measured(comparison.answers[0])
         parts = [f"- **{caption}**: {share:.0%} of the picture; score {answer.score:+.4f} rather than the others"
@@ -205,7 +210,8 @@ class CocoaApp:
         with valid.user_errors():
             measure = valid.choice(measure, "measure", [v for _, v in MEASURE_CHOICES])
             progress(0.0, desc="Insertion and deletion: re-scoring the picture as pixels come and go")
-            curves = insertion_deletion(self.model, answer.image, answer.heatmap, answer.question,
+            model = self._model(answer.details["model"] if self.shelf else None)  # the model that answered
+            curves = insertion_deletion(model, answer.image, answer.heatmap, answer.question,
                                         framing=answer.details.get("framing", "pad"), steps=CURVE_STEPS,
                                         measure=measure)
         aucs = curves.aucs()
@@ -251,7 +257,7 @@ class CocoaApp:
         method = valid.choice(method, "method", cc.METHODS)
         n_masks = valid.whole(masks, "number of masks", 1, self.max_masks, default=self.default_masks)
         options = {"method": method, "masks": n_masks, "seed": valid.whole(seed, "seed", 0, MAX_SEED, default=0),
-                   "framing": valid.choice(framing, "framing", cc.FRAMINGS),
+                   "framing": valid.choice(framing, "framing", (*cc.FRAMINGS, "crop")),  # crop: model's old name
                    "time_budget": TIME_BUDGET_S.get(self.device, TIME_BUDGET_S["cpu"]), "cache": self.cache}
         if method == "rise":
             progress(0.0, desc=self.estimate(method, n_masks, markdown=False))
@@ -263,6 +269,12 @@ class CocoaApp:
         else:
             progress(0.0, desc=f"{_label(METHOD_CHOICES, method)}: computing gradients")
         return options
+
+    def _model(self, name: Any) -> cc.Model:
+        """The model a visitor chose from --models (loaded on first use), else the one served."""
+        if self.shelf is None or name in (None, ""):
+            return self.model
+        return self.shelf.get(valid.choice(name, "model", self.shelf.names))
 
     def _measured(self, answer: cc.Explanation) -> None:
         details = answer.details
@@ -339,24 +351,34 @@ def _status(answer: cc.Explanation) -> str:
         text = f"RISE: {details['masks']:,} masks in {details['pass_seconds']:.1f} s ({where})."
         if not details.get("complete", True):
             text += " The time budget ran out: the map uses the masks done so far and is noisier."
-    return " ".join([text, *answer.notes])
+    return " ".join([text, f"Model: {public_name(details.get('model', '?'))}.", *answer.notes])
+
+
+def public_name(name: str) -> str:
+    """A model's name as the page shows it: a local path (--weights, hf:DIR) by its last part, no server folders."""
+    prefix, _, rest = name.rpartition(":")
+    return f"{prefix}{':' if prefix else ''}{Path(rest).name}" if os.path.exists(rest) else name
 
 
 # -------------------------------------------------------------------- layout
 
 
-def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True) -> gr.Blocks:
-    """The Blocks app around one loaded model. `notice` is shown as a banner (e.g. why a fallback runs)."""
-    app = CocoaApp(model, notice=notice)
+def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True,
+               shelf: ModelShelf | None = None) -> gr.Blocks:
+    """The Blocks app around one loaded model (or, with a shelf, a dropdown of models whose first is `model`).
+    `notice` is shown as a banner (e.g. why a fallback runs)."""
+    app = CocoaApp(model, notice=notice, shelf=shelf)
     if calibrate and model.device.type == "cpu":
         app.calibrate()
-    banner = f"Model: **{Path(model.name).name}**, {model.precision} on {model.device.type.upper()}."  # no server paths
+    banner = f"Model: **{public_name(model.name)}**, {model.precision} on {model.device.type.upper()}."
     with gr.Blocks(title="cocoa-clip: X rather than Y, to CLIP", delete_cache=(1800, 3600),
                    analytics_enabled=False) as demo:
         gr.Markdown(INTRO)
         gr.Markdown(f"{notice} {banner}" if notice else banner, elem_id="model-banner",
                     elem_classes=["notice"] if notice else None)
         answer_token = gr.State(None)
+        choice = [gr.Dropdown(shelf.names, value=shelf.names[0], label="Model", elem_id="model",
+                              info=f"loaded on first use, at most {shelf.keep} in memory")] if shelf else []
         with gr.Row():
             with gr.Column(scale=1):
                 image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard", "webcam"],
@@ -435,7 +457,7 @@ def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True)
         gr.Markdown(READING_GUIDE)
 
         inputs = [image, corpus, foil, foil_preset, template, target, method, masks, seed, opacity, scale, framing,
-                  reverse, corpus_images, foil_images]
+                  reverse, corpus_images, foil_images, *choice]
         explain.click(app.explain, inputs, [overlay, overlay_reverse, colorbar, score, reading, status, downloads,
                                             answer_token],
                       api_name="explain", preprocess=False, concurrency_limit=1, concurrency_id="model",
@@ -443,7 +465,7 @@ def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True)
             app.estimate, [method, masks], estimate, queue=False, api_visibility="private")
         check.click(app.check, [answer_token, measure], [curves, curves_text], api_name="check", concurrency_limit=1,
                     concurrency_id="model")
-        compare.click(app.compare, [image, compare_captions, template, method, masks, seed, framing],
+        compare.click(app.compare, [image, compare_captions, template, method, masks, seed, framing, *choice],
                       [compare_overlay, compare_parts], api_name="compare", preprocess=False, concurrency_limit=1,
                       concurrency_id="model",
                       api_description="The picture split among captions: which one each region looks like most.")
@@ -499,8 +521,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--model", metavar="NAME",
-                       help=f"CLIP model name (default {DEFAULT_MODEL}, else {FALLBACK_MODEL} if it is offline)")
-    which.add_argument("--weights", metavar="PATH", help="local CLIP checkpoint: OpenAI JIT archive or state dict")
+                       help=f"an OpenAI CLIP name, open_clip:ARCH[:TAG] or hf:REPO_OR_DIR (default {DEFAULT_MODEL}, "
+                            f"else {FALLBACK_MODEL} if it is offline)")
+    which.add_argument("--models", metavar="A,B,C", help="offer these models in a dropdown (the first loads at start, "
+                       "the others on first use, at most two in memory)")
+    parser.add_argument("--weights", metavar="PATH", help="local checkpoint: OpenAI CLIP .pt, or one for --model "
+                        "open_clip:ARCH")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                         help="address to listen on (0.0.0.0 serves other machines)")
@@ -512,11 +538,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     report_sources()  # one console line per weights source tried
     try:
-        model, notice = load_model(args.model, args.weights, args.device)
+        names = [name.strip() for name in (args.models or "").split(",") if name.strip()]
+        model, notice = load_model(names[0] if names else args.model, args.weights, args.device)
     except cc.CocoaError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    demo = build_demo(model, notice=notice)
+    shelf = ModelShelf(names, lambda name: cc.load(name, device=args.device), loaded=model) if names else None
+    demo = build_demo(model, notice=notice, shelf=shelf)
     globals()["demo"] = demo
     demo.launch(server_name=args.host, server_port=args.port, **launch_options())
     return 0

@@ -348,3 +348,36 @@ def test_wrap_refuses_bad_arguments(arguments, message):
     encoder = arguments.pop("image_encoder")
     with pytest.raises(cc.SettingsError, match=message):
         cc.wrap(encoder, **arguments)
+
+
+# --- the app's model dropdown (--models) -------------------------------------------------------------
+
+def test_the_app_offers_several_models_loads_them_on_first_use_and_names_each_answer(family_dirs, tiny, tmp_path):
+    from tests.conftest_app import app, write_photo
+
+    names = ["tiny", f"hf:{family_dirs['hf-siglip']}", f"open_clip:local-dir:{family_dirs['open_clip']}"]
+    loads = []
+
+    def load(name):
+        loads.append(name)
+        return tiny if name == "tiny" else cc.load(name, device="cpu", precision="fp32")
+
+    shelf = app.ModelShelf(names, load, keep=2, loaded=tiny)
+    web = app.CocoaApp(tiny, shelf=shelf)
+    photo = str(write_photo(tmp_path / "photo.png", 50, 30))
+    answers = {}
+    for name in (names[1], names[2], names[0], None):
+        result = web.explain(photo, corpus="dog", foil="cat", masks=100, model_name=name)
+        answers[name] = result
+        assert len(shelf.loaded) <= 2
+    assert loads == [names[1], names[2], "tiny"]  # on first use; "tiny" came loaded, then made room for two others
+    assert "Model: hf:hf-siglip." in answers[names[1]][5] and "Model: tiny." in answers[None][5]
+    assert answers[names[1]][3] != pytest.approx(answers[names[0]][3])  # another model, another score
+    plot, text = web.check(answers[names[1]][7])  # the curves use the model that gave the answer
+    assert "Insertion area" in text and loads[3:] == [names[1]]  # hf-siglip was dropped, so it loads again
+    with pytest.raises(app.gr.Error, match="model"):
+        web.explain(photo, corpus="dog", foil="cat", masks=100, model_name="ViT-H/99")
+    demo = app.build_demo(tiny, shelf=shelf, calibrate=False)
+    dropdowns = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "model"]
+    assert len(dropdowns) == 1 and [c[1] for c in dropdowns[0].choices] == names
+    assert app.parse_args(["--models", "ViT-B/32,hf:x"]).models == "ViT-B/32,hf:x"
