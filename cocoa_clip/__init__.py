@@ -6,6 +6,9 @@ COCOA (Contrastive Corpus Attribution, Lin et al., ICLR 2023) on CLIP, in four l
     model = cc.load("ViT-B/32")                                    # or cc.load(weights="clip.pt")
     answer = cc.explain(model, "dog.jpg", cc.Question(corpus=["dog"], foil=["cat"]))
     answer.overlay().save("overlay.png"); print(answer.score)
+
+Other models by name prefix, `cc.load("open_clip:ViT-B-32:laion2b_s34b_b79k")` or
+`cc.load("hf:google/siglip-base-patch16-224")`, and any image encoder with `cc.wrap(encoder, n_px=..., ...)`.
 """
 from .compare import Comparison, compare
 from .encoder import Model, Preprocessing
