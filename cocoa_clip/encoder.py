@@ -74,7 +74,7 @@ class Model:
     _texts: OrderedDict = field(default_factory=OrderedDict, repr=False)  # caption -> (embedding, note or None)
 
     def __post_init__(self) -> None:
-        self.key = f"{self.name}:{self.weights}:{self.key or uuid.uuid4().hex}"
+        self.key = f"{self.family}:{self.name}:{self.weights}:{self.key or uuid.uuid4().hex}"
 
     # --- the image side ---------------------------------------------------------------------------
     @property
