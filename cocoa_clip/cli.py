@@ -204,7 +204,7 @@ def _models_command(every: bool = False) -> int:
         print(f"{name:{width}s}  {where}")
     cached = families.cached_names()
     for family in families.FAMILIES:
-        print(f"\n{family.names}  {family.title}, e.g. --model {family.example} (needs {family.package})")
+        print(f"{family.names}  {family.title}, e.g. --model {family.example} (needs {family.package})")
         if family.prefix == "open_clip" and every:
             import open_clip
 
