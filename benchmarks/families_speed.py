@@ -15,6 +15,7 @@ import argparse
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -28,42 +29,58 @@ ASTRONAUT = Path(__file__).resolve().parents[1] / "assets" / "astronaut.jpg"
 QUESTION = cc.Question(corpus=["woman"], foil=["rocket"])
 
 
-def models(root: Path, device: str) -> dict[str, tuple[cc.Model, cc.Question]]:
+def builders(root: Path, device: str) -> dict[str, Callable[[], cc.Model]]:
+    """How to build and load each family's model, by name (built only when its turn comes)."""
     import open_clip
     import torchvision
     import transformers
 
-    torch.manual_seed(0)
-    found = {"clip ViT-B/32": cc.load(weights=write_checkpoint(root / "clip.pt", "ViT-B/32"), device=device)}
-    torch.save(open_clip.create_model("ViT-B-32").state_dict(), root / "open_clip.pt")
-    found["open_clip ViT-B-32"] = cc.load("open_clip:ViT-B-32", weights=root / "open_clip.pt", device=device)
-    hf_clip = root / "hf-clip"
-    hf_clip.mkdir()
-    transformers.CLIPModel(transformers.CLIPConfig()).save_pretrained(hf_clip)
-    transformers.CLIPProcessor(image_processor=transformers.CLIPImageProcessor(),
-                               tokenizer=_clip_tokenizer(hf_clip)).save_pretrained(hf_clip)
-    found["hf CLIPModel B/32"] = cc.load(f"hf:{hf_clip}", device=device)
-    hf_siglip = root / "hf-siglip"
-    hf_siglip.mkdir()
-    transformers.SiglipModel(transformers.SiglipConfig()).save_pretrained(hf_siglip)
-    transformers.SiglipProcessor(image_processor=transformers.SiglipImageProcessor(),
-                                 tokenizer=_sentencepiece_tokenizer(hf_siglip)).save_pretrained(hf_siglip)
-    found["hf SiglipModel B/16"] = cc.load(f"hf:{hf_siglip}", device=device)
-    resnet = torchvision.models.resnet18().to(device)
-    found["wrap ResNet-18"] = cc.wrap(resnet, n_px=224, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
-    image_question = cc.Question(corpus_images=[ASTRONAUT], foil_images=[cc.load_image(ASTRONAUT).rotate(90)])
-    return {name: (model, image_question if name.startswith("wrap") else QUESTION) for name, model in found.items()}
+    def open_clip_model() -> cc.Model:
+        torch.save(open_clip.create_model("ViT-B-32").state_dict(), root / "open_clip.pt")
+        return cc.load("open_clip:ViT-B-32", weights=root / "open_clip.pt", device=device)
+
+    def hf_model(kind: str) -> cc.Model:
+        folder = root / kind
+        folder.mkdir()
+        if kind == "clip":
+            transformers.CLIPModel(transformers.CLIPConfig()).save_pretrained(folder)
+            transformers.CLIPProcessor(image_processor=transformers.CLIPImageProcessor(),
+                                       tokenizer=_clip_tokenizer(folder)).save_pretrained(folder)
+        else:
+            transformers.SiglipModel(transformers.SiglipConfig()).save_pretrained(folder)
+            transformers.SiglipProcessor(image_processor=transformers.SiglipImageProcessor(),
+                                         tokenizer=_sentencepiece_tokenizer(folder)).save_pretrained(folder)
+        return cc.load(f"hf:{folder}", device=device)
+
+    def resnet() -> cc.Model:
+        backbone = torchvision.models.resnet18().to(device)
+        return cc.wrap(backbone, n_px=224, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+
+    return {
+        "clip ViT-B/32": lambda: cc.load(weights=write_checkpoint(root / "clip.pt", "ViT-B/32"), device=device),
+        "open_clip ViT-B-32": open_clip_model,
+        "hf CLIPModel B/32": lambda: hf_model("clip"),
+        "hf SiglipModel B/16": lambda: hf_model("siglip"),
+        "wrap ResNet-18": resnet,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--masks", type=int, default=2000)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--only", nargs="*", default=(), help="run only the families whose name contains one of these")
     args = parser.parse_args()
+    image_question = cc.Question(corpus_images=[ASTRONAUT], foil_images=[cc.load_image(ASTRONAUT).rotate(90)])
     print(f"RISE, {args.masks} masks, {ASTRONAUT.name}, pad framing, device {args.device}, "
           f"{torch.get_num_threads()} torch threads, torch {torch.__version__}")
     with tempfile.TemporaryDirectory() as folder:
-        for name, (model, question) in models(Path(folder), args.device).items():
+        for name, build in builders(Path(folder), args.device).items():
+            if args.only and not any(part in name for part in args.only):
+                continue
+            torch.manual_seed(0)
+            model = build()
+            question = image_question if name.startswith("wrap") else QUESTION
             started, cpu = time.perf_counter(), time.process_time()
             answer = cc.explain(model, ASTRONAUT, question, masks=args.masks, cache=None)
             # CPU seconds (all threads) say the work done even on a machine shared with other jobs; wall seconds
