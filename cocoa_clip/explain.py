@@ -19,13 +19,15 @@ from PIL import Image
 
 from . import render
 from .errors import SettingsError
-from .gradients import GRADIENT_METHODS, GradientSettings, attribute
+from .gradients import GRADIENT_METHODS, GradientSettings, attribute, precision
 from .images import Framed, ImageSource, frame, load_image, unframe
 from .models import Model
 from .rise import ESTIMATORS, MaskedPass, PassCache, Progress, RiseSettings, masked_pass, saliency
 from .targets import Question, Target, resolve
 
 METHODS = ("rise",) + GRADIENT_METHODS
+FLAT_NOTE = ("The map is flat (its range is below numerical noise): no region of the picture changes the score, "
+             "so it is shown in one colour.")
 DEFAULT_CACHE = PassCache()  # masked passes of recent pictures, so a new question costs no forward pass
 
 
@@ -36,8 +38,10 @@ class Explanation:
     heatmap: (H, W) float32 at the picture's own size; NaN outside what the model saw (CLIP's own framing crops).
     score: the target on the whole picture; for COCOA, its contrastive corpus similarity
         (mean cosine similarity to the corpus minus that to the foil).
-    details: how it was computed (masks, seconds, cached, precision, batch size, ...).
+    details: how it was computed (masks, seconds, cached, precision, baseline, batch size, ...).
     notes: things the user should know (e.g. a caption was truncated).
+    content_map: (h, w) float32, the map as computed, over the picture's content box at the model's
+        input (images.Framed.box); insertion and deletion rank it. None for a map read from a file.
     """
 
     heatmap: np.ndarray
@@ -47,6 +51,11 @@ class Explanation:
     method: str
     details: dict = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    content_map: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if render.is_flat(self.heatmap) and FLAT_NOTE not in self.notes:
+            self.notes = (*self.notes, FLAT_NOTE)
 
     @property
     def scale(self) -> str:
@@ -81,6 +90,8 @@ def explain(
     seed: int = 0,
     framing: str = "pad",
     estimator: str = "centered",
+    baseline: str = "blur",
+    blur_sigma: float | None = None,
     batch_size: int | None = None,
     gradient: GradientSettings = GradientSettings(),
     progress: Progress | None = None,
@@ -94,6 +105,9 @@ def explain(
     alias "crop") or "squash".
     estimator: "centered" (default, less noise) or "paper". time_budget: seconds after which
     RISE stops and answers from the masks done. seed: RISE's masks, or GradientSHAP's noise.
+    baseline: what removed pixels show, "blur" (the paper's), "mean" or "black"; blur_sigma: the
+    blur's sigma in input pixels (default 5 x n_px / 224; 5 is the paper's code at any size).
+    gradient: Integrated Gradients' steps, GradientSHAP's samples and noise.
     Returns a list when given a list.
 
     >>> model = load("shapes-demo")                                         # doctest: +SKIP
@@ -115,7 +129,7 @@ def explain(
     started = time.perf_counter()
 
     if method == "rise":
-        settings = RiseSettings(masks, seed=seed, batch_size=batch_size)
+        settings = RiseSettings(masks, seed=seed, batch_size=batch_size, baseline=baseline, blur_sigma=blur_sigma)
         key = PassCache.key(model, framed, settings)
         cached = cache.get(key) if cache is not None else None
         image_embedding = cached.image_embedding if cached is not None else model.encode_canvas(framed.canvas)
@@ -125,21 +139,23 @@ def explain(
         details = {"masks": len(run.masks), "estimator": estimator, "seed": seed, "cached": run.cached,
                    "complete": run.complete, "batch_size": run.batch_size, "pass_seconds": run.seconds}
     else:
-        settings = dataclasses.replace(gradient, seed=seed)
+        settings = dataclasses.replace(gradient, seed=seed, baseline=baseline, blur_sigma=blur_sigma)
         with torch.no_grad():  # in the precision the gradients use, so that the score and the map agree
             image_embedding = model.encode_images(framed.canvas[None].to(model.device))[0]
         targets = [resolve(model, q, image_embedding, framing) for q in questions]
         results = [attribute(model, framed, t, method, settings) for t in targets]
         maps = [m for m, _ in results]
-        # Gradients run in the weights' own dtype: bf16 autocast serves batched forward passes only.
-        details = {"convergence_delta": [d for _, d in results], "seed": seed,
-                   "precision": "fp32" if model.precision == "bf16" else model.precision}
+        own = {"steps": settings.n_steps} if method == "integrated-gradients" else {
+            "samples": settings.n_samples, "stdev": settings.stdev}
+        details = {"convergence_delta": [d for _, d in results], "seed": seed, "precision": precision(model), **own}
     details.setdefault("precision", model.precision)
-    details.update(device=str(model.device), framing=framing, model=model.name, seconds=time.perf_counter() - started)
+    details.update(device=str(model.device), framing=framing, model=model.name, baseline=baseline,
+                   blur_sigma=blur_sigma, seconds=time.perf_counter() - started)
 
     answers = [
         Explanation(heatmap=unframe(heat, framed), score=float(target(image_embedding[None])[0]), image=picture,
-                    question=target.question, method=method, details=dict(details), notes=target.notes)
+                    question=target.question, method=method, details=dict(details), notes=target.notes,
+                    content_map=heat.float().cpu().numpy())
         for heat, target in zip(maps, targets, strict=True)
     ]
     return answers[0] if single else answers

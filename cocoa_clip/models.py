@@ -58,7 +58,8 @@ class ClipModel(Model):
     """An OpenAI `clip` model: the adapter for the `clip` package's names, bundled models and CLIP .pt files.
 
     `net` is a `clip.model.CLIP` (or anything with its encode_image, encode_text, visual.input_resolution
-    and context_length); pictures go through CLIP's own preprocessing constants.
+    and context_length); pictures go through CLIP's own preprocessing constants. `precision` is what batched
+    forward passes use ("fp32"; "bf16" autocast over fp32 weights; or "fp16" weights on CUDA).
     """
 
     net: torch.nn.Module
@@ -171,7 +172,7 @@ def load(
         net = _build(source, device)
     except Exception as error:  # zip, pickle and shape errors all mean "no usable weights"
         raise ModelLoadError(_load_advice(name, weights, source, error)) from error
-    if precision == "fp32" and device.type == "cuda":
+    if precision != "fp16" and device.type == "cuda":  # bf16 autocast runs over fp32 weights, as its label says
         net = net.float()
     net.eval().requires_grad_(False)
     return ClipModel(net=net, name=label, device=device, precision=precision)

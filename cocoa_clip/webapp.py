@@ -12,6 +12,8 @@ HTTP API (`api_name="explain"`), with parameters named after the inputs:
     client = Client("http://127.0.0.1:7860/")
     overlay, reverse, colorbar, score, *rest = client.predict(
         image=handle_file("dog.jpg"), corpus="dog", foil="cat", api_name="/explain")
+
+The score comes as text, as the page shows it (e.g. "+0.0239").
 """
 from __future__ import annotations
 
@@ -22,45 +24,52 @@ except ImportError:
     spaces = None
 
 import argparse
+import dataclasses
+import functools
 import inspect
 import logging
 import os
-import shutil
 import sys
 import tempfile
-import threading
 import uuid
-from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
+import numpy as np
 from PIL import Image
+from starlette.exceptions import HTTPException
 
 import cocoa_clip as cc
+from cocoa_clip import shapes, webhost
 from cocoa_clip import webinputs as valid
-from cocoa_clip.evaluate import MEASURE_LABELS, insertion_deletion
+from cocoa_clip.evaluate import MEASURE_LABELS, curves_of
+from cocoa_clip.explain import FLAT_NOTE
+from cocoa_clip.gradients import GradientSettings
+from cocoa_clip.images import BASELINES, default_sigma
 from cocoa_clip.models import BUNDLED, DEFAULT_MODEL
 from cocoa_clip.rise import default_batch_size
+from cocoa_clip.targets import SAME_NOTE
 from cocoa_clip.webinputs import MAX_EXAMPLE_IMAGES, MAX_SEED, MAX_TEMPLATE_CHARS, MAX_TEXT_CHARS, MAX_UPLOAD
 from cocoa_clip.webmodels import ModelShelf
 from cocoa_clip.weights import report_sources
 
 log = logging.getLogger("cocoa_clip.app")
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets"  # the repository's example pictures
+ASSETS = Path(__file__).resolve().parents[1] / "assets"  # the repository's example photos (absent once installed)
 FALLBACK_MODEL = "shapes-demo"
 MAX_MASKS = {"cpu": 20_000, "cuda": 50_000}
 
 TIME_BUDGET_S = {"cpu": 300.0, "cuda": 100.0}  # RISE stops and answers from the masks done
-QUEUE_SIZE = 32                   # requests waiting; more are refused
+MAX_GRADIENT_STEPS = 500          # Integrated Gradients steps, GradientSHAP samples
+QUEUE_SIZE = 32                   # jobs waiting; more are refused with a sentence (one per visitor)
 CURVE_STEPS = 50
-KEPT_ANSWERS = 16                 # answers kept for "Check this explanation", across all sessions
-KEPT_OUTPUT_DIRS = 64             # request folders of downloads kept on disk
+DISK_BUDGET_MB = 1024             # everything written for visitors: uploads, Gradio's cache, downloads
 
 FOIL_PRESET_CHOICES = [("none", "none"), ("CIFAR-100 classes (the paper's foil)", "cifar100"),
                        ("ImageNet-1k classes", "imagenet")]
+BASELINE_CHOICES = [("blurred picture (the paper's)", "blur"), ("CLIP's mean colour", "mean"), ("black", "black")]
 TARGET_CHOICES = [("COCOA: corpus rather than foil", "cocoa"), ("corpus only", "corpus"),
                   ("label-free: the image itself", "label-free"),
                   ("contrastive label-free: the image itself rather than the foil", "contrastive-label-free")]
@@ -80,8 +89,24 @@ EXAMPLES = [
     ["chelsea.jpg", "cat", "dog", "none"],
     ["coffee.jpg", "cup", "spoon", "none"],
     ["rocket.jpg", "smoke", "rocket", "none"],
-    ["shapes_scene.png", "orange cross", "yellow square", "none"],  # for the bundled shapes-demo model
 ]
+# (objects drawn, scene seed, corpus, foil): scenes for the bundled shapes-demo model, drawn by cocoa_clip.shapes at
+# start-up (so the installed package has them too); together they use every colour and shape the model knows.
+SHAPE_EXAMPLES = [
+    ([("orange", "cross"), ("yellow", "square")], 0, "orange cross", "yellow square"),
+    ([("red", "circle"), ("blue", "star")], 0, "red circle", "blue star"),
+    ([("green", "triangle"), ("purple", "square")], 3, "purple square", "green triangle"),
+    ([("purple", "star"), ("green", "circle"), ("red", "triangle")], 0, "purple star", "green circle\nred triangle"),
+]
+
+
+def _either(words: list[str]) -> str:
+    return ", ".join(words[:-1]) + " or " + words[-1]
+
+
+SHAPES_HINT = (f"**{FALLBACK_MODEL}** knows only coloured shapes: {_either(list(shapes.COLORS))} "
+               f"{_either([name + ('es' if name.endswith('s') else 's') for name in shapes.SHAPES])}. "
+               "Ask, say, *red circle* rather than *blue star*.")
 
 INTRO = """
 # cocoa-clip: what in this image looks like *X* rather than *Y*?
@@ -109,6 +134,33 @@ def gpu(function: Callable) -> Callable:
     return spaces.GPU(duration=120)(function) if spaces is not None else function
 
 
+def job(method: Callable) -> Callable:
+    """After each job (answered, refused or failed): the visitor may ask again, freed memory goes back
+    to the system and the disk budget is kept. Works for plain and generator methods; Gradio still sees
+    the method's own signature (and passes its gr.Request)."""
+    if inspect.isgeneratorfunction(method):
+        @functools.wraps(method)
+        def stream(self: CocoaApp, *args: Any, **kwargs: Any) -> Iterator:
+            try:
+                yield from method(self, *args, **kwargs)
+            finally:
+                self.after_job(_request(args, kwargs))
+        return stream
+
+    @functools.wraps(method)
+    def call(self: CocoaApp, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self.after_job(_request(args, kwargs))
+    return call
+
+
+def _request(args: tuple, kwargs: dict) -> gr.Request | None:
+    """The gr.Request among an event's arguments (Gradio passes it by position), if any."""
+    return next((value for value in (*args, *kwargs.values()) if isinstance(value, gr.Request)), None)
+
+
 class CocoaApp:
     """What the widgets call: one model, its RISE pass cache, and the last answers for checking.
 
@@ -118,23 +170,31 @@ class CocoaApp:
     """
 
     def __init__(self, model: cc.ClipModel, *, notice: str = "", cache_bytes: int = 512 << 20,
-                 shelf: ModelShelf | None = None):
+                 max_masks: int | None = None, job_seconds: float | None = None,
+                 disk_budget_mb: float = DISK_BUDGET_MB, shelf: ModelShelf | None = None):
+        """max_masks, job_seconds: a deployment's caps (default per device: MAX_MASKS, TIME_BUDGET_S).
+        disk_budget_mb: bound on everything this process writes for visitors (oldest files go first)."""
+        webhost.tame_malloc()
         self.model = model
         self.shelf = shelf  # --models: the models a visitor may choose, loaded on first use
         self.notice = notice
         self.cache = cc.PassCache(max_bytes=cache_bytes)
         self.device = model.device.type
-        self.max_masks = MAX_MASKS.get(self.device, MAX_MASKS["cpu"])
-        self.default_masks = cc.RiseSettings().masks_for(model.device)
+        self.max_masks = max_masks or MAX_MASKS.get(self.device, MAX_MASKS["cpu"])
+        self.default_masks = min(cc.RiseSettings().masks_for(model.device), self.max_masks)
+        self.job_seconds = job_seconds or TIME_BUDGET_S.get(self.device, TIME_BUDGET_S["cpu"])
         self.masks_per_second: float | None = None  # measured: by calibrate(), then by every fresh pass
-        self._answers: OrderedDict[str, list[cc.Explanation]] = OrderedDict()
-        self._lock = threading.Lock()
-        self._outputs = Path(tempfile.mkdtemp(prefix="cocoa-clip-app-"))
-        self._output_dirs: list[Path] = []
+        self.answers = webhost.AnswerStore()
+        self.admission: webhost.Admission | None = None  # set by build_demo, which has the queue
+        workspace = webhost.workspace()
+        # Inside Gradio's folder, so that Gradio serves the downloads without copying them.
+        self._outputs = Path(tempfile.mkdtemp(prefix="outputs-", dir=workspace.gradio))
+        self.disk = webhost.DiskBudget(workspace.root, int(disk_budget_mb * (1 << 20)))
 
     # ---------------------------------------------------------------- events
 
     @gpu
+    @job
     def explain(
         self,
         image: Any,
@@ -152,30 +212,48 @@ class CocoaApp:
         reverse: Any = False,
         corpus_images: Any = None,
         foil_images: Any = None,
+        baseline: Any = "blur",
+        blur_sigma: Any = None,
+        steps: Any = None,
+        samples: Any = None,
+        stdev: Any = None,
         model_name: Any = None,
         progress: gr.Progress = gr.Progress(),
+        request: gr.Request = None,
     ) -> tuple:
         """Explain `image` for the question (and its reverse when asked).
 
-        Returns (overlay, reverse overlay or None, heatmap with colour bar, score, reading, status,
+        Returns (overlay, reverse overlay or None, heatmap with colour bar, score as text, reading, status,
         download paths, answer token). Every bad input raises gr.Error with a sentence to act on.
         """
         with valid.user_errors():
-            picture = valid.picture(image)
+            picture, size_note = valid.picture(image)
+            target = valid.choice(target, "target", cc.TARGETS)
+            captions = {side: valid.captions(text, side) for side, text in (("corpus", corpus), ("foil", foil))}
+            pictures = {side: valid.image_files(files, side) for side, files in (("corpus", corpus_images),
+                                                                               ("foil", foil_images))}
+            preset = valid.preset(foil_preset)
+            if target in ("cocoa", "corpus") and not (captions["corpus"] or pictures["corpus"]):
+                raise valid.refuse("Type at least one caption to look for (or add a corpus image).")
+            if target in ("cocoa", "contrastive-label-free") and not (captions["foil"] or pictures["foil"] or preset):
+                raise valid.refuse("Type at least one caption to contrast with, or choose a foil preset "
+                                   "(or add a foil image).")
             question = cc.Question(
-                corpus=valid.captions(corpus, "corpus"), foil=valid.captions(foil, "foil"),
-                foil_preset=valid.preset(foil_preset), corpus_images=valid.image_files(corpus_images, "corpus"),
-                foil_images=valid.image_files(foil_images, "foil"),
-                target=valid.choice(target, "target", cc.TARGETS), template=valid.template(template))
+                corpus=captions["corpus"], foil=captions["foil"], foil_preset=preset,
+                corpus_images=pictures["corpus"], foil_images=pictures["foil"], target=target,
+                template=valid.template(template))
             questions = [question, question.swapped()] if valid.flag(reverse, "reverse") else [question]
             style = {"opacity": valid.number(opacity, "opacity", 0.0, 1.0),
                      "scale": valid.choice(scale, "colour scale", [v for _, v in SCALE_CHOICES])}
-            answers = cc.explain(self._model(model_name), picture, questions,
-                                 **self._run_options(method, masks, seed, framing, progress))
+            options = self._run_options(method, masks, seed, framing, progress, baseline=baseline,
+                                        blur_sigma=blur_sigma, steps=steps, samples=samples, stdev=stdev)
+            answers = cc.explain(self._model(model_name), picture, questions, **options)
             self._measured(answers[0])
-            return self._present(answers, style)
+            answers = _noted(answers, size_note)
+            return self._present(answers, style, webhost.visitor(request))
 
     @gpu
+    @job
     def compare(
         self,
         image: Any,
@@ -185,44 +263,52 @@ class CocoaApp:
         masks: Any = None,
         seed: Any = 0,
         framing: Any = "pad",
+        baseline: Any = "blur",
+        blur_sigma: Any = None,
+        steps: Any = None,
+        samples: Any = None,
+        stdev: Any = None,
         model_name: Any = None,
         progress: gr.Progress = gr.Progress(),
+        request: gr.Request = None,
     ) -> tuple:
         """Split `image` among captions (each one rather than the others): (coloured picture with legend, parts)."""
         with valid.user_errors():
-            picture = valid.picture(image)
+            picture, size_note = valid.picture(image)
             names = valid.captions(captions, "captions to compare")
+            options = self._run_options(method, masks, seed, framing, progress, baseline=baseline,
+                                        blur_sigma=blur_sigma, steps=steps, samples=samples, stdev=stdev)
             comparison = cc.compare(self._model(model_name), picture, names, template=valid.template(template),
-                                    **self._run_options(method, masks, seed, framing, progress))
+                                    **options)
             self._measured(comparison.answers[0])
-        parts = [f"- **{caption}**: {share:.0%} of the picture; score {answer.score:+.4f} rather than the others"
+        decided = comparison.decided_shares
+        parts = [f"- **{caption}**: {share:.0%} of the picture, {decided[caption]:.0%} of the decided pixels; "
+                 f"score {answer.score:+.4f} rather than the others"
                  for (caption, share), answer in zip(comparison.shares.items(), comparison.answers, strict=True)]
-        return comparison.overlay(), "\n".join([*parts, "", _status(comparison.answers[0])])
+        parts.append(f"- no clear winner (uncoloured): {comparison.undecided_share:.0%} of the picture, where the "
+                     f"top two captions are within {comparison.tie_margin:.0%} of the largest lead")
+        return comparison.overlay(), "\n".join([*parts, "", _status(_noted(comparison.answers[:1], size_note)[0])])
 
     @gpu
-    def check(self, token: Any, measure: Any = "similarity", progress: gr.Progress = gr.Progress()) -> tuple:
-        """Insertion and deletion curves of an answer, recording `measure`: (plot, areas in words)."""
-        with self._lock:
-            answers = self._answers.get(token) if isinstance(token, str) else None
+    @job
+    def check(self, token: Any, measure: Any = "similarity", progress: gr.Progress = gr.Progress(),
+              request: gr.Request = None) -> tuple:
+        """Insertion and deletion curves of the visitor's latest answer, recording `measure`: (plot, areas in words)."""
+        answers = self.answers.get(webhost.visitor(request), token)
         if answers is None:
-            raise valid.refuse("Explain a picture first (or again: only the latest answers are kept).")
+            raise valid.refuse("Explain a picture first (or again: each visitor's latest answer is kept for a while).")
         answer = answers[0]
         with valid.user_errors():
             measure = valid.choice(measure, "measure", [v for _, v in MEASURE_CHOICES])
             progress(0.0, desc="Insertion and deletion: re-scoring the picture as pixels come and go")
             model = self._model(answer.details["model"] if self.shelf else None)  # the model that answered
-            curves = insertion_deletion(model, answer.image, answer.heatmap, answer.question,
-                                        framing=answer.details.get("framing", "pad"), steps=CURVE_STEPS,
-                                        measure=measure)
+            curves = curves_of(model, answer, steps=CURVE_STEPS, measure=measure)
         aucs = curves.aucs()
-        verdict = ("beats" if aucs["insertion_auc"] > aucs["random_insertion_auc"]
-                   and aucs["deletion_auc"] < aucs["random_deletion_auc"] else "does not clearly beat")
         # 4 significant digits, not 4 decimals: probabilities against 999 foils are tiny and still ordered.
         text = (f"Curves of the {MEASURE_LABELS[measure]}. Insertion area {aucs['insertion_auc']:+.4g} "
                 f"(random order {aucs['random_insertion_auc']:+.4g}, higher is better); "
                 f"deletion area {aucs['deletion_auc']:+.4g} (random order {aucs['random_deletion_auc']:+.4g}, "
-                "lower is better). "
-                f"This heatmap {verdict} a random ranking of the pixels.")
+                f"lower is better). {curves.verdict()}")
         return curves.plot(answer.question.describe()), text
 
     def estimate(self, method: Any = "rise", masks: Any = None, *, markdown: bool = True) -> str:
@@ -252,13 +338,26 @@ class CocoaApp:
 
     # ---------------------------------------------------------------- helpers
 
-    def _run_options(self, method: Any, masks: Any, seed: Any, framing: Any, progress: gr.Progress) -> dict:
+    def _run_options(self, method: Any, masks: Any, seed: Any, framing: Any, progress: gr.Progress, *,
+                     baseline: Any = "blur", blur_sigma: Any = None, steps: Any = None, samples: Any = None,
+                     stdev: Any = None) -> dict:
         """What `cc.explain` takes from the method widgets, checked, with progress reports wired in."""
         method = valid.choice(method, "method", cc.METHODS)
         n_masks = valid.whole(masks, "number of masks", 1, self.max_masks, default=self.default_masks)
+        paper = GradientSettings()
+        gradient = GradientSettings(
+            n_steps=valid.whole(steps, "number of Integrated Gradients steps", 1, MAX_GRADIENT_STEPS,
+                                default=paper.n_steps),
+            n_samples=valid.whole(samples, "number of GradientSHAP samples", 1, MAX_GRADIENT_STEPS,
+                                  default=paper.n_samples),
+            stdev=paper.stdev if stdev is None else valid.number(stdev, "GradientSHAP noise", 0.0, 10.0))
         options = {"method": method, "masks": n_masks, "seed": valid.whole(seed, "seed", 0, MAX_SEED, default=0),
-                   "framing": valid.choice(framing, "framing", (*cc.FRAMINGS, "crop")),  # crop: model's old name
-                   "time_budget": TIME_BUDGET_S.get(self.device, TIME_BUDGET_S["cpu"]), "cache": self.cache}
+                   "framing": valid.choice(framing, "framing", (*cc.FRAMINGS, "crop")), "gradient": gradient,
+                   "baseline": valid.choice(baseline, "baseline", BASELINES),
+                   # 0, what an emptied number box sends, means the default too.
+                   "blur_sigma": None if blur_sigma in (None, 0) else valid.number(blur_sigma, "blur sigma", 0.1,
+                                                                                    100.0),
+                   "time_budget": self.job_seconds, "cache": self.cache}
         if method == "rise":
             progress(0.0, desc=self.estimate(method, n_masks, markdown=False))
 
@@ -281,7 +380,7 @@ class CocoaApp:
         if answer.method == "rise" and not details.get("cached") and details.get("pass_seconds"):
             self.masks_per_second = details["masks"] / details["pass_seconds"]
 
-    def _present(self, answers: list[cc.Explanation], style: dict) -> tuple:
+    def _present(self, answers: list[cc.Explanation], style: dict, visitor: str) -> tuple:
         folder = self._output_folder()
         scale = None if style["scale"] == "auto" else style["scale"]
         overlays = [a.overlay(opacity=style["opacity"], scale=scale) for a in answers]
@@ -291,23 +390,34 @@ class CocoaApp:
             cc.save_heatmap(folder / f"{name}_heatmap.npy", answer.heatmap)
             files += [str(folder / f"{name}_overlay.png"), str(folder / f"{name}_heatmap.npy")]
         token = uuid.uuid4().hex
-        with self._lock:
-            self._answers[token] = answers
-            while len(self._answers) > KEPT_ANSWERS:
-                self._answers.popitem(last=False)
+        picture = answers[0].image
+        self.answers.put(visitor, token, answers,
+                         nbytes=picture.width * picture.height * 3 + sum(a.heatmap.nbytes for a in answers))
         first = answers[0]
         reading = _reading(first) + ("" if len(answers) == 1 else f" Reverse question: {answers[1].score:+.4f}.")
         return (overlays[0], overlays[1] if len(answers) > 1 else None, first.colorbar(scale=scale),
-                first.score, reading, _status(first), files, token)
+                f"{first.score:+.4f}", reading, _status(first), files, token)
 
     def _output_folder(self) -> Path:
         folder = self._outputs / uuid.uuid4().hex
-        folder.mkdir()
-        with self._lock:
-            self._output_dirs.append(folder)
-            while len(self._output_dirs) > KEPT_OUTPUT_DIRS:
-                shutil.rmtree(self._output_dirs.pop(0), ignore_errors=True)
+        folder.mkdir(parents=True)  # parents: the disk budget removes emptied folders
         return folder
+
+    def after_job(self, request: gr.Request | None) -> None:
+        if self.admission is not None:
+            self.admission.finished(webhost.visitor(request))
+        webhost.trim_memory()
+        self.disk.enforce()
+
+    def admit(self, event: Callable, where: int = 0) -> Callable:
+        """The queue's door for `event` (Gradio's `validator`): refuses a visitor's second job, and every job
+        while the queue is full, with a sentence shown on the event's input number `where`."""
+        @functools.wraps(event)  # the event's signature, so that Gradio passes the gr.Request here too
+        def validator(*args: Any) -> list[dict]:
+            refusal = self.admission.refusal(webhost.visitor(_request(args, {}))) if self.admission else None
+            inputs = [arg for arg in args if not isinstance(arg, (gr.Request, gr.Progress))]
+            return [gr.validate(refusal is None or index != where, refusal or "") for index in range(len(inputs))]
+        return validator
 
 
 # -------------------------------------------------------------------- words
@@ -322,8 +432,14 @@ def _duration(seconds: float) -> str:
 
 
 def _reading(answer: cc.Explanation) -> str:
-    """One plain sentence about the score of the whole picture."""
+    """One plain sentence about the score of the whole picture (two when the map is flat)."""
     question, score = answer.question, answer.score
+    flat = " No region of the picture changes it: the map is flat, shown in one colour." * (FLAT_NOTE in answer.notes)
+    if SAME_NOTE in answer.notes:
+        return (f"Score {score:+.4f}: the corpus and the foil are the same to the model ({question.describe()}), "
+                "so the question compares a caption with itself and neither side is closer." + flat)
+    if flat:
+        return f"Score {score:+.4f} ({question.describe()})." + flat
     if question.target == "cocoa":
         leaning = "the corpus than to the foil" if score > 0 else "the foil than to the corpus"
         return (f"Score {score:+.4f}: on the whole, the model finds this picture closer to {leaning} "
@@ -339,11 +455,18 @@ def _reading(answer: cc.Explanation) -> str:
             "the map shows what sets it apart from the foil.")
 
 
+def _noted(answers: list[cc.Explanation], note: str) -> list[cc.Explanation]:
+    """The answers with one more note for the visitor (none added when `note` is empty)."""
+    return [dataclasses.replace(answer, notes=(*answer.notes, note)) for answer in answers] if note else answers
+
+
 def _status(answer: cc.Explanation) -> str:
     details = answer.details
     where = f"{details.get('precision')} on {details.get('device')}"
     if answer.method != "rise":
-        text = f"{_label(METHOD_CHOICES, answer.method)}: {details['seconds']:.1f} s ({where})."
+        settings = (f"{details['steps']} steps" if "steps" in details
+                    else f"{details['samples']} samples, noise {details['stdev']:g}")
+        text = f"{_label(METHOD_CHOICES, answer.method)} ({settings}): {details['seconds']:.1f} s ({where})."
     elif details.get("cached"):
         text = (f"Reused the image pass: {details['seconds']:.2f} s, no new RISE run "
                 f"({details['masks']:,} masks from the cache).")
@@ -363,19 +486,20 @@ def public_name(name: str) -> str:
 # -------------------------------------------------------------------- layout
 
 
-def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True,
-               shelf: ModelShelf | None = None) -> gr.Blocks:
-    """The Blocks app around one loaded model (or, with a shelf, a dropdown of models whose first is `model`).
-    `notice` is shown as a banner (e.g. why a fallback runs)."""
-    app = CocoaApp(model, notice=notice, shelf=shelf)
+def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True, shelf: ModelShelf | None = None,
+               **limits: Any) -> gr.Blocks:
+    """The Blocks app around one loaded model. `notice` is shown as a banner (e.g. why a fallback runs);
+    `limits` go to CocoaApp (max_masks, job_seconds, disk_budget_mb); `shelf` (--models) adds a model dropdown."""
+    app = CocoaApp(model, notice=notice, shelf=shelf, **limits)
     if calibrate and model.device.type == "cpu":
         app.calibrate()
     banner = f"Model: **{public_name(model.name)}**, {model.precision} on {model.device.type.upper()}."
+    knows_shapes = Path(model.name).name == FALLBACK_MODEL
     with gr.Blocks(title="cocoa-clip: X rather than Y, to CLIP", delete_cache=(1800, 3600),
                    analytics_enabled=False) as demo:
         gr.Markdown(INTRO)
-        gr.Markdown(f"{notice} {banner}" if notice else banner, elem_id="model-banner",
-                    elem_classes=["notice"] if notice else None)
+        gr.Markdown(" ".join(filter(None, [notice, banner, SHAPES_HINT if knows_shapes else ""])),
+                    elem_id="model-banner", elem_classes=["notice"] if notice else None)
         answer_token = gr.State(None)
         choice = [gr.Dropdown(shelf.names, value=shelf.names[0], label="Model", elem_id="model",
                               info=f"loaded on first use, at most {shelf.keep} in memory")] if shelf else []
@@ -384,9 +508,11 @@ def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True,
                 image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard", "webcam"],
                                  elem_id="image", height=360)
                 corpus = gr.Textbox(label="What to look for (corpus), one caption per line", lines=2,
-                                    placeholder="dog", max_length=MAX_TEXT_CHARS, elem_id="corpus")
-                foil = gr.Textbox(label="Rather than (foil), one caption per line", lines=2, placeholder="cat",
-                                  max_length=MAX_TEXT_CHARS, elem_id="foil")
+                                    placeholder="red circle" if knows_shapes else "dog", max_length=MAX_TEXT_CHARS,
+                                    elem_id="corpus")
+                foil = gr.Textbox(label="Rather than (foil), one caption per line", lines=2,
+                                  placeholder="blue star" if knows_shapes else "cat", max_length=MAX_TEXT_CHARS,
+                                  elem_id="foil")
                 foil_preset = gr.Dropdown(FOIL_PRESET_CHOICES, value="none", label="Or add a foil preset",
                                           info="CIFAR-100: the 99 other classes, as in the paper",
                                           elem_id="foil-preset")
@@ -401,9 +527,24 @@ def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True,
                                           max_length=MAX_TEMPLATE_CHARS, elem_id="template")
                     target = gr.Dropdown(TARGET_CHOICES, value="cocoa", label="Target", elem_id="target")
                     method = gr.Dropdown(METHOD_CHOICES, value="rise", label="Method", elem_id="method")
-                    masks = gr.Slider(100, app.max_masks, value=app.default_masks, step=100, label="RISE masks",
-                                      info="more masks, smoother map, longer run", elem_id="masks")
+                    # A number box, not a slider: a slider clamps a typed 999999 to its maximum and runs that.
+                    masks = gr.Number(app.default_masks, label="RISE masks", precision=0, elem_id="masks",
+                                      info=f"100 to {app.max_masks:,}: more masks, smoother map, longer run")
+                    paper = GradientSettings()
+                    steps = gr.Number(paper.n_steps, label="Integrated Gradients steps", precision=0, visible=False,
+                                      info=f"1 to {MAX_GRADIENT_STEPS}; the paper's 50", elem_id="steps")
+                    with gr.Row(visible=False) as shap_settings:
+                        samples = gr.Number(paper.n_samples, label="GradientSHAP samples", precision=0,
+                                            info=f"1 to {MAX_GRADIENT_STEPS}; the paper's 50", elem_id="samples")
+                        stdev = gr.Number(paper.stdev, label="GradientSHAP noise (standard deviation)",
+                                          info="in normalised input units; the paper's 0.2", elem_id="stdev")
                     seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED, elem_id="seed")
+                    with gr.Row():
+                        baseline = gr.Dropdown(BASELINE_CHOICES, value="blur", label="Baseline",
+                                               info="what hidden or removed pixels show", elem_id="baseline")
+                        blur_sigma = gr.Number(0, label="Blur sigma (pixels at the model's input)",
+                                               info=f"0: {default_sigma(model.n_px):.3g} here (5 x input size / 224); "
+                                                    "5 is the paper's code at any size", elem_id="blur-sigma")
                     framing = gr.Radio(FRAMING_CHOICES, value="pad", label="Framing", elem_id="framing")
                     opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Heatmap opacity", elem_id="opacity")
                     scale = gr.Radio(SCALE_CHOICES, value="auto", label="Colour scale", elem_id="scale")
@@ -413,34 +554,41 @@ def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True,
                     foil_images = gr.File(label=f"Foil images (up to {MAX_EXAMPLE_IMAGES})", file_count="multiple",
                                           file_types=["image"], elem_id="foil-images")
             with gr.Column(scale=1):
+                # Titles above the pictures, not Gradio's label badges, which cover the pictures' top-left corner.
                 with gr.Row():
-                    overlay = gr.Image(label="Corpus rather than foil", format="png",
-                                       interactive=False, elem_id="overlay")
-                    overlay_reverse = gr.Image(label="Foil rather than corpus", format="png", interactive=False,
-                                               visible=False, elem_id="overlay-reverse")
-                score = gr.Number(label="Score of the whole picture (the reading below says what it measures)",
-                                  interactive=False, elem_id="score")
+                    with gr.Column(min_width=160):
+                        gr.Markdown("**Corpus rather than foil**", elem_classes=["picture-title"])
+                        overlay = gr.Image(label="Corpus rather than foil", show_label=False, format="png",
+                                           interactive=False, elem_id="overlay")
+                    with gr.Column(visible=False, min_width=160) as reverse_column:
+                        gr.Markdown("**Foil rather than corpus**", elem_classes=["picture-title"])
+                        overlay_reverse = gr.Image(label="Foil rather than corpus", show_label=False, format="png",
+                                                   interactive=False, elem_id="overlay-reverse")
+                score = gr.Textbox(label="Score of the whole picture (the reading below says what it measures)",
+                                   value="", interactive=False, max_lines=1, elem_id="score")
                 reading = gr.Markdown(label="Reading", elem_id="reading")
                 status = gr.Markdown(label="Status", elem_id="status")
                 with gr.Accordion("Raw heatmap and downloads", open=False):
-                    colorbar = gr.Image(label="Heatmap with colour bar", format="png", interactive=False,
-                                        elem_id="heatmap")
+                    colorbar = gr.Image(label="Heatmap with colour bar", show_label=False, format="png",
+                                        interactive=False, elem_id="heatmap")
                     downloads = gr.File(label="Overlay PNG and heatmap .npy (float32, H x W)", interactive=False,
                                         file_count="multiple",
                                         elem_id="downloads")
                 with gr.Row(equal_height=True):
                     check = gr.Button("Check this explanation (insertion / deletion)", elem_id="check", scale=1)
-                    measure = gr.Dropdown(MEASURE_CHOICES, value="similarity", label="Curves record",
+                    measure = gr.Dropdown(MEASURE_CHOICES, value="similarity", elem_id="measure", scale=2,
+                                          label="Measured on the picture as its pixels are inserted or deleted",
                                           info="the paper's two measures; the probability is CLIP's zero-shot "
-                                               "classifier over the corpus and each foil", elem_id="measure", scale=2)
-                curves = gr.Image(label="Insertion and deletion curves", format="png", interactive=False,
-                                  elem_id="curves")
+                                               "classifier over the corpus and each foil")
+                curves = gr.Image(label="Insertion and deletion curves", show_label=False, format="png",
+                                  interactive=False, elem_id="curves")
                 curves_text = gr.Markdown(label="Areas", elem_id="curves-text")
         with gr.Accordion("Which caption where? Split the picture among several captions", open=False,
                           elem_id="compare-section"):
             gr.Markdown("Each caption is asked *this rather than the other captions*, all from one pass over the "
                         "picture above (with its options); each region takes the colour of the caption it looks "
-                        "like most, faded where that is less clear.")
+                        "like most (never a colour a caption names), faded where that is less clear, and stays "
+                        "uncoloured where no caption clearly wins.")
             with gr.Row():
                 with gr.Column(scale=1):
                     compare_captions = gr.Textbox(label="Captions to compare, one per line (2 to 10)", lines=4,
@@ -449,42 +597,94 @@ def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True,
                     compare = gr.Button("Compare", variant="primary", elem_id="compare")
                     compare_parts = gr.Markdown(label="Parts", elem_id="compare-parts")
                 with gr.Column(scale=1):
-                    compare_overlay = gr.Image(label="Which caption where", format="png", interactive=False,
-                                               elem_id="compare-overlay")
-        gr.Examples([[str(ASSETS / name), *rest] for name, *rest in EXAMPLES if (ASSETS / name).is_file()],
-                    inputs=[image, corpus, foil, foil_preset], cache_examples=False, elem_id="examples",
-                    label="Examples (pictures and licences in assets/)", api_visibility="private")
+                    compare_overlay = gr.Image(label="Which caption where", show_label=False, format="png",
+                                               interactive=False, elem_id="compare-overlay")
+        rows, label = _examples(app, knows_shapes)
+        gr.Examples(rows, inputs=[image, corpus, foil, foil_preset], cache_examples=False, elem_id="examples",
+                    label=label, api_visibility="private")
         gr.Markdown(READING_GUIDE)
 
         inputs = [image, corpus, foil, foil_preset, template, target, method, masks, seed, opacity, scale, framing,
-                  reverse, corpus_images, foil_images, *choice]
-        explain.click(app.explain, inputs, [overlay, overlay_reverse, colorbar, score, reading, status, downloads,
-                                            answer_token],
-                      api_name="explain", preprocess=False, concurrency_limit=1, concurrency_id="model",
-                      api_description="Heatmap of where the model sees the corpus rather than the foil.").then(
-            app.estimate, [method, masks], estimate, queue=False, api_visibility="private")
-        check.click(app.check, [answer_token, measure], [curves, curves_text], api_name="check", concurrency_limit=1,
-                    concurrency_id="model")
-        compare.click(app.compare, [image, compare_captions, template, method, masks, seed, framing, *choice],
-                      [compare_overlay, compare_parts], api_name="compare", preprocess=False, concurrency_limit=1,
-                      concurrency_id="model",
-                      api_description="The picture split among captions: which one each region looks like most.")
+                  reverse, corpus_images, foil_images, baseline, blur_sigma, steps, samples, stdev, *choice]
+        run = _one_at_a_time(explain, "Explaining…").then(
+            app.explain, inputs, [overlay, overlay_reverse, colorbar, score, reading, status, downloads, answer_token],
+            api_name="explain", preprocess=False, concurrency_limit=1, concurrency_id="model",
+            validator=app.admit(app.explain),
+            show_progress_on=[overlay],  # one progress bar, not a copy clipped into every output
+            api_description="Heatmap of where the model sees the corpus rather than the foil.")
+        _ready_again(run, explain)
+        run.then(app.estimate, [method, masks], estimate, queue=False, api_visibility="private")
+        _ready_again(_one_at_a_time(check, "Checking…").then(
+            app.check, [answer_token, measure], [curves, curves_text], api_name="check", concurrency_limit=1,
+            concurrency_id="model", show_progress_on=[curves], validator=app.admit(app.check, 1)), check)
+        _ready_again(_one_at_a_time(compare, "Comparing…").then(
+            app.compare, [image, compare_captions, template, method, masks, seed, framing, baseline, blur_sigma,
+                          steps, samples, stdev, *choice],
+            [compare_overlay, compare_parts], api_name="compare", preprocess=False, concurrency_limit=1,
+            concurrency_id="model", show_progress_on=[compare_overlay], validator=app.admit(app.compare),
+            api_description="The picture split among captions: which one each region looks like most."), compare)
         swap_these = [corpus, foil, corpus_images, foil_images]
         swap.click(lambda corpus, foil, corpus_pictures, foil_pictures: (foil, corpus, foil_pictures, corpus_pictures),
                    swap_these, swap_these, queue=False, api_visibility="private")
-        reverse.change(lambda ask: gr.Image(visible=ask), reverse, overlay_reverse, queue=False,
+        reverse.change(lambda ask: gr.Column(visible=ask), reverse, reverse_column, queue=False,
                        api_visibility="private")
+        method.change(lambda chosen: (gr.Number(visible=chosen == "rise"),
+                                      gr.Number(visible=chosen == "integrated-gradients"),
+                                      gr.Row(visible=chosen == "gradient-shap")),
+                      method, [masks, steps, shap_settings], queue=False, api_visibility="private")
         for control in (masks, method):
-            control.change(app.estimate, [method, masks], estimate, queue=False, api_visibility="private")
-    demo.queue(max_size=QUEUE_SIZE)
+            control.change(app.estimate, [method, masks], estimate, queue=False, api_visibility="private",
+                           preprocess=False)
+    # Our door (app.admit) refuses at QUEUE_SIZE waiting jobs with a sentence; Gradio's own limit is the backstop.
+    demo.queue(max_size=2 * QUEUE_SIZE, api_open=False)
+    app.admission = webhost.Admission(lambda: webhost.queued_jobs(demo, "model"), max_waiting=QUEUE_SIZE)
+    app.disk.keep_present()  # the examples Gradio has just copied in stay, however old
+    app.disk.watch()
     demo.cocoa_app = app  # for tests and scripts
     return demo
+
+
+def _one_at_a_time(button: gr.Button, busy: str) -> Any:
+    """The button's click event, which first disables the button (labelled `busy`) so that a second click
+    cannot queue a second run; `_ready_again` re-enables it when the run ends."""
+    return button.click(lambda: gr.Button(busy, interactive=False), None, button, queue=False,
+                        api_visibility="private")
+
+
+def _ready_again(run: Any, button: gr.Button) -> None:
+    """Re-enable the button, with its own label, when the run ends well or badly (Gradio's .then follows
+    success only, .failure the rest)."""
+    label = button.value
+    for after in (run.then, run.failure):
+        after(lambda: gr.Button(label, interactive=True), None, button, queue=False, api_visibility="private")
+
+
+def _examples(app: CocoaApp, knows_shapes: bool) -> tuple[list[list[str]], str]:
+    """Example rows (picture, corpus, foil, foil preset) and their label: the model's own kind of picture first.
+
+    The photos come from the repository's assets/ (kept there with their licences, not in the installed
+    package); the shapes scenes are drawn here, so every installation has examples that work offline.
+    """
+    folder = app._outputs / "examples"
+    folder.mkdir(exist_ok=True)
+    scenes = []
+    for objects, seed, corpus, foil in SHAPE_EXAMPLES:
+        path = folder / f"{'_'.join(colour + '_' + shape for colour, shape in objects)}.png"
+        scene = shapes.render_scene(np.random.default_rng(seed), 256, specs=objects, min_frac=0.25, max_frac=0.4,
+                                    max_overlap=0.0)
+        scene.image.save(path)
+        scenes.append([str(path), corpus, foil, "none"])
+    photos = [[str(ASSETS / name), *rest] for name, *rest in EXAMPLES if (ASSETS / name).is_file()]
+    if knows_shapes:
+        return scenes + photos, f"Examples: scenes {FALLBACK_MODEL} knows first, then photos (for CLIP)"
+    return photos + scenes, "Examples: photos (assets/LICENSES.md), then scenes for the bundled shapes-demo model"
 
 
 def launch_options() -> dict:
     """Safe launch settings (see the README); `run_history` only where this Gradio accepts it."""
     options = dict(ssr_mode=False, enable_monitoring=False, share=False, show_error=False,
-                   max_file_size=MAX_UPLOAD, run_history=False, theme=gr.themes.Soft(), css=CSS)
+                   max_file_size=MAX_UPLOAD, run_history=False, theme=gr.themes.Soft(), css=CSS,
+                   app_kwargs={"exception_handlers": {HTTPException: valid.gradio_refusal}})
     accepted = inspect.signature(gr.Blocks.launch).parameters
     return {key: value for key, value in options.items() if key in accepted}
 
@@ -516,8 +716,8 @@ def load_model(name: str | None = None, weights: str | None = None, device: str 
         return cc.load(FALLBACK_MODEL, device=device), notice
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Serve the cocoa-clip web app (and its HTTP API).",
+def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=prog, description="Serve the cocoa-clip web app (and its HTTP API).",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--model", metavar="NAME",
@@ -531,11 +731,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                         help="address to listen on (0.0.0.0 serves other machines)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    limits = parser.add_argument_group("limits for a public deployment")
+    limits.add_argument("--max-masks", type=_positive(int), metavar="N",
+                        help=f"most RISE masks a visitor may ask for (default {MAX_MASKS['cpu']:,} on a CPU, "
+                             f"{MAX_MASKS['cuda']:,} on a GPU)")
+    limits.add_argument("--job-seconds", type=_positive(float), metavar="S",
+                        help="time budget of a RISE run; it then answers from the masks done "
+                             f"(default {TIME_BUDGET_S['cpu']:.0f} on a CPU, {TIME_BUDGET_S['cuda']:.0f} on a GPU)")
+    limits.add_argument("--disk-budget", type=_positive(float), metavar="MB", default=DISK_BUDGET_MB,
+                        help="most disk used for visitors (uploads, Gradio's cache, downloads); oldest files go first")
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def _positive(kind: type) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not 0 < value < float("inf"):
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+        return value
+    return parse
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Serve the app: `python app.py [options]` or `cocoa-clip serve [options]` (prog names the command in --help)."""
+    args = parse_args(argv, prog)
     report_sources()  # one console line per weights source tried
     try:
         names = [name.strip() for name in (args.models or "").split(",") if name.strip()]
@@ -543,8 +765,10 @@ def main(argv: list[str] | None = None) -> int:
     except cc.CocoaError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    webhost.remove_on_signals()  # SIGTERM too ends through atexit, which removes visitors' files
     shelf = ModelShelf(names, lambda name: cc.load(name, device=args.device), loaded=model) if names else None
-    demo = build_demo(model, notice=notice, shelf=shelf)
+    demo = build_demo(model, notice=notice, max_masks=args.max_masks, job_seconds=args.job_seconds,
+                      disk_budget_mb=args.disk_budget, shelf=shelf)
     globals()["demo"] = demo
     demo.launch(server_name=args.host, server_port=args.port, **launch_options())
     return 0

@@ -38,3 +38,11 @@ def test_cuda_integrated_gradients_is_complete(tiny_checkpoint, photo):
     answer = cc.explain(gpu, photo, DOG_CAT, method="integrated-gradients")
     delta = answer.details["convergence_delta"][0]
     assert np.isfinite(answer.heatmap).all() and abs(delta) < 1e-3
+
+
+def test_cuda_bf16_runs_fp32_weights_under_autocast_and_says_so(tiny_checkpoint, photo):
+    gpu = cc.load(weights=tiny_checkpoint, device="cuda", precision="bf16")
+    assert next(gpu.net.parameters()).dtype == torch.float32
+    assert cc.explain(gpu, photo, DOG_CAT, masks=200, cache=None).details["precision"] == "bf16"
+    answer = cc.explain(gpu, photo, DOG_CAT, method="integrated-gradients")
+    assert answer.details["precision"] == "fp32" and abs(answer.details["convergence_delta"][0]) < 1e-3

@@ -372,7 +372,7 @@ def test_the_app_offers_several_models_loads_them_on_first_use_and_names_each_an
         assert len(shelf.loaded) <= 2
     assert loads == [names[1], names[2], "tiny"]  # on first use; "tiny" came loaded, then made room for two others
     assert "Model: hf:hf-siglip." in answers[names[1]][5] and "Model: tiny." in answers[None][5]
-    assert answers[names[1]][3] != pytest.approx(answers[names[0]][3])  # another model, another score
+    assert float(answers[names[1]][3]) != pytest.approx(float(answers[names[0]][3]))  # another model, another score
     plot, text = web.check(answers[names[1]][7])  # the curves use the model that gave the answer
     assert "Insertion area" in text and loads[3:] == [names[1]]  # hf-siglip was dropped, so it loads again
     with pytest.raises(app.gr.Error, match="model"):
