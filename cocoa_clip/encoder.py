@@ -89,6 +89,12 @@ class Model:
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.preprocessing.normalize(pixels)
 
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        """The dtype of the model's weights (its first module's first parameter; float32 without any)."""
+        modules = [value for value in vars(self).values() if isinstance(value, torch.nn.Module)]
+        return next((weight.dtype for module in modules for weight in module.parameters()), torch.float32)
+
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """Embed images.
 

@@ -74,7 +74,7 @@ def attribute(model: Model, framed: Framed, target: Target, method: str = "integ
 
 def precision(model: Model) -> str:
     """The precision gradients run in: the weights' own dtype (autocast serves batched forward passes only)."""
-    return "fp16" if model.precision == "fp16" else "fp32"  # fp16 weights on CUDA; bf16 is autocast over fp32
+    return {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(model.weight_dtype, "fp32")
 
 
 @contextlib.contextmanager

@@ -352,7 +352,8 @@ def test_wrap_refuses_bad_arguments(arguments, message):
 
 # --- the app's model dropdown (--models) -------------------------------------------------------------
 
-def test_the_app_offers_several_models_loads_them_on_first_use_and_names_each_answer(family_dirs, tiny, tmp_path):
+def test_the_app_offers_several_models_loads_them_on_first_use_and_names_each_answer(family_dirs, tiny, tmp_path,
+                                                                                    monkeypatch):
     from tests.conftest_app import app, write_photo
 
     names = ["tiny", f"hf:{family_dirs['hf-siglip']}", f"open_clip:local-dir:{family_dirs['open_clip']}"]
@@ -373,8 +374,13 @@ def test_the_app_offers_several_models_loads_them_on_first_use_and_names_each_an
     assert loads == [names[1], names[2], "tiny"]  # on first use; "tiny" came loaded, then made room for two others
     assert "Model: hf:hf-siglip." in answers[names[1]][5] and "Model: tiny." in answers[None][5]
     assert float(answers[names[1]][3]) != pytest.approx(float(answers[names[0]][3]))  # another model, another score
-    plot, text = web.check(answers[names[1]][7])  # the curves use the model that gave the answer
-    assert "Insertion area" in text and loads[3:] == [names[1]]  # hf-siglip was dropped, so it loads again
+    latest = web.explain(photo, corpus="dog", foil="cat", masks=100, model_name=names[1])
+    assert loads[3:] == [names[1]]  # hf-siglip had made room for the others, so it loads again
+    curves_of, measured = app.curves_of, []
+    monkeypatch.setattr(app, "curves_of", lambda model, *args, **options: measured.append(model.name)
+                        or curves_of(model, *args, **options))
+    plot, text = web.check(latest[7])  # each visitor's latest answer; its curves use the model that gave it
+    assert "Insertion area" in text and measured == [names[1]] and len(loads) == 4
     with pytest.raises(app.gr.Error, match="model"):
         web.explain(photo, corpus="dog", foil="cat", masks=100, model_name="ViT-H/99")
     demo = app.build_demo(tiny, shelf=shelf, calibrate=False)
