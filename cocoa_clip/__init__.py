@@ -6,11 +6,16 @@ COCOA (Contrastive Corpus Attribution, Lin et al., ICLR 2023) on CLIP, in four l
     model = cc.load("ViT-B/32")                                    # or cc.load(weights="clip.pt")
     answer = cc.explain(model, "dog.jpg", cc.Question(corpus=["dog"], foil=["cat"]))
     answer.overlay().save("overlay.png"); print(answer.score)
+
+Other models by name prefix, `cc.load("open_clip:ViT-B-32:laion2b_s34b_b79k")` or
+`cc.load("hf:google/siglip-base-patch16-224")`, and any image encoder with `cc.wrap(encoder, n_px=..., ...)`.
 """
 from .compare import Comparison, compare
+from .encoder import Model, Preprocessing
 from .errors import CocoaError, ImageError, ModelLoadError, QuestionError, SettingsError
 from .evaluate import MEASURES, Curves, insertion_deletion
 from .explain import METHODS, Explanation, explain, score
+from .families.wrapped import wrap
 from .images import FRAMINGS, load_image
 from .models import ClipModel, available_models, load
 from .presets import DEFAULT_TEMPLATE, FOIL_PRESETS, class_names
@@ -19,7 +24,8 @@ from .rise import ESTIMATORS, PassCache, RiseSettings
 from .targets import TARGETS, Question, Target
 
 __all__ = [
-    "load", "available_models", "ClipModel", "Question", "Target", "explain", "score", "Explanation",
+    "load", "available_models", "ClipModel", "Model", "Preprocessing", "wrap",
+    "Question", "Target", "explain", "score", "Explanation",
     "load_image", "overlay", "save_heatmap", "class_names", "PassCache", "RiseSettings",
     "insertion_deletion", "Curves", "compare", "Comparison",
     "METHODS", "TARGETS", "FRAMINGS", "ESTIMATORS", "MEASURES", "FOIL_PRESETS", "DEFAULT_TEMPLATE",

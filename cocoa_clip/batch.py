@@ -39,6 +39,7 @@ import numpy as np
 from .errors import CocoaError, SettingsError, check_seed
 from .evaluate import insertion_deletion
 from .explain import explain
+from .families import family_of
 from .images import load_image
 from .models import ClipModel, available_models, load
 from .render import save_heatmap
@@ -72,7 +73,7 @@ class ModelSpec:
 
     def check(self, gpus_per_worker: float) -> None:
         """Refuse, before Ray starts, what every actor would fail on (each loads the model on its node)."""
-        if self.weights is None and self.name not in available_models():
+        if self.weights is None and family_of(self.name) is None and self.name not in available_models():
             raise SettingsError(f"Unknown model {self.name!r}; choose one of: {', '.join(available_models())}.")
         if self.weights is not None and not Path(self.weights).is_file():
             raise SettingsError(f"No checkpoint file at {self.weights}; the Ray actors load it from that path.")

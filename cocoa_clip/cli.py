@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import families
 from .batch import ENGINES, REPORT, RESULTS, Job, ModelSpec, check_engine, collect, failed_status
 from .batch import run as run_batch
 from .compare import MAX_CAPTIONS, caption_questions, compare
@@ -27,7 +28,7 @@ from .errors import CocoaError, ImageError, check_seed
 from .evaluate import MEASURE_LABELS, MEASURES, check_steps, curves_of, insertion_deletion, measure_of
 from .explain import METHODS, Explanation, explain
 from .gradients import GradientSettings
-from .images import BASELINES, FRAMINGS, ImageSource, check_baseline, load_image
+from .images import BASELINES, FRAMING_ALIASES, FRAMINGS, ImageSource, check_baseline, load_image
 from .models import DEFAULT_MODEL, PRECISIONS, ClipModel, available_models, download, load, weights_on_disk
 from .presets import DEFAULT_TEMPLATE, FOIL_PRESETS
 from .render import SCALES, check_style, save_npy
@@ -112,13 +113,16 @@ def build_parser() -> argparse.ArgumentParser:
                                      "picture's largest lead")
     compare_parser.add_argument("--opacity", type=float, default=0.6, help="weight of the colours, 0 to 1")
 
-    commands.add_parser("models", help="list the model names --model accepts, and where their weights are")
+    models_parser = commands.add_parser("models", help="list the model names --model accepts, and where their "
+                                        "weights are")
+    models_parser.add_argument("--all", action="store_true", help="also every open_clip ARCH:TAG pair")
     download_parser = commands.add_parser(
         "download", help="fetch a model's weights ahead of time (for an offline machine, a Docker image, a Space)",
         formatter_class=_Help,
         description="Fetch NAME's weights to where later runs find them with no network: the clip package's "
                     "cache (from its URL) or the Hugging Face hub's cache (HF_HOME; HF_ENDPOINT for a mirror).")
-    download_parser.add_argument("name", metavar="NAME", help="a model name (see `models`), e.g. ViT-B/32")
+    download_parser.add_argument("name", metavar="NAME", help="a model name (see `models`), e.g. ViT-B/32, "
+                                 "open_clip:ViT-B-32:laion2b_s34b_b79k or hf:google/siglip-base-patch16-224")
     _batch_parser(commands)
     # `serve` hands its arguments to the web app's own parser (main() routes them before this one).
     commands.add_parser("serve", help="the web app and its HTTP API, as app.py serves it (options: serve --help; "
@@ -199,8 +203,9 @@ def _method_options(parser: argparse.ArgumentParser, estimator: bool) -> None:
     if estimator:
         how.add_argument("--estimator", choices=ESTIMATORS, default="centered",
                          help="RISE estimator: centered (mean score subtracted, less noise) or paper (the paper's)")
-    how.add_argument("--framing", choices=FRAMINGS, default="pad",
-                     help="pad: whole image on a square; crop: CLIP's centre crop; squash: resize to square")
+    how.add_argument("--framing", choices=(*FRAMINGS, *FRAMING_ALIASES), default="pad",
+                     help="pad: whole image on a square; model (alias crop): the model's own preprocessing (CLIP: "
+                          "centre crop; SigLIP: squash); squash: resize to square")
     how.add_argument("--batch-size", type=int, default=None, help="masked images per forward pass (default: by device)")
     how.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                      help="stop RISE after this long and answer from the masks done (default: no limit)")
@@ -208,9 +213,10 @@ def _method_options(parser: argparse.ArgumentParser, estimator: bool) -> None:
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model")
-    models = model.add_mutually_exclusive_group()
-    models.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME", help="CLIP model name (see `models`)")
-    models.add_argument("--weights", metavar="PATH", help="local CLIP checkpoint: OpenAI JIT archive or state dict")
+    model.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME",
+                       help="an OpenAI CLIP name (ViT-B/32 ...), open_clip:ARCH[:TAG] or hf:REPO_OR_DIR (see `models`)")
+    model.add_argument("--weights", metavar="PATH", help="local checkpoint: an OpenAI CLIP .pt (JIT archive or state "
+                       "dict), or with --model open_clip:ARCH one for that architecture")
     model.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     model.add_argument("--precision", choices=PRECISIONS, default="auto",
                        help="auto: fp16 on CUDA, bf16 autocast on CPUs that have it, else fp32")
@@ -227,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args is None:
             return _serve(argv[1:])
         if args.command == "models":
-            return _models_command()
+            return _models_command(args.all)
         if args.command == "download":
             found = download(args.name)
             print(f"{args.name}: {found.path} ({found.source})")
@@ -244,8 +250,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-def _models_command() -> int:
-    """Each model name with where its weights are on this machine (usable offline) or that they are missing."""
+def _models_command(every: bool = False) -> int:
+    """Each model name with where its weights are on this machine (usable offline) or that they are missing;
+    then each other family: the names it accepts, an example, and its models already on disk."""
     names = available_models()
     width = max(map(len, names))
     for name in names:
@@ -253,6 +260,17 @@ def _models_command() -> int:
         where = f"on disk ({found.source}): {found.path}" if found else "not on disk: fetched on first use " \
             f"(or now: cocoa-clip download {name})"
         print(f"{name:{width}s}  {where}")
+    cached = families.cached_names()
+    for family in families.FAMILIES:
+        print(f"{family.names}  {family.title}, e.g. --model {family.example} (needs {family.package})")
+        if family.prefix == "open_clip" and every:
+            import open_clip
+
+            print("\n".join(f"  open_clip:{arch}:{tag}" for arch, tag in open_clip.list_pretrained()))
+        elif family.prefix == "open_clip":
+            print("  every ARCH:TAG of open_clip.list_pretrained() (`cocoa-clip models --all` lists them)")
+        on_disk = [(name, path) for name, path in cached if name.startswith(family.prefix + ":")]
+        print("\n".join(f"  on disk: {name}  {path}" for name, path in on_disk) or "  none on disk yet")
     return 0
 
 

@@ -22,7 +22,7 @@ from . import render
 from .errors import QuestionError, SettingsError
 from .explain import Explanation, explain
 from .images import ImageSource
-from .models import ClipModel, clip_text
+from .models import Model, clip_text
 from .presets import DEFAULT_TEMPLATE
 from .targets import Question, clean_caption
 
@@ -72,7 +72,7 @@ class Comparison:
                                     opacity=opacity, undecided=f"no clear winner ({self.undecided_share:.0%})")
 
 
-def compare(model: ClipModel, image: ImageSource, captions: Sequence[str], *, template: str = DEFAULT_TEMPLATE,
+def compare(model: Model, image: ImageSource, captions: Sequence[str], *, template: str = DEFAULT_TEMPLATE,
             method: str = "rise", tie_margin: float = 0.1, **options: object) -> Comparison:
     """Split the picture among 2 to MAX_CAPTIONS captions: which one does each region look like most?
 
@@ -81,7 +81,7 @@ def compare(model: ClipModel, image: ImageSource, captions: Sequence[str], *, te
     options: what `explain` takes (masks, seed, framing, batch_size, progress, time_budget, cache, ...);
     RISE uses the centred estimator, whose maps compare across captions.
     """
-    questions = caption_questions(captions, template)
+    questions = caption_questions(captions, template, model)
     if isinstance(tie_margin, bool) or not isinstance(tie_margin, (int, float)) or not 0.0 <= tie_margin < 1.0:
         raise SettingsError(f"The tie margin must be a share from 0 up to 1 of the largest lead; got {tie_margin!r}.")
     if options.setdefault("estimator", "centered") != "centered":
@@ -98,16 +98,20 @@ def compare(model: ClipModel, image: ImageSource, captions: Sequence[str], *, te
     return Comparison(tuple(q.corpus[0] for q in questions), answers, labels, margin, float(tie_margin))
 
 
-def caption_questions(captions: Sequence[str], template: str = DEFAULT_TEMPLATE) -> list[Question]:
-    """The questions a comparison asks: each caption rather than the others. Refuses bad caption lists."""
+def caption_questions(captions: Sequence[str], template: str = DEFAULT_TEMPLATE,
+                      model: Model | None = None) -> list[Question]:
+    """The questions a comparison asks: each caption rather than the others. Refuses bad caption lists,
+    and captions the model's tokenizer reads alike (OpenAI CLIP's when no model is given)."""
     if isinstance(captions, str) or not isinstance(captions, Sequence):
         raise QuestionError("Give the captions to compare as a list, e.g. ['dog', 'cat', 'grass'].")
     cleaned = [clean_caption(caption, "compared", index) for index, caption in enumerate(captions, 1)]
     if not 2 <= len(cleaned) <= MAX_CAPTIONS:
         raise QuestionError(f"Compare 2 to {MAX_CAPTIONS} captions; got {len(cleaned)}.")
-    as_read = [clip_text(caption) for caption in cleaned]  # "Dog" and "dog" are one caption to CLIP
+    read = model.token_ids if model is not None and model.has_text else clip_text  # "Dog" is "dog" to CLIP
+    as_read = [read(caption) for caption in cleaned]
     if len(set(as_read)) < len(as_read):
         repeated = next(c for c, text in zip(cleaned, as_read, strict=True) if as_read.count(text) > 1)
-        raise QuestionError(f"Each caption can be compared only once; CLIP reads {repeated!r} twice "
-                            "(it ignores case and spacing).")
+        reader = "CLIP" if model is None else model.name
+        raise QuestionError(f"Each caption can be compared only once; {reader} reads {repeated!r} twice "
+                            "(its tokenizer ignores case or spacing).")
     return [Question(corpus=[c], foil=[o for o in cleaned if o != c], template=template) for c in cleaned]

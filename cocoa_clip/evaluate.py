@@ -8,8 +8,9 @@ paper's two measures for the question's corpus and foil, whatever target produce
 so that targets can be compared as in its tables:
 
 - "similarity": the contrastive corpus similarity;
-- "probability": the corpus majority probability, with CLIP's zero-shot head as the downstream
-  classifier (`CorpusProbability`).
+- "probability": the corpus majority probability, with the model's own zero-shot head as the
+  downstream classifier (`CorpusProbability`): a softmax over corpus and foil for CLIP-style
+  models, the sigmoid with the model's logit bias for SigLIP.
 
 A faithful heatmap gives a high insertion area and a low deletion area; a random ranking of
 the pixels gives the baseline both should beat.
@@ -30,7 +31,7 @@ from PIL import Image
 from .errors import QuestionError, SettingsError, check_seed
 from .images import Framed, ImageSource, check_baseline, frame, load_image
 from .images import baseline as baseline_of
-from .models import ClipModel, eval_mode
+from .models import Model, eval_mode
 from .targets import Question, members, resolve
 
 MEASURES = ("similarity", "probability")
@@ -97,22 +98,31 @@ class Curves:
 
 @dataclass(frozen=True)
 class CorpusProbability:
-    """CLIP's zero-shot probability that a picture shows the corpus rather than any foil item.
+    """The model's zero-shot probability that a picture shows the corpus (rather than any foil item).
 
     The classes are the corpus (its mean unit embedding, renormalised, as CLIP's prompt
-    ensembles) and each foil caption or image on its own; the logits are CLIP's learnt scale
-    times cosine similarity. With one caption each, it is sigmoid(scale x contrastive corpus
-    similarity); with the CIFAR-100 foil preset, CLIP's zero-shot CIFAR-100 probability of the
-    corpus class: the paper's corpus majority probability, CLIP's own head as the classifier.
+    ensembles) and each foil caption or image on its own; the logits are the model's learnt scale
+    times cosine similarity, plus its learnt bias for sigmoid heads.
+
+    - Softmax heads (CLIP, `bias` None): the softmax over corpus and foil logits. With one caption
+      each, it is sigmoid(scale x contrastive corpus similarity); with the CIFAR-100 foil preset,
+      the zero-shot CIFAR-100 probability of the corpus class: the paper's corpus majority
+      probability, the model's own head as the classifier.
+    - Sigmoid heads (SigLIP): sigmoid(corpus logit), as SigLIP scores each class on its own; the
+      foil does not enter it.
     """
 
     classes: torch.Tensor  # (1 + F, D) unit rows, the corpus first
-    scale: float  # CLIP's logit scale, exp(logit_scale): 100 for the released models
+    scale: float  # the model's logit scale, exp(logit_scale): 100 for OpenAI's released models
+    bias: float | None = None  # the logit bias of sigmoid heads (SigLIP); None for softmax heads
 
     def __call__(self, embeddings: torch.Tensor) -> torch.Tensor:
         """(B, D) raw image embeddings -> (B,) probabilities in [0, 1]."""
         units = embeddings.float() / embeddings.float().norm(dim=-1, keepdim=True)
-        return torch.softmax(self.scale * units @ self.classes.T, dim=-1)[:, 0]
+        logits = self.scale * units @ self.classes.T
+        if self.bias is not None:
+            return torch.sigmoid(logits[:, 0] + self.bias)
+        return torch.softmax(logits, dim=-1)[:, 0]
 
 
 def measure_of(question: Question) -> Question:
@@ -123,22 +133,25 @@ def measure_of(question: Question) -> Question:
     return dataclasses.replace(question, target="cocoa", similarity="cosine")
 
 
-def measure_score(model: ClipModel, question: Question, measure: str = "similarity", framing: str = "pad") -> Score:
+def measure_score(model: Model, question: Question, measure: str = "similarity", framing: str = "pad") -> Score:
     """The function of image embeddings that insertion and deletion curves record (see MEASURES)."""
     if measure not in MEASURES:
         raise SettingsError(f"Unknown measure {measure!r}; choose one of {', '.join(MEASURES)}.")
     question = measure_of(question)
     if measure == "similarity":
         return resolve(model, question, None, framing)  # the cocoa target needs no explicand embedding
+    if model.logit_scale is None:
+        raise SettingsError(f"{model.name} has no zero-shot head (logit scale) for the probability measure; "
+                            "use the similarity measure.")
     corpus, foil = (members(model, question, side, framing) for side in ("corpus", "foil"))
     corpus = corpus / corpus.norm(dim=-1, keepdim=True)
     prototype = corpus.mean(0, keepdim=True)
     classes = torch.cat([prototype / prototype.norm(), foil / foil.norm(dim=-1, keepdim=True)])
-    return CorpusProbability(classes=classes, scale=float(model.net.logit_scale.exp()))
+    return CorpusProbability(classes=classes, scale=model.logit_scale, bias=model.logit_bias)
 
 
 def insertion_deletion(
-    model: ClipModel,
+    model: Model,
     image: ImageSource,
     heatmap: np.ndarray,
     question: Question,
@@ -174,7 +187,7 @@ def insertion_deletion(
     if heatmap.shape != (picture.height, picture.width):
         raise SettingsError(f"The heatmap is {heatmap.shape[1]}x{heatmap.shape[0]} "
                             f"but the image is {picture.width}x{picture.height}.")
-    framed = frame(picture, model.n_px, framing)
+    framed = frame(picture, model.preprocessing, framing)
     content = framed.content.to(model.device)
     removed = baseline_of(content, model.n_px, baseline, blur_sigma)
     target = measure_score(model, question, measure, framing)
@@ -197,7 +210,7 @@ def insertion_deletion(
     )
 
 
-def curves_of(model: ClipModel, answer, *, steps: int = 50, seed: int = 0, batch_size: int = 64,
+def curves_of(model: Model, answer, *, steps: int = 50, seed: int = 0, batch_size: int = 64,
               measure: str = "similarity") -> Curves:
     """Insertion and deletion curves of an `explain` answer (an Explanation): its map as computed,
     with its framing and baseline."""
@@ -241,7 +254,7 @@ def native_ranking(content_map: np.ndarray, framed: Framed) -> torch.Tensor:
     return torch.argsort(torch.from_numpy(values).flatten(), descending=True, stable=True)
 
 
-def _curve(model: ClipModel, framed: Framed, target: Score, order: torch.Tensor, start: torch.Tensor,
+def _curve(model: Model, framed: Framed, target: Score, order: torch.Tensor, start: torch.Tensor,
            end: torch.Tensor, fractions: np.ndarray, batch_size: int) -> np.ndarray:
     """Scores of pictures where the first k pixels of `order` come from `end`, the rest from `start`."""
     n_pixels = order.numel()

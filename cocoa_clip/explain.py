@@ -21,7 +21,7 @@ from . import render
 from .errors import SettingsError
 from .gradients import GRADIENT_METHODS, GradientSettings, attribute, precision
 from .images import Framed, ImageSource, frame, load_image, unframe
-from .models import ClipModel
+from .models import Model
 from .rise import ESTIMATORS, MaskedPass, PassCache, Progress, RiseSettings, masked_pass, saliency
 from .targets import Question, Target, resolve
 
@@ -35,7 +35,7 @@ DEFAULT_CACHE = PassCache()  # masked passes of recent pictures, so a new questi
 class Explanation:
     """One answer: where in `image` the model sees the question's corpus rather than its foil.
 
-    heatmap: (H, W) float32 at the picture's own size; NaN outside what the model saw (crop framing).
+    heatmap: (H, W) float32 at the picture's own size; NaN outside what the model saw (CLIP's own framing crops).
     score: the target on the whole picture; for COCOA, its contrastive corpus similarity
         (mean cosine similarity to the corpus minus that to the foil).
     details: how it was computed (masks, seconds, cached, precision, baseline, batch size, ...).
@@ -81,7 +81,7 @@ class Explanation:
 
 
 def explain(
-    model: ClipModel,
+    model: Model,
     image: ImageSource,
     questions: Question | Sequence[Question],
     *,
@@ -101,7 +101,8 @@ def explain(
     """Explain one picture for one question, or for several at the price of one RISE pass.
 
     image: a path, bytes, PIL image or array. masks: RISE masks (default 20,000 on a GPU, 2,000
-    on a CPU). framing: "pad" (whole picture, default), "crop" (CLIP's centre crop) or "squash".
+    on a CPU). framing: "pad" (whole picture, default), "model" (the model's own preprocessing;
+    alias "crop") or "squash".
     estimator: "centered" (default, less noise) or "paper". time_budget: seconds after which
     RISE stops and answers from the masks done. seed: RISE's masks, or GradientSHAP's noise.
     baseline: what removed pixels show, "blur" (the paper's), "mean" or "black"; blur_sigma: the
@@ -124,7 +125,7 @@ def explain(
     if not questions or not all(isinstance(q, Question) for q in questions):
         raise SettingsError("Give at least one Question to explain.")
     picture = load_image(image)
-    framed = frame(picture, model.n_px, framing)
+    framed = frame(picture, model.preprocessing, framing)
     started = time.perf_counter()
 
     if method == "rise":
@@ -160,7 +161,7 @@ def explain(
     return answers[0] if single else answers
 
 
-def _rise_pass(model: ClipModel, framed: Framed, settings: RiseSettings, key: tuple, cached: MaskedPass | None,
+def _rise_pass(model: Model, framed: Framed, settings: RiseSettings, key: tuple, cached: MaskedPass | None,
                progress: Progress | None, time_budget: float | None, cache: PassCache | None) -> MaskedPass:
     """The cached pass if there is one, else a new one (stored in the cache when complete)."""
     if cached is not None:
@@ -174,9 +175,9 @@ def _rise_pass(model: ClipModel, framed: Framed, settings: RiseSettings, key: tu
     return run
 
 
-def score(model: ClipModel, image: ImageSource, question: Question, framing: str = "pad") -> float:
+def score(model: Model, image: ImageSource, question: Question, framing: str = "pad") -> float:
     """The question's target on the whole picture (for COCOA: contrastive corpus similarity)."""
-    framed = frame(load_image(image), model.n_px, framing)
+    framed = frame(load_image(image), model.preprocessing, framing)
     embedding = model.encode_canvas(framed.canvas)
     target: Target = resolve(model, question, embedding, framing)
     return float(target(embedding[None])[0])

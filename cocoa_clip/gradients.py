@@ -19,7 +19,7 @@ from captum.attr import GradientShap, IntegratedGradients
 from .errors import SettingsError, check_seed
 from .images import Framed, check_baseline
 from .images import baseline as baseline_of
-from .models import ClipModel, normalize
+from .models import Model
 from .targets import Target
 
 GRADIENT_METHODS = ("integrated-gradients", "gradient-shap")
@@ -50,7 +50,7 @@ class GradientSettings:
         check_baseline(self.baseline, self.blur_sigma)
 
 
-def attribute(model: ClipModel, framed: Framed, target: Target, method: str = "integrated-gradients",
+def attribute(model: Model, framed: Framed, target: Target, method: str = "integrated-gradients",
               settings: GradientSettings = GradientSettings()) -> tuple[torch.Tensor, float | None]:
     """Attribute the target over the picture: returns ((h, w) float32 over the content box, convergence delta).
 
@@ -61,10 +61,10 @@ def attribute(model: ClipModel, framed: Framed, target: Target, method: str = "i
     canvas = framed.canvas[None].to(model.device)
     content = framed.content[None].to(model.device)
     baseline = framed.with_content(baseline_of(content, model.n_px, settings.baseline, settings.blur_sigma))
-    inputs, baselines = normalize(canvas), normalize(baseline)
+    inputs, baselines = model.normalize(canvas), model.normalize(baseline)
 
     def forward(normalised: torch.Tensor) -> torch.Tensor:
-        return target(model.net.encode_image(normalised).float())
+        return target(model.encode_normalised(normalised).float())
 
     with _seeded(settings.seed, model.device):
         attributions, delta = _run(method, forward, inputs, baselines, settings)
@@ -72,10 +72,9 @@ def attribute(model: ClipModel, framed: Framed, target: Target, method: str = "i
     return attributions[0].sum(0)[top:top + height, left:left + width].float().detach(), delta
 
 
-def precision(model: ClipModel) -> str:
+def precision(model: Model) -> str:
     """The precision gradients run in: the weights' own dtype (autocast serves batched forward passes only)."""
-    dtype = next((weight.dtype for weight in model.net.parameters()), torch.float32)
-    return {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "fp32")
+    return {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(model.weight_dtype, "fp32")
 
 
 @contextlib.contextmanager

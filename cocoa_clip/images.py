@@ -1,12 +1,13 @@
 """Reading pictures safely, fitting them onto the model's square input, and mapping heatmaps back.
 
-Framing is how a photo of any shape becomes CLIP's n_px x n_px input:
+Framing is how a photo of any shape becomes the model's n_px x n_px input:
 
 - "pad" (default): the whole photo, scaled so its long side is n_px and centred on a
-  square filled with CLIP's mean colour (zero after normalisation). Nothing is cut and
+  square filled with the model's mean colour (zero after normalisation). Nothing is cut and
   nothing distorted, so the heatmap covers the whole photo at its own aspect ratio.
-- "crop": CLIP's own preprocessing (short side to n_px, centre crop). The heatmap covers
-  the crop only; pixels outside it are NaN.
+- "model" (alias "crop"): the model's own preprocessing, as its library does it: for CLIP short
+  side to n_px and centre crop (the heatmap covers the crop only; pixels outside it are NaN),
+  for SigLIP the whole photo squashed to the square; with the model's interpolation.
 - "squash": the whole photo resized to the square, aspect ratio ignored.
 
 RISE masks are laid over the photo's content box only, so its 7x7 grid follows the photo
@@ -26,10 +27,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .encoder import MEAN, Preprocessing
 from .errors import ImageError, SettingsError
-from .models import MEAN
 
-FRAMINGS = ("pad", "crop", "squash")
+FRAMINGS = ("pad", "model", "squash")
+FRAMING_ALIASES = {"crop": "model"}  # the name before other families came: CLIP's own preprocessing is a crop
 BASELINES = ("blur", "mean", "black")
 MAX_PIXELS = 50_000_000  # refuse larger images before decoding them (decompression bombs)
 ImageSource = str | os.PathLike | bytes | Image.Image | np.ndarray
@@ -163,14 +165,23 @@ class Framed:
         return canvas
 
 
-def frame(image: Image.Image, n_px: int, mode: str = "pad") -> Framed:
-    """Fit an RGB picture onto an n_px square as `mode` says (see the module docstring)."""
-    if mode not in FRAMINGS:
+def frame(image: Image.Image, preprocessing: Preprocessing | int, mode: str = "pad") -> Framed:
+    """Fit an RGB picture onto the model's square input as `mode` says (see the module docstring).
+
+    preprocessing: the model's (`model.preprocessing`); a bare n_px means OpenAI CLIP's at that size.
+    """
+    if mode not in FRAMINGS and mode not in FRAMING_ALIASES:
         raise ImageError(f"Unknown framing {mode!r}; choose one of {', '.join(FRAMINGS)}.")
+    if isinstance(preprocessing, int):
+        preprocessing = Preprocessing(preprocessing)
+    n_px, resample = preprocessing.n_px, _FILTERS[preprocessing.interpolation]
+    mode = FRAMING_ALIASES.get(mode, mode)
+    if mode == "model":
+        mode = "crop" if preprocessing.resize == "shortest" else "squash"
     width, height = image.size
     full = (0, 0, height, width)
     if mode == "squash":
-        return Framed(_to_tensor(image.resize((n_px, n_px), Image.BICUBIC)), (0, 0, n_px, n_px), full, (height, width))
+        return Framed(_to_tensor(image.resize((n_px, n_px), resample)), (0, 0, n_px, n_px), full, (height, width))
     if mode == "crop":
         # CLIP's preprocessing (torchvision's Resize(n_px) then CenterCrop(n_px), with their rounding), done by
         # resampling only the crop's source box: the same pixels, without enlarging the whole picture first.
@@ -179,15 +190,18 @@ def frame(image: Image.Image, n_px: int, mode: str = "pad") -> Framed:
         rtop, rleft = int(round((resized_height - n_px) / 2.0)), int(round((resized_width - n_px) / 2.0))
         sx, sy = width / resized_width, height / resized_height
         box = (rleft * sx, rtop * sy, (rleft + n_px) * sx, (rtop + n_px) * sy)
-        crop = image.resize((n_px, n_px), Image.BICUBIC, box=box)
+        crop = image.resize((n_px, n_px), resample, box=box)
         source = (round(box[1]), round(box[0]), round(box[3] - box[1]), round(box[2] - box[0]))
         return Framed(_to_tensor(crop), (0, 0, n_px, n_px), source, (height, width))
     scale = n_px / max(width, height)
     w, h = max(1, round(width * scale)), max(1, round(height * scale))
     top, left = (n_px - h) // 2, (n_px - w) // 2
-    canvas = torch.tensor(MEAN).view(3, 1, 1).repeat(1, n_px, n_px)
-    canvas[:, top:top + h, left:left + w] = _to_tensor(image.resize((w, h), Image.BICUBIC))
+    canvas = torch.tensor(preprocessing.mean).view(3, 1, 1).repeat(1, n_px, n_px)
+    canvas[:, top:top + h, left:left + w] = _to_tensor(image.resize((w, h), resample))
     return Framed(canvas, (top, left, h, w), full, (height, width))
+
+
+_FILTERS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
 
 
 def unframe(content_map: torch.Tensor, framed: Framed) -> np.ndarray:

@@ -1,29 +1,28 @@
-"""Loading CLIP through the OpenAI `clip` package, and encoding pixels and captions with it."""
+"""Loading models by name: OpenAI CLIP through the `clip` package here, other families by prefix (families/)."""
 from __future__ import annotations
 
 import contextlib
 import os
-import uuid
 import warnings
-from collections import OrderedDict
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from . import families
 from . import weights as weights_sources
+from .encoder import MEAN as MEAN
+from .encoder import STD as STD
+from .encoder import Model as Model
+from .encoder import Preprocessing
 from .errors import ModelLoadError, SettingsError
-
-# CLIP's own normalisation constants (clip/clip.py, _transform).
-MEAN = (0.48145466, 0.4578275, 0.40821073)
-STD = (0.26862954, 0.26130258, 0.27577711)
+from .families import family_of
 
 DEFAULT_MODEL = "ViT-B/32"
 # Small models that ship with the project, so that everything runs offline.
 BUNDLED = {"shapes-demo": Path(__file__).parent / "weights" / "shapes-demo.pt"}
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-_TEXT_CACHE_SIZE = 4096
 
 
 def available_models() -> list[str]:
@@ -34,6 +33,9 @@ def available_models() -> list[str]:
 
 def weights_on_disk(name: str, download_root: str | None = None) -> weights_sources.Found | None:
     """Where the weights of model `name` are on this machine (so it loads offline), or None."""
+    if family_of(name) is not None:  # open_clip:, hf: (families/)
+        path = families.on_disk(name)
+        return weights_sources.Found(Path(path), "hub cache") if path else None
     if name in BUNDLED:
         return weights_sources.Found(BUNDLED[name], "bundled") if BUNDLED[name].is_file() else None
     return weights_sources.on_disk(name, download_root)
@@ -41,6 +43,9 @@ def weights_on_disk(name: str, download_root: str | None = None) -> weights_sour
 
 def download(name: str, download_root: str | None = None) -> weights_sources.Found:
     """Fetch model `name`'s weights ahead of time, to where the next `load` finds them offline."""
+    if family_of(name) is not None:
+        path, source = families.download(name)
+        return weights_sources.Found(Path(path), source)
     if name in BUNDLED:
         return weights_on_disk(name) or weights_sources.Found(BUNDLED[name], "bundled (missing)")
     if name not in clip_package().available_models():
@@ -48,86 +53,46 @@ def download(name: str, download_root: str | None = None) -> weights_sources.Fou
     return weights_sources.find(name, download_root)
 
 
-@dataclass(eq=False)
-class ClipModel:
-    """A CLIP model with what the explainers need to know about it.
+@dataclass(eq=False, kw_only=True)
+class ClipModel(Model):
+    """An OpenAI `clip` model: the adapter for the `clip` package's names, bundled models and CLIP .pt files.
 
-    `net` is a `clip.model.CLIP`; `precision` is what batched forward passes use
-    ("fp32"; "bf16" autocast over fp32 weights; or "fp16" weights on CUDA, as `clip.load` gives).
+    `net` is a `clip.model.CLIP` (or anything with its encode_image, encode_text, visual.input_resolution
+    and context_length); pictures go through CLIP's own preprocessing constants. `precision` is what batched
+    forward passes use ("fp32"; "bf16" autocast over fp32 weights; or "fp16" weights on CUDA).
     """
 
     net: torch.nn.Module
-    name: str
-    device: torch.device
-    precision: str
-    key: str = field(default_factory=lambda: uuid.uuid4().hex)  # this loaded instance, for caches
-    _texts: OrderedDict = field(default_factory=OrderedDict, repr=False)  # caption -> (embedding, note or None)
+    family: str = "clip"
 
-    @property
-    def n_px(self) -> int:
-        """Side of the square image the model takes, in pixels."""
-        return int(self.net.visual.input_resolution)
+    def __post_init__(self) -> None:
+        self.preprocessing = self.preprocessing or Preprocessing(int(self.net.visual.input_resolution))
+        super().__post_init__()
 
     @property
     def context_length(self) -> int:
         return int(self.net.context_length)
 
-    def autocast(self) -> contextlib.AbstractContextManager:
-        """The context batched forward passes run in (bf16 autocast on CPU when chosen)."""
-        if self.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+    def encode_normalised(self, normalised: torch.Tensor) -> torch.Tensor:
+        return self.net.encode_image(normalised)
 
-    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Embed images.
+    def token_ids(self, text: str) -> tuple[int, ...]:
+        tokenizer = clip_package().clip._tokenizer
+        return (tokenizer.encoder["<|startoftext|>"], *tokenizer.encode(text), tokenizer.encoder["<|endoftext|>"])
 
-        pixels: (B, 3, n_px, n_px) RGB in [0, 1] on `device`. Returns (B, D) float32,
-        not normalised. Differentiable; callers choose no_grad or autocast.
-        """
-        return self.net.encode_image(normalize(pixels)).float()
+    def _embed_captions(self, texts: list[str]) -> torch.Tensor:
+        tokens = clip_package().tokenize(texts, context_length=self.context_length, truncate=True)
+        return self.net.encode_text(tokens.to(self.device))
 
-    def encode_canvas(self, canvas: torch.Tensor) -> torch.Tensor:
-        """Embed one picture as forward-only passes do: (3, n_px, n_px) in [0, 1] -> (D,) float32, raw."""
-        with eval_mode(self):
-            return self.encode_images(canvas[None].to(self.device))[0]
-
-    def encode_texts(self, texts: Sequence[str]) -> tuple[torch.Tensor, list[str]]:
-        """Embed captions as written (no template). Returns ((T, D) float32, notes).
-
-        Captions longer than the model's context are truncated; each one gets a note, every time.
-        Embeddings are cached per caption, so preset foils cost one pass per model.
-        """
-        clip = clip_package()
-        unique = list(dict.fromkeys(texts))
-        missing = [t for t in unique if t not in self._texts]
-        for start in range(0, len(missing), 256):
-            chunk = missing[start:start + 256]
-            tokens = clip.tokenize(chunk, context_length=self.context_length, truncate=True).to(self.device)
-            with torch.no_grad():
-                embedded = self.net.encode_text(tokens).float()
-            for text, row in zip(chunk, embedded, strict=True):
-                too_long = len(clip.clip._tokenizer.encode(text)) + 2 > self.context_length
-                note = f"Caption {_excerpt(text)!r} is longer than CLIP's {self.context_length} tokens: truncated."
-                self._texts[text] = (row, note if too_long else None)  # kept, so every later call says it too
-        for text in texts:
-            self._texts.move_to_end(text)
-        notes = [self._texts[t][1] for t in unique if self._texts[t][1] is not None]
-        embeddings = torch.stack([self._texts[t][0] for t in texts])
-        while len(self._texts) > max(_TEXT_CACHE_SIZE, len(texts)):
-            self._texts.popitem(last=False)
-        return embeddings, notes
-
-
-def _excerpt(text: str, length: int = 60) -> str:
-    """The text, or its start and end around an ellipsis (a long caption's own words come last)."""
-    return text if len(text) <= length else f"{text[:20]}...{text[-(length - 23):]}"
+    @property
+    def logit_scale(self) -> float | None:
+        scale = getattr(self.net, "logit_scale", None)
+        return float(scale.exp()) if scale is not None else None
 
 
 def normalize(pixels: torch.Tensor) -> torch.Tensor:
     """CLIP's input normalisation: (B, 3, H, W) RGB in [0, 1] -> what the image encoder takes."""
-    mean = pixels.new_tensor(MEAN).view(1, 3, 1, 1)
-    std = pixels.new_tensor(STD).view(1, 3, 1, 1)
-    return (pixels - mean) / std
+    return Preprocessing(1).normalize(pixels)
 
 
 def clip_text(text: str) -> str:
@@ -168,22 +133,26 @@ def load(
     precision: str = "auto",
     download_root: str | None = None,
 ) -> ClipModel:
-    """Load CLIP by name or from a local checkpoint.
+    """Load a model by name, or OpenAI CLIP from a local checkpoint.
 
-    `weights` is a path to an OpenAI JIT archive, a plain CLIP state dict or an open_clip-format
-    safetensors file; it wins over `name`. A name's weights come from the first source that works
-    (the clip package's cache and URL, the Hugging Face hub copy: see weights.py); `download_root`
-    is the clip package's cache folder. Raises ModelLoadError with what to do when the weights
-    cannot be had.
+    Names with a family prefix go to that family's adapter (families/): `open_clip:ARCH[:TAG]`
+    (with `weights`, a checkpoint for ARCH) and `hf:REPO_ID` or `hf:DIR`. For other names `weights`
+    is a path to an OpenAI JIT archive, a plain CLIP state dict or an open_clip-format safetensors
+    file; it wins over `name`. A name's weights come from the first source that works (the clip
+    package's cache and URL, the Hugging Face hub copy: see weights.py); `download_root` is the clip
+    package's cache folder. Raises ModelLoadError with what to do when the weights cannot be had.
 
-    >>> model = load("shapes-demo")            # doctest: +SKIP
-    >>> model = load(weights="ViT-B-32.pt")    # doctest: +SKIP
+    >>> model = load("shapes-demo")                                     # doctest: +SKIP
+    >>> model = load(weights="ViT-B-32.pt")                             # doctest: +SKIP
+    >>> model = load("open_clip:ViT-B-16-SigLIP-256:webli")             # doctest: +SKIP
+    >>> model = load("hf:openai/clip-vit-base-patch32")                 # doctest: +SKIP
     """
-    clip = clip_package()
     device = _device(device)
-    precision = resolve_precision(precision, device)
-    if precision == "fp16" and device.type != "cuda":
-        raise SettingsError("fp16 runs on CUDA only; use fp32 or bf16 on the CPU.")
+    precision = _precision(precision, device)
+    family = family_of(name)
+    if family is not None:
+        return family.load(name, weights=weights, device=device, precision=precision)
+    clip = clip_package()
     if weights is not None:
         source, label = Path(weights), str(weights)
         if not source.is_file():
@@ -233,6 +202,13 @@ def _build(path: Path, device: torch.device) -> torch.nn.Module:
     return net.float() if device.type == "cpu" else net
 
 
+def _precision(precision: str, device: torch.device) -> str:
+    precision = resolve_precision(precision, device)
+    if precision == "fp16" and device.type != "cuda":
+        raise SettingsError("fp16 runs on CUDA only; use fp32 or bf16 on the CPU.")
+    return precision
+
+
 def _device(device: str | torch.device | None) -> torch.device:
     if device is None:
         return default_device()
@@ -258,7 +234,7 @@ def _load_advice(name: str, weights: object, path: Path, error: Exception) -> st
 
 
 @contextlib.contextmanager
-def eval_mode(model: ClipModel) -> Iterator[None]:
+def eval_mode(model: Model) -> Iterator[None]:
     """No autograd and the model's batched precision: how every forward-only pass runs.
 
     no_grad rather than inference_mode, so that results can later serve as constants in a backward pass.

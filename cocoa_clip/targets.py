@@ -25,7 +25,7 @@ import torch
 
 from .errors import QuestionError
 from .images import ImageSource, frame, load_image
-from .models import ClipModel, eval_mode
+from .models import Model, eval_mode
 from .presets import DEFAULT_TEMPLATE, PRESET_NAMES, preset_foil, preset_note
 
 TARGETS = ("cocoa", "corpus", "label-free", "contrastive-label-free")
@@ -122,7 +122,7 @@ class Target:
         return embeddings @ self.direction.to(embeddings.dtype)
 
 
-def resolve(model: ClipModel, question: Question, image_embedding: torch.Tensor | None, framing: str = "pad") -> Target:
+def resolve(model: Model, question: Question, image_embedding: torch.Tensor | None, framing: str = "pad") -> Target:
     """Turn a question into a direction in the model's embedding space.
 
     image_embedding: (D,) raw embedding of the explicand; only the label-free targets use it.
@@ -149,7 +149,7 @@ def resolve(model: ClipModel, question: Question, image_embedding: torch.Tensor 
     return Target(direction=direction, normalize=cosine, question=question, notes=tuple(notes))
 
 
-def members(model: ClipModel, question: Question, side: str, framing: str = "pad",
+def members(model: Model, question: Question, side: str, framing: str = "pad",
             notes: list[str] | None = None) -> torch.Tensor:
     """Raw (K, D) embeddings of the question's corpus or foil ("corpus" | "foil"): its captions,
     templated (foil: the preset's classes too), then its images."""
@@ -160,7 +160,7 @@ def members(model: ClipModel, question: Question, side: str, framing: str = "pad
     return embed(model, [question.template.format(c) for c in captions], images, framing, notes)
 
 
-def embed(model: ClipModel, captions: Sequence[str], images: Sequence[ImageSource], framing: str,
+def embed(model: Model, captions: Sequence[str], images: Sequence[ImageSource], framing: str,
           notes: list[str] | None = None) -> torch.Tensor:
     """Embed captions (as written) and images into one (K, D) float32 tensor, raw (not normalised)."""
     parts = []
@@ -170,7 +170,7 @@ def embed(model: ClipModel, captions: Sequence[str], images: Sequence[ImageSourc
         if notes is not None:
             notes.extend(text_notes)
     if images:
-        canvases = torch.stack([frame(load_image(image), model.n_px, framing).canvas for image in images])
+        canvases = torch.stack([frame(load_image(image), model.preprocessing, framing).canvas for image in images])
         with eval_mode(model):
             parts.append(model.encode_images(canvases.to(model.device)))
     return torch.cat(parts)

@@ -52,6 +52,7 @@ from cocoa_clip.models import BUNDLED, DEFAULT_MODEL
 from cocoa_clip.rise import default_batch_size
 from cocoa_clip.targets import SAME_NOTE
 from cocoa_clip.webinputs import MAX_EXAMPLE_IMAGES, MAX_SEED, MAX_TEMPLATE_CHARS, MAX_TEXT_CHARS, MAX_UPLOAD
+from cocoa_clip.webmodels import ModelShelf
 from cocoa_clip.weights import report_sources
 
 log = logging.getLogger("cocoa_clip.app")
@@ -78,8 +79,8 @@ SCALE_CHOICES = [("auto (min-max for RISE, signed for gradients)", "auto"), ("mi
                  ("signed, centred on zero", "signed")]
 MEASURE_CHOICES = [("contrastive corpus similarity", "similarity"),
                    ("zero-shot probability of the corpus", "probability")]
-FRAMING_CHOICES = [("whole picture (pad to square)", "pad"), ("CLIP's centre crop", "crop"),
-                   ("squash to square", "squash")]
+FRAMING_CHOICES = [("whole picture (pad to square)", "pad"),
+                   ("the model's own (CLIP: centre crop; SigLIP: squash)", "model"), ("squash to square", "squash")]
 
 # (image, corpus, foil, foil preset): the paper's kind of questions on the pictures in assets/.
 EXAMPLES = [
@@ -170,11 +171,12 @@ class CocoaApp:
 
     def __init__(self, model: cc.ClipModel, *, notice: str = "", cache_bytes: int = 512 << 20,
                  max_masks: int | None = None, job_seconds: float | None = None,
-                 disk_budget_mb: float = DISK_BUDGET_MB):
+                 disk_budget_mb: float = DISK_BUDGET_MB, shelf: ModelShelf | None = None):
         """max_masks, job_seconds: a deployment's caps (default per device: MAX_MASKS, TIME_BUDGET_S).
         disk_budget_mb: bound on everything this process writes for visitors (oldest files go first)."""
         webhost.tame_malloc()
         self.model = model
+        self.shelf = shelf  # --models: the models a visitor may choose, loaded on first use
         self.notice = notice
         self.cache = cc.PassCache(max_bytes=cache_bytes)
         self.device = model.device.type
@@ -215,6 +217,7 @@ class CocoaApp:
         steps: Any = None,
         samples: Any = None,
         stdev: Any = None,
+        model_name: Any = None,
         progress: gr.Progress = gr.Progress(),
         request: gr.Request = None,
     ) -> tuple:
@@ -244,7 +247,7 @@ class CocoaApp:
                      "scale": valid.choice(scale, "colour scale", [v for _, v in SCALE_CHOICES])}
             options = self._run_options(method, masks, seed, framing, progress, baseline=baseline,
                                         blur_sigma=blur_sigma, steps=steps, samples=samples, stdev=stdev)
-            answers = cc.explain(self.model, picture, questions, **options)
+            answers = cc.explain(self._model(model_name), picture, questions, **options)
             self._measured(answers[0])
             answers = _noted(answers, size_note)
             return self._present(answers, style, webhost.visitor(request))
@@ -265,6 +268,7 @@ class CocoaApp:
         steps: Any = None,
         samples: Any = None,
         stdev: Any = None,
+        model_name: Any = None,
         progress: gr.Progress = gr.Progress(),
         request: gr.Request = None,
     ) -> tuple:
@@ -274,7 +278,8 @@ class CocoaApp:
             names = valid.captions(captions, "captions to compare")
             options = self._run_options(method, masks, seed, framing, progress, baseline=baseline,
                                         blur_sigma=blur_sigma, steps=steps, samples=samples, stdev=stdev)
-            comparison = cc.compare(self.model, picture, names, template=valid.template(template), **options)
+            comparison = cc.compare(self._model(model_name), picture, names, template=valid.template(template),
+                                    **options)
             self._measured(comparison.answers[0])
         decided = comparison.decided_shares
         parts = [f"- **{caption}**: {share:.0%} of the picture, {decided[caption]:.0%} of the decided pixels; "
@@ -296,7 +301,8 @@ class CocoaApp:
         with valid.user_errors():
             measure = valid.choice(measure, "measure", [v for _, v in MEASURE_CHOICES])
             progress(0.0, desc="Insertion and deletion: re-scoring the picture as pixels come and go")
-            curves = curves_of(self.model, answer, steps=CURVE_STEPS, measure=measure)
+            model = self._model(answer.details["model"] if self.shelf else None)  # the model that answered
+            curves = curves_of(model, answer, steps=CURVE_STEPS, measure=measure)
         aucs = curves.aucs()
         # 4 significant digits, not 4 decimals: probabilities against 999 foils are tiny and still ordered.
         text = (f"Curves of the {MEASURE_LABELS[measure]}. Insertion area {aucs['insertion_auc']:+.4g} "
@@ -346,7 +352,7 @@ class CocoaApp:
                                   default=paper.n_samples),
             stdev=paper.stdev if stdev is None else valid.number(stdev, "GradientSHAP noise", 0.0, 10.0))
         options = {"method": method, "masks": n_masks, "seed": valid.whole(seed, "seed", 0, MAX_SEED, default=0),
-                   "framing": valid.choice(framing, "framing", cc.FRAMINGS), "gradient": gradient,
+                   "framing": valid.choice(framing, "framing", (*cc.FRAMINGS, "crop")), "gradient": gradient,
                    "baseline": valid.choice(baseline, "baseline", BASELINES),
                    # 0, what an emptied number box sends, means the default too.
                    "blur_sigma": None if blur_sigma in (None, 0) else valid.number(blur_sigma, "blur sigma", 0.1,
@@ -362,6 +368,12 @@ class CocoaApp:
         else:
             progress(0.0, desc=f"{_label(METHOD_CHOICES, method)}: computing gradients")
         return options
+
+    def _model(self, name: Any) -> cc.Model:
+        """The model a visitor chose from --models (loaded on first use), else the one served."""
+        if self.shelf is None or name in (None, ""):
+            return self.model
+        return self.shelf.get(valid.choice(name, "model", self.shelf.names))
 
     def _measured(self, answer: cc.Explanation) -> None:
         details = answer.details
@@ -462,19 +474,26 @@ def _status(answer: cc.Explanation) -> str:
         text = f"RISE: {details['masks']:,} masks in {details['pass_seconds']:.1f} s ({where})."
         if not details.get("complete", True):
             text += " The time budget ran out: the map uses the masks done so far and is noisier."
-    return " ".join([text, *answer.notes])
+    return " ".join([text, f"Model: {public_name(details.get('model', '?'))}.", *answer.notes])
+
+
+def public_name(name: str) -> str:
+    """A model's name as the page shows it: a local path (--weights, hf:DIR) by its last part, no server folders."""
+    prefix, _, rest = name.rpartition(":")
+    return f"{prefix}{':' if prefix else ''}{Path(rest).name}" if os.path.exists(rest) else name
 
 
 # -------------------------------------------------------------------- layout
 
 
-def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True, **limits: Any) -> gr.Blocks:
+def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True, shelf: ModelShelf | None = None,
+               **limits: Any) -> gr.Blocks:
     """The Blocks app around one loaded model. `notice` is shown as a banner (e.g. why a fallback runs);
-    `limits` go to CocoaApp (max_masks, job_seconds, disk_budget_mb)."""
-    app = CocoaApp(model, notice=notice, **limits)
+    `limits` go to CocoaApp (max_masks, job_seconds, disk_budget_mb); `shelf` (--models) adds a model dropdown."""
+    app = CocoaApp(model, notice=notice, shelf=shelf, **limits)
     if calibrate and model.device.type == "cpu":
         app.calibrate()
-    banner = f"Model: **{Path(model.name).name}**, {model.precision} on {model.device.type.upper()}."  # no server paths
+    banner = f"Model: **{public_name(model.name)}**, {model.precision} on {model.device.type.upper()}."
     knows_shapes = Path(model.name).name == FALLBACK_MODEL
     with gr.Blocks(title="cocoa-clip: X rather than Y, to CLIP", delete_cache=(1800, 3600),
                    analytics_enabled=False) as demo:
@@ -482,6 +501,8 @@ def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True,
         gr.Markdown(" ".join(filter(None, [notice, banner, SHAPES_HINT if knows_shapes else ""])),
                     elem_id="model-banner", elem_classes=["notice"] if notice else None)
         answer_token = gr.State(None)
+        choice = [gr.Dropdown(shelf.names, value=shelf.names[0], label="Model", elem_id="model",
+                              info=f"loaded on first use, at most {shelf.keep} in memory")] if shelf else []
         with gr.Row():
             with gr.Column(scale=1):
                 image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard", "webcam"],
@@ -584,7 +605,7 @@ def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True,
         gr.Markdown(READING_GUIDE)
 
         inputs = [image, corpus, foil, foil_preset, template, target, method, masks, seed, opacity, scale, framing,
-                  reverse, corpus_images, foil_images, baseline, blur_sigma, steps, samples, stdev]
+                  reverse, corpus_images, foil_images, baseline, blur_sigma, steps, samples, stdev, *choice]
         run = _one_at_a_time(explain, "Explaining…").then(
             app.explain, inputs, [overlay, overlay_reverse, colorbar, score, reading, status, downloads, answer_token],
             api_name="explain", preprocess=False, concurrency_limit=1, concurrency_id="model",
@@ -598,7 +619,7 @@ def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True,
             concurrency_id="model", show_progress_on=[curves], validator=app.admit(app.check, 1)), check)
         _ready_again(_one_at_a_time(compare, "Comparing…").then(
             app.compare, [image, compare_captions, template, method, masks, seed, framing, baseline, blur_sigma,
-                          steps, samples, stdev],
+                          steps, samples, stdev, *choice],
             [compare_overlay, compare_parts], api_name="compare", preprocess=False, concurrency_limit=1,
             concurrency_id="model", show_progress_on=[compare_overlay], validator=app.admit(app.compare),
             api_description="The picture split among captions: which one each region looks like most."), compare)
@@ -700,8 +721,12 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--model", metavar="NAME",
-                       help=f"CLIP model name (default {DEFAULT_MODEL}, else {FALLBACK_MODEL} if it is offline)")
-    which.add_argument("--weights", metavar="PATH", help="local CLIP checkpoint: OpenAI JIT archive or state dict")
+                       help=f"an OpenAI CLIP name, open_clip:ARCH[:TAG] or hf:REPO_OR_DIR (default {DEFAULT_MODEL}, "
+                            f"else {FALLBACK_MODEL} if it is offline)")
+    which.add_argument("--models", metavar="A,B,C", help="offer these models in a dropdown (the first loads at start, "
+                       "the others on first use, at most two in memory)")
+    parser.add_argument("--weights", metavar="PATH", help="local checkpoint: OpenAI CLIP .pt, or one for --model "
+                        "open_clip:ARCH")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                         help="address to listen on (0.0.0.0 serves other machines)")
@@ -735,13 +760,15 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = parse_args(argv, prog)
     report_sources()  # one console line per weights source tried
     try:
-        model, notice = load_model(args.model, args.weights, args.device)
+        names = [name.strip() for name in (args.models or "").split(",") if name.strip()]
+        model, notice = load_model(names[0] if names else args.model, args.weights, args.device)
     except cc.CocoaError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     webhost.remove_on_signals()  # SIGTERM too ends through atexit, which removes visitors' files
+    shelf = ModelShelf(names, lambda name: cc.load(name, device=args.device), loaded=model) if names else None
     demo = build_demo(model, notice=notice, max_masks=args.max_masks, job_seconds=args.job_seconds,
-                      disk_budget_mb=args.disk_budget)
+                      disk_budget_mb=args.disk_budget, shelf=shelf)
     globals()["demo"] = demo
     demo.launch(server_name=args.host, server_port=args.port, **launch_options())
     return 0

@@ -1,0 +1,159 @@
+"""Hugging Face transformers models: `hf:REPO_ID` (downloaded and cached by the hub client) or `hf:DIR`
+(a folder written by `save_pretrained`), for CLIPModel, SiglipModel and Siglip2Model.
+
+Pictures are read with the model's image processor settings (size, shortest-side crop or squash,
+resampling filter, mean, std); captions with its tokenizer, padded to the context length as
+SigLIP was trained ("max_length"; CLIP pools at the end token, so its padding changes nothing)
+and lower-cased for SigLIP 2, as its model card asks.
+
+Siglip2Model (NaFlex) takes a variable grid of patches; here it sees a square of
+sqrt(max_num_patches) x sqrt(max_num_patches) patches, which is what its processor gives square pictures.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..encoder import Model, Preprocessing
+from ..errors import ModelLoadError
+from . import hub_cached, ready
+
+MODEL_TYPES = ("clip", "siglip", "siglip2")
+_FILTERS = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL's resampling codes, as image processors store them
+
+
+@dataclass(eq=False, kw_only=True)
+class HfModel(Model):
+    """A transformers CLIPModel, SiglipModel or Siglip2Model with its tokenizer."""
+
+    net: torch.nn.Module
+    tokenizer: object
+    lower_case: bool = False  # SigLIP 2 reads lower-cased captions
+    patch_size: int | None = None  # Siglip2Model: its pixels arrive as flattened patches
+    family: str = "hf"
+
+    @property
+    def context_length(self) -> int:
+        return int(self.net.config.text_config.max_position_embeddings)
+
+    def encode_normalised(self, normalised: torch.Tensor) -> torch.Tensor:
+        if self.patch_size is None:
+            return _features(self.net.get_image_features(pixel_values=normalised))
+        patch = self.patch_size
+        batch, channels, height, width = normalised.shape
+        rows, cols = height // patch, width // patch
+        # As Siglip2ImageProcessor's convert_image_to_patches: each patch flattened as (row, col, channel).
+        patches = normalised.reshape(batch, channels, rows, patch, cols, patch).permute(0, 2, 4, 3, 5, 1)
+        patches = patches.reshape(batch, rows * cols, patch * patch * channels)  # shape = [B, patches, p * p * 3]
+        mask = torch.ones(batch, rows * cols, dtype=torch.long, device=normalised.device)
+        shapes = torch.tensor([[rows, cols]] * batch, device=normalised.device)
+        return _features(self.net.get_image_features(pixel_values=patches, pixel_attention_mask=mask,
+                                                     spatial_shapes=shapes))
+
+    def _read(self, text: str) -> str:
+        return text.lower() if self.lower_case else text
+
+    def token_ids(self, text: str) -> tuple[int, ...]:
+        return tuple(self.tokenizer(self._read(text))["input_ids"])
+
+    def _embed_captions(self, texts: list[str]) -> torch.Tensor:
+        tokens = self.tokenizer([self._read(t) for t in texts], padding="max_length", max_length=self.context_length,
+                                truncation=True, return_tensors="pt")
+        inputs = {key: tokens[key].to(self.device) for key in ("input_ids", "attention_mask") if key in tokens}
+        return _features(self.net.get_text_features(**inputs))
+
+    @property
+    def logit_scale(self) -> float | None:
+        return float(self.net.logit_scale.exp())
+
+    @property
+    def logit_bias(self) -> float | None:
+        bias = getattr(self.net, "logit_bias", None)
+        return float(bias) if bias is not None else None
+
+
+def _features(output: object) -> torch.Tensor:
+    """transformers 5 returns the projected embeddings as an output's pooler_output; 4.x as a tensor."""
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
+def load(source: str, *, weights: str | os.PathLike | None, device: torch.device, precision: str) -> HfModel:
+    """source: a hub repository id ("google/siglip-base-patch16-224") or a save_pretrained folder."""
+    name = f"hf:{source}"
+    if weights is not None:
+        raise ModelLoadError(f"{name} reads its weights from the repository or folder; drop --weights "
+                             "(or pass hf:DIR, a folder written by save_pretrained).")
+    if source.startswith(("/", ".", "~")) and not Path(source).expanduser().is_dir():
+        raise ModelLoadError(f"No folder at {source}; pass hf:DIR with a folder written by save_pretrained, "
+                             "or hf:REPO_ID.")
+    source = str(Path(source).expanduser()) if Path(source).expanduser().is_dir() else source
+    try:
+        import transformers
+    except ImportError as error:
+        raise ModelLoadError("hf: names need the transformers package: pip install transformers.") from error
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            config = transformers.AutoConfig.from_pretrained(source)
+            if config.model_type not in MODEL_TYPES:
+                raise ModelLoadError(f"{name} is a {config.model_type!r} model; cocoa-clip reads CLIP, SigLIP and "
+                                     "SigLIP 2 models from transformers.")
+            net = transformers.AutoModel.from_pretrained(source)
+            processor = transformers.AutoImageProcessor.from_pretrained(source)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(source)
+    except ModelLoadError:
+        raise
+    except Exception as error:  # hub, file and format errors all mean "no usable model"
+        raise ModelLoadError(_advice(name, source, error)) from error
+    patch_size = None
+    if config.model_type == "siglip2":
+        patch_size = int(config.vision_config.patch_size)
+        n_px = patch_size * math.isqrt(int(processor.max_num_patches))
+        resize = "squash"
+    elif getattr(processor, "do_center_crop", False):
+        n_px, resize = int(processor.crop_size["height"]), "shortest"
+    elif processor.size.get("shortest_edge"):
+        n_px, resize = int(processor.size["shortest_edge"]), "shortest"
+    else:
+        n_px, resize = int(processor.size["height"]), "squash"
+    preprocessing = Preprocessing(n_px, tuple(processor.image_mean), tuple(processor.image_std), resize,
+                                  _FILTERS.get(int(processor.resample), "bicubic"))
+    return HfModel(net=ready(net, device, precision), tokenizer=tokenizer, lower_case=config.model_type == "siglip2",
+                   patch_size=patch_size, name=name, device=device, precision=precision, preprocessing=preprocessing,
+                   weights=source)
+
+
+def on_disk(source: str) -> str | None:
+    """The folder, or the cached hub copy's config of a repository id, or None."""
+    if Path(source).expanduser().is_dir():
+        return str(Path(source).expanduser())
+    return hub_cached(source, ("config.json",))
+
+
+def cached(repos: list[str]) -> list[tuple[str, str]]:
+    """(repo id, path) of the cached `repos` that are CLIP or SigLIP models (their config says so)."""
+    found = []
+    for repo in repos:
+        config = hub_cached(repo, ("config.json",))
+        try:
+            model_type = json.loads(Path(config).read_text()).get("model_type") if config else None
+        except (OSError, ValueError):
+            continue
+        if model_type in MODEL_TYPES and hub_cached(repo, ("model.safetensors", "pytorch_model.bin")):
+            found.append((repo, str(Path(config).parent)))
+    return found
+
+
+def _advice(name: str, source: str, error: Exception) -> str:
+    if Path(source).is_dir():
+        return (f"Could not read {source} as a transformers model ({type(error).__name__}: {error}); "
+                "is it a folder written by save_pretrained, with the model, its processor and its tokenizer?")
+    cache = os.environ.get("HF_HUB_CACHE") or os.path.expanduser("~/.cache/huggingface/hub")
+    return (f"Could not get {name} ({type(error).__name__}). Connect to the internet once (the Hugging Face hub "
+            f"caches it in {cache}), or pass hf:DIR with a folder written by save_pretrained.")

@@ -1,0 +1,146 @@
+"""open_clip models, SigLIP included: `open_clip:ARCH[:TAG]`, or `open_clip:ARCH` with `--weights PATH`;
+also open_clip's own schemas, `open_clip:hf-hub:ORG/REPO` and `open_clip:local-dir:DIR` (a folder with
+open_clip_config.json and the weights).
+
+The architecture, its pretrained weights (downloaded and cached by open_clip itself), its
+preprocessing (`open_clip.get_model_preprocess_cfg`: size, resize mode, interpolation, mean, std)
+and its tokenizer all come from open_clip, so pictures and captions are read as open_clip reads them.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..encoder import Model, Preprocessing
+from ..errors import ModelLoadError
+from ..weights import HUB_FILES
+from . import hub_cached, ready
+
+SCHEMAS = ("hf-hub:", "local-dir:")  # open_clip's own ways to name a model with its weights
+
+
+@dataclass(eq=False, kw_only=True)
+class OpenClipModel(Model):
+    """An open_clip `CLIP` / `CustomTextCLIP` with its tokenizer (SimpleTokenizer or a Hugging Face one)."""
+
+    net: torch.nn.Module
+    tokenizer: object
+    family: str = "open_clip"
+
+    @property
+    def context_length(self) -> int:
+        return int(self.tokenizer.context_length)
+
+    def encode_normalised(self, normalised: torch.Tensor) -> torch.Tensor:
+        return self.net.encode_image(normalised)
+
+    def token_ids(self, text: str) -> tuple[int, ...]:
+        tokenizer = self.tokenizer
+        if hasattr(tokenizer, "sot_token_id"):  # open_clip's SimpleTokenizer (CLIP's BPE)
+            return (tokenizer.sot_token_id, *tokenizer.encode(text), tokenizer.eot_token_id)
+        return tuple(tokenizer.tokenizer(tokenizer.clean_fn(text))["input_ids"])  # its HFTokenizer
+
+    def _embed_captions(self, texts: list[str]) -> torch.Tensor:
+        return self.net.encode_text(self.tokenizer(texts).to(self.device))
+
+    @property
+    def logit_scale(self) -> float | None:
+        return float(self.net.logit_scale.exp())
+
+    @property
+    def logit_bias(self) -> float | None:
+        bias = getattr(self.net, "logit_bias", None)
+        return float(bias) if bias is not None else None
+
+
+def load(rest: str, *, weights: str | os.PathLike | None, device: torch.device, precision: str) -> OpenClipModel:
+    """rest: "ARCH" or "ARCH:TAG" (the part after "open_clip:"); weights: a checkpoint for ARCH."""
+    open_clip = _package()
+    schema = rest.startswith(SCHEMAS)  # the name says where config and weights are
+    arch, _, tag = (rest, "", "") if schema else rest.partition(":")
+    name = f"open_clip:{rest}"
+    if not schema and arch not in open_clip.list_models():
+        raise ModelLoadError(f"Unknown open_clip architecture {arch!r}; `python -m cocoa_clip models` lists them "
+                             "(e.g. open_clip:ViT-B-32:laion2b_s34b_b79k).")
+    tags = [] if schema else open_clip.list_pretrained_tags_by_model(arch)
+    if tag and tag not in tags:
+        raise ModelLoadError(f"open_clip has no weights {tag!r} for {arch}; its tags: {', '.join(tags) or 'none'}.")
+    if schema and weights is not None:
+        raise ModelLoadError(f"{name} names its own weights; drop --weights, or use open_clip:ARCH --weights PATH.")
+    if arch.startswith("local-dir:") and not Path(arch[len("local-dir:"):]).is_dir():
+        raise ModelLoadError(f"No folder at {arch[len('local-dir:'):]}; open_clip:local-dir:DIR needs a folder with "
+                             "open_clip_config.json and the weights.")
+    if weights is None and not tag and not schema:
+        raise ModelLoadError(f"{name} needs its weights: open_clip:{arch}:TAG (TAG one of {', '.join(tags) or 'none'})"
+                             f", or --weights PATH with a checkpoint for {arch}.")
+    if weights is not None and not Path(weights).is_file():
+        raise ModelLoadError(f"No checkpoint file at {weights}; pass --weights with the path of a {arch} checkpoint.")
+    # A local checkpoint for a tagged architecture is read with that tag's preprocessing.
+    tagged = open_clip.get_pretrained_cfg(arch, tag) if tag else {}
+    keys = ("mean", "std", "interpolation", "resize_mode")
+    overrides = {f"image_{key}": tagged[key] for key in keys if key in tagged}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            net = open_clip.create_model(arch, pretrained=str(weights) if weights is not None else (tag or None),
+                                         weights_only=False, **overrides)
+            tokenizer = open_clip.get_tokenizer(arch)
+    except Exception as error:  # hub, url, file and shape errors all mean "no usable weights"
+        raise ModelLoadError(_advice(name, arch, weights, error)) from error
+    config = open_clip.get_model_preprocess_cfg(net)
+    size = config["size"] if isinstance(config["size"], int) else config["size"][0]
+    if config.get("resize_mode", "shortest") not in ("shortest", "squash"):
+        raise ModelLoadError(f"{name} resizes pictures by {config['resize_mode']!r}, "
+                             "which cocoa-clip does not support.")
+    preprocessing = Preprocessing(int(size), tuple(config["mean"]), tuple(config["std"]),
+                                  config.get("resize_mode", "shortest"), config.get("interpolation", "bicubic"))
+    return OpenClipModel(net=ready(net, device, precision), tokenizer=tokenizer, name=name, device=device,
+                         precision=precision, preprocessing=preprocessing, weights=str(weights or tag))
+
+
+def on_disk(rest: str) -> str | None:
+    """The cached weights of "ARCH:TAG" (open_clip's hub copy, or its URL download), or None."""
+    open_clip = _package()
+    if rest.startswith("local-dir:"):
+        return rest[len("local-dir:"):] if Path(rest[len("local-dir:"):]).is_dir() else None
+    arch, _, tag = rest.partition(":")
+    config = open_clip.get_pretrained_cfg(arch, tag) if tag and not rest.startswith("hf-hub:") else {}
+    if config.get("hf_hub"):
+        return hub_cached(config["hf_hub"].strip("/"), HUB_FILES)
+    if config.get("url"):
+        path = Path(os.path.expanduser("~/.cache/clip")) / os.path.basename(config["url"])
+        return str(path) if path.is_file() else None
+    return None
+
+
+def cached(repos: list[str]) -> list[tuple[str, str]]:
+    """("ARCH:TAG", path) of each open_clip pretrained model whose hub copy is among the cached `repos`."""
+    open_clip = _package()
+    found = []
+    for arch, tag in open_clip.list_pretrained():
+        repo = open_clip.get_pretrained_cfg(arch, tag).get("hf_hub", "").strip("/")
+        if repo in repos and (path := on_disk(f"{arch}:{tag}")):
+            found.append((f"{arch}:{tag}", path))
+    return found
+
+
+def _advice(name: str, arch: str, weights: object, error: Exception) -> str:
+    if weights is not None:
+        return (f"Could not read {weights} as {arch} weights ({type(error).__name__}: {error}); "
+                f"is it a complete checkpoint for that architecture?")
+    cache = os.environ.get("HF_HUB_CACHE") or os.path.expanduser("~/.cache/huggingface/hub")
+    return (f"Could not get the {name} weights or tokenizer ({type(error).__name__}). Connect to the internet once "
+            f"(open_clip caches them in {cache}), or pass --model open_clip:{arch} --weights PATH.")
+
+
+def _package():
+    try:
+        import open_clip
+    except ImportError as error:
+        raise ModelLoadError("open_clip names need the open_clip_torch package: pip install open_clip_torch.") \
+            from error
+    return open_clip
