@@ -5,8 +5,8 @@ their units and sum to zero over k for every picture,
 
     sum_k <z, t_k - mean_{j != k} t_j> = 0,
 
-so their maps (RISE's centred estimator, or gradients) compare pixel by pixel and sum to zero
-as well. Each pixel goes to the caption whose map is highest there; the margin over the
+so their maps (RISE's regression or centred estimator, or gradients) compare pixel by pixel and
+sum to zero as well. Each pixel goes to the caption whose map is highest there; the margin over the
 runner-up says how clearly.
 """
 from __future__ import annotations
@@ -23,6 +23,7 @@ from .explain import Explanation, explain
 from .images import ImageSource
 from .models import ClipModel, clip_text
 from .presets import DEFAULT_TEMPLATE
+from .rise import COMPARABLE, DEFAULT_ESTIMATOR
 from .targets import Question, clean_caption
 
 MAX_CAPTIONS = len(render.LABEL_COLOURS)
@@ -60,12 +61,13 @@ def compare(model: ClipModel, image: ImageSource, captions: Sequence[str], *, te
     """Split the picture among 2 to MAX_CAPTIONS captions: which one does each region look like most?
 
     options: what `explain` takes (masks, seed, framing, batch_size, progress, time_budget, cache, ...);
-    RISE uses the centred estimator, whose maps compare across captions.
+    RISE uses the regression estimator (or "centered"), whose maps compare across captions.
     """
     questions = caption_questions(captions, template)
-    if options.setdefault("estimator", "centered") != "centered":
-        raise SettingsError("A comparison needs the centered estimator: the paper's adds to each caption's map "
-                            "its own mean score times the mask coverage, which the captions do not share.")
+    if options.setdefault("estimator", DEFAULT_ESTIMATOR) not in COMPARABLE:
+        raise SettingsError("A comparison needs the regression or centered estimator: the paper's adds to "
+                            "each caption's map its own mean score times the mask coverage, which the captions do "
+                            "not share.")
     answers = explain(model, image, questions, method=method, **options)
     maps = np.stack([answer.heatmap for answer in answers])  # shape = [K, H, W]
     seen = np.isfinite(maps).all(0)  # crop framing leaves the rest of the picture NaN

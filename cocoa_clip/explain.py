@@ -149,6 +149,8 @@ def explain(
         if cache is not None:
             cache.put(key, result.run)
         answers = answers_of(result)
+        if on_update is not None:
+            on_update(answers[0] if single else answers)
     else:
         settings = dataclasses.replace(gradient, seed=seed)
         with torch.no_grad():  # in the precision the gradients use, so that the score and the map agree

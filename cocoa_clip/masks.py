@@ -14,6 +14,7 @@ upsampled once: the cost of asking a new question no longer depends on the image
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -96,9 +97,8 @@ class MaskSet:
         E[mask(u) mask(v)] = p^2 + p (1 - p) K_y[u_y, v_y] K_x[u_x, v_x] with K = E_shift[R R.T],
         and independent uniform shifts along each axis make K separable.
         """
-        (ry, rx), (py, px) = self.interpolators(device), self.block_means(blocks, device)
-        return tuple(mean @ torch.einsum("sug,svg->uv", r.double(), r.double()) / r.shape[0]
-                     for mean, r in ((py, ry), (px, rx)))
+        return tuple(_pooled_covariance(self.grid, cell, length, blocks, torch.device(device))
+                     for cell, length in zip(self.cells, self.size, strict=True))
 
     def block_means(self, blocks: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """(blocks, h) and (blocks, w) float64 averaging matrices over near-equal runs of rows / columns."""
@@ -128,6 +128,7 @@ def sample_masks(n: int, size: tuple[int, int], grid: int = 7, p_keep: float = 0
     return MaskSet(grids=grids, shifts=shifts, size=(int(size[0]), int(size[1])), p_keep=p_keep)
 
 
+@functools.lru_cache(maxsize=64)
 def _interpolator(grid: int, cell: int, length: int, device: torch.device) -> torch.Tensor:
     upsampled = (grid + 1) * cell
     # Linear interpolation of each unit vector = the columns of the upsampling matrix.
@@ -137,6 +138,14 @@ def _interpolator(grid: int, cell: int, length: int, device: torch.device) -> to
     return matrix[offsets]  # shape = [cell, length, g]
 
 
+@functools.lru_cache(maxsize=64)
+def _pooled_covariance(grid: int, cell: int, length: int, blocks: int, device: torch.device) -> torch.Tensor:
+    """Block means of K = E_shift[R R.T] along one axis: (blocks, length) float64."""
+    r = _interpolator(grid, cell, length, device).double()
+    return _block_mean(blocks, length, device) @ torch.einsum("sug,svg->uv", r, r) / r.shape[0]
+
+
+@functools.lru_cache(maxsize=64)
 def _block_mean(blocks: int, length: int, device: torch.device) -> torch.Tensor:
     edges = [round(j * length / blocks) for j in range(blocks + 1)]
     matrix = torch.zeros(blocks, length, dtype=torch.float64, device=device)

@@ -305,8 +305,8 @@ def run_rise(
 ) -> RiseResult:
     """Run (or resume) a pass to its count, or with settings.auto until every map is stable; return the maps.
 
-    on_frame gets the maps so far after the first batch, then every `frame_seconds` or so, and
-    the final result last (the same object as returned).
+    on_frame gets the maps so far after the first batch, then every `frame_seconds` or so; the
+    caller has the final result (not sent to on_frame).
     """
     total = settings.masks_for(model.device)
     breaks = settings.checkpoints(model.device) if settings.auto else ()
@@ -327,10 +327,7 @@ def run_rise(
             on_frame(RiseResult(run, estimate(run.masks, values, estimator), stability(run.masks, values, estimator)))
     run = run.compact()
     values = scores(run, targets)
-    result = RiseResult(run, estimate(run.masks, values, estimator), stability(run.masks, values, estimator))
-    if on_frame is not None:
-        on_frame(result)
-    return result
+    return RiseResult(run, estimate(run.masks, values, estimator), stability(run.masks, values, estimator))
 
 
 def default_batch_size(model: ClipModel) -> int:
