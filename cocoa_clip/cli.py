@@ -25,7 +25,7 @@ from .images import FRAMINGS, ImageSource, load_image
 from .models import DEFAULT_MODEL, PRECISIONS, ClipModel, available_models, load
 from .presets import DEFAULT_TEMPLATE, FOIL_PRESETS
 from .render import SCALES, check_style, save_npy
-from .rise import ESTIMATORS, RiseSettings
+from .rise import AUTO, DEFAULT_ESTIMATOR, ESTIMATORS, RiseSettings
 from .targets import SIMILARITIES, TARGETS, Question
 
 
@@ -132,11 +132,18 @@ def _question_options(parser: argparse.ArgumentParser, several: bool = False) ->
 def _method_options(parser: argparse.ArgumentParser, estimator: bool) -> None:
     how = parser.add_argument_group("method")
     how.add_argument("--method", choices=METHODS, default="rise", help="attribution method")
-    how.add_argument("--masks", type=int, default=None, help="RISE masks (default: 20000 on a GPU, 2000 on a CPU)")
+    how.add_argument("--masks", type=_count_or_auto, default=None,
+                     help="RISE masks, or auto: until the map is stable (default: 20000 on a GPU, 2000 on a CPU)")
+    how.add_argument("--stability", type=float, default=0.97,
+                     help="with --masks auto: stop when every map's estimated correlation with its limit reaches "
+                          "this (default 0.97)")
+    how.add_argument("--max-masks", type=int, default=None,
+                     help="with --masks auto: the most masks to draw (default: 20000 on a GPU, 4000 on a CPU)")
     how.add_argument("--seed", type=int, default=0, help="random seed of the masks / noise")
     if estimator:
-        how.add_argument("--estimator", choices=ESTIMATORS, default="centered",
-                         help="RISE estimator: centered (mean score subtracted, less noise) or paper (the paper's)")
+        how.add_argument("--estimator", choices=ESTIMATORS, default=DEFAULT_ESTIMATOR,
+                         help="RISE estimator: regression (least noise), centered (mean score subtracted) "
+                              "or paper (the paper's)")
     how.add_argument("--framing", choices=FRAMINGS, default="pad",
                      help="pad: whole image on a square; crop: CLIP's centre crop; squash: resize to square")
     how.add_argument("--batch-size", type=int, default=None, help="masked images per forward pass (default: by device)")
@@ -175,8 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.masks is not None:
-        RiseSettings(n_masks=args.masks)  # refuse bad counts before loading a model
+    if hasattr(args, "stability"):
+        _settings(args)  # refuse bad counts and thresholds before loading a model
     commands = {"explain": _explain_command, "evaluate": _evaluate_command, "compare": _compare_command}
     return commands[args.command](args)
 
@@ -321,8 +328,18 @@ def _load(args: argparse.Namespace) -> ClipModel:
 
 def _method(args: argparse.Namespace) -> dict:
     """The explain options the method group sets."""
-    return {"method": args.method, "masks": args.masks, "seed": args.seed, "framing": args.framing,
+    return {"method": args.method, "masks": args.masks, "stability": args.stability, "max_masks": args.max_masks,
+            "seed": args.seed, "framing": args.framing,
             "batch_size": args.batch_size, "time_budget": args.time_budget, "cache": None}
+
+
+def _count_or_auto(text: str) -> int | str:
+    """--masks: a whole number or "auto"."""
+    return AUTO if text.strip().lower() == AUTO else int(text)
+
+
+def _settings(args: argparse.Namespace) -> RiseSettings:
+    return RiseSettings(n_masks=args.masks, stability=args.stability, max_masks=args.max_masks)
 
 
 @contextlib.contextmanager
@@ -333,7 +350,7 @@ def _progress(model: ClipModel, args: argparse.Namespace) -> Iterator[Callable[[
         return
     from tqdm import tqdm
 
-    with tqdm(total=RiseSettings(args.masks).masks_for(model.device), unit="mask", disable=None,
+    with tqdm(total=_settings(args).masks_for(model.device), unit="mask", disable=None,
               file=sys.stderr) as bar:
         yield lambda done, total: bar.update(done - bar.n)
 
@@ -360,6 +377,7 @@ def _report_explanation(answer: Explanation, image: str, paths: dict[str, str | 
     lines = [f"score {answer.score:+.4f}  ({label}: {answer.question.describe()})",
              f"{answer.method}, {details['precision']} on {details['device']}, {details['seconds']:.1f} s"
              + (f", {details['masks']} masks" if answer.method == "rise" else "")
+             + (f", stability {details['stability']:.3f}" if details.get("stability") is not None else "")
              + ("" if details.get("complete", True) else " (the time budget ran out first)")]
     lines += [f"{name} -> {path}" for name, path in (("overlay", paths["out"]), ("heatmap", paths["heatmap"]),
                                                     ("colour bar", paths["colorbar"])) if path]

@@ -135,6 +135,8 @@ def test_output_paths_are_exactly_the_ones_given(tiny_checkpoint, picture, tmp_p
     (["evaluate", "--corpus", "dog", "--foil", "cat", "--seed", "18446744073709551616"], "seed must be"),
     (["evaluate", "--corpus", "dog", "--foil", "cat", "--seed", "-1"], "seed must be"),
     (["compare", "--caption", "dog", "--caption", "cat", "--opacity", "-1"], "Opacity"),
+    (["explain", "--corpus", "dog", "--foil", "cat", "--masks", "auto", "--stability", "1.2"], "stability"),
+    (["explain", "--corpus", "dog", "--foil", "cat", "--masks", "auto", "--max-masks", "0"], "most masks"),
 ])
 def test_settings_are_checked_before_the_model_loads(picture, command, message, capsys):
     assert main([command[0], picture, *command[1:], "--weights", "/no/such/weights.pt"]) == 2
@@ -162,6 +164,20 @@ def test_json_output_and_gradient_method(tiny_checkpoint, picture, tmp_path, cap
     answer = json.loads(capsys.readouterr().out)
     assert answer["method"] == "integrated-gradients" and isinstance(answer["score"], float)
     assert answer["question"] == '"dog" rather than the cifar100 classes'
+
+
+def test_auto_masks_report_masks_and_stability(tiny_checkpoint, picture, tmp_path, capsys):
+    code = main(["explain", picture, "--corpus", "dog", "--foil", "cat", "--weights", tiny_checkpoint,
+                 "--masks", "auto", "--max-masks", "300", "--stability", "0.9", "--out", str(tmp_path / "o.png"),
+                 "--json", "--quiet"])
+    assert code == 0
+    details = json.loads(capsys.readouterr().out)["details"]
+    assert details["auto"] and 64 <= details["masks"] <= 300 and details["stability_target"] == 0.9
+    assert details["estimator"] == "regression" and (details["stability"] >= 0.9 or details["masks"] == 300)
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["explain", picture, "--corpus", "dog", "--foil", "cat", "--masks", "some"])
+    assert exit_info.value.code == 2
+    assert build_parser().parse_args(["explain", picture, "--masks", "Auto"]).masks == "auto"
 
 
 def test_evaluate_prints_the_four_areas_as_json(tiny_checkpoint, picture, tmp_path, capsys):
