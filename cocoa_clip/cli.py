@@ -22,11 +22,12 @@ from .errors import CocoaError, ImageError, check_seed
 from .evaluate import MEASURE_LABELS, MEASURES, check_steps, insertion_deletion, measure_of
 from .explain import METHODS, Explanation, explain
 from .images import FRAMINGS, ImageSource, load_image
-from .models import DEFAULT_MODEL, PRECISIONS, ClipModel, available_models, load
+from .models import DEFAULT_MODEL, PRECISIONS, ClipModel, available_models, download, load, weights_on_disk
 from .presets import DEFAULT_TEMPLATE, FOIL_PRESETS
 from .render import SCALES, check_style, save_npy
 from .rise import AUTO, DEFAULT_ESTIMATOR, ESTIMATORS, RiseSettings
 from .targets import SIMILARITIES, TARGETS, Question
+from .weights import report_sources
 
 
 class _Help(argparse.HelpFormatter):
@@ -44,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m cocoa_clip",
         description="Explain what in an image makes CLIP see the corpus rather than the foil (COCOA).",
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{explain,evaluate,compare,models}")
+    commands = parser.add_subparsers(dest="command", required=True,
+                                     metavar="{explain,evaluate,compare,models,download}")
     explain_parser = commands.add_parser(
         "explain", help="heatmap of an image for a question", formatter_class=_Help,
         description="Write a heatmap of each IMAGE: where CLIP sees the corpus rather than the foil. Prints the "
@@ -97,7 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
                                      "-1 where the model saw nothing")
     compare_parser.add_argument("--opacity", type=float, default=0.6, help="weight of the colours, 0 to 1")
 
-    commands.add_parser("models", help="list the model names --model accepts")
+    commands.add_parser("models", help="list the model names --model accepts, and where their weights are")
+    download_parser = commands.add_parser(
+        "download", help="fetch a model's weights ahead of time (for an offline machine, a Docker image, a Space)",
+        formatter_class=_Help,
+        description="Fetch NAME's weights to where later runs find them with no network: the clip package's "
+                    "cache (from its URL) or the Hugging Face hub's cache (HF_HOME; HF_ENDPOINT for a mirror).")
+    download_parser.add_argument("name", metavar="NAME", help="a model name (see `models`), e.g. ViT-B/32")
     return parser
 
 
@@ -160,14 +168,18 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--precision", choices=PRECISIONS, default="auto",
                        help="auto: fp16 on CUDA, bf16 autocast on CPUs that have it, else fp32")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar, no line per weights source tried")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    report_sources(not getattr(args, "quiet", False))
     try:
         if args.command == "models":
-            print("\n".join(available_models()))
+            return _models_command()
+        if args.command == "download":
+            found = download(args.name)
+            print(f"{args.name}: {found.path} ({found.source})")
             return 0
         return _run(args)
     except CocoaError as error:
@@ -179,6 +191,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as error:
         print(f"error: {error.strerror or error} ({error.filename or 'file'})", file=sys.stderr)
         return 2
+
+
+def _models_command() -> int:
+    """Each model name with where its weights are on this machine (usable offline) or that they are missing."""
+    names = available_models()
+    width = max(map(len, names))
+    for name in names:
+        found = weights_on_disk(name)
+        where = f"on disk ({found.source}): {found.path}" if found else "not on disk: fetched on first use " \
+            f"(or now: cocoa-clip download {name})"
+        print(f"{name:{width}s}  {where}")
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -11,7 +11,11 @@ class ImageError(CocoaError):
 
 
 class ModelLoadError(CocoaError):
-    """CLIP weights could not be found, downloaded or read."""
+    """CLIP weights could not be found, downloaded or read. `tried`: the weight sources tried, by name."""
+
+    def __init__(self, message: str, *, tried: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.tried = tuple(tried)
 
 
 class QuestionError(CocoaError):

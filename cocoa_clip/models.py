@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from . import weights as weights_sources
 from .errors import ModelLoadError, SettingsError
 
 # CLIP's own normalisation constants (clip/clip.py, _transform).
@@ -29,6 +30,22 @@ def available_models() -> list[str]:
     """Names `load` accepts: the `clip` package's models, then the bundled ones that are present."""
     clip = clip_package()
     return list(clip.available_models()) + [name for name, path in BUNDLED.items() if path.is_file()]
+
+
+def weights_on_disk(name: str, download_root: str | None = None) -> weights_sources.Found | None:
+    """Where the weights of model `name` are on this machine (so it loads offline), or None."""
+    if name in BUNDLED:
+        return weights_sources.Found(BUNDLED[name], "bundled") if BUNDLED[name].is_file() else None
+    return weights_sources.on_disk(name, download_root)
+
+
+def download(name: str, download_root: str | None = None) -> weights_sources.Found:
+    """Fetch model `name`'s weights ahead of time, to where the next `load` finds them offline."""
+    if name in BUNDLED:
+        return weights_on_disk(name) or weights_sources.Found(BUNDLED[name], "bundled (missing)")
+    if name not in clip_package().available_models():
+        raise ModelLoadError(f"Unknown model {name!r}; choose one of: {', '.join(available_models())}.")
+    return weights_sources.find(name, download_root)
 
 
 @dataclass(eq=False)
@@ -151,10 +168,13 @@ def load(
     precision: str = "auto",
     download_root: str | None = None,
 ) -> ClipModel:
-    """Load CLIP by name (downloaded and cached by the `clip` package) or from a local checkpoint.
+    """Load CLIP by name or from a local checkpoint.
 
-    `weights` is a path to an OpenAI JIT archive or a plain CLIP state dict; it wins over `name`.
-    Raises ModelLoadError with what to do when the weights cannot be had.
+    `weights` is a path to an OpenAI JIT archive, a plain CLIP state dict or an open_clip-format
+    safetensors file; it wins over `name`. A name's weights come from the first source that works
+    (the clip package's cache and URL, the Hugging Face hub copy: see weights.py); `download_root`
+    is the clip package's cache folder. Raises ModelLoadError with what to do when the weights
+    cannot be had.
 
     >>> model = load("shapes-demo")            # doctest: +SKIP
     >>> model = load(weights="ViT-B-32.pt")    # doctest: +SKIP
@@ -177,13 +197,12 @@ def load(
     else:
         raise ModelLoadError(f"Unknown model {name!r}; choose one of: {', '.join(available_models())}.")
 
+    if isinstance(source, str):  # a clip package name: the first weights source that works (weights.py)
+        source = weights_sources.find(name, download_root).path
     try:
-        if isinstance(source, str):  # a clip package name: its own download, checksum and cache
-            root = download_root or os.path.expanduser("~/.cache/clip")
-            source = Path(clip.clip._download(clip.clip._MODELS[name], root))
         net = _build(source, device)
-    except Exception as error:  # urllib, zip, pickle and shape errors all mean "no usable weights"
-        raise ModelLoadError(_load_advice(name, weights, download_root, error)) from error
+    except Exception as error:  # zip, pickle and shape errors all mean "no usable weights"
+        raise ModelLoadError(_load_advice(name, weights, source, error)) from error
     if precision == "fp32" and device.type == "cuda":
         net = net.float()
     net.eval().requires_grad_(False)
@@ -197,12 +216,17 @@ def _build(path: Path, device: torch.device) -> torch.nn.Module:
     torch versions leave at its end, so plain state dicts no longer load through it.)
     """
     build_model = clip_package().model.build_model
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.jit.load's deprecation notice
-        try:
-            state_dict = torch.jit.load(str(path), map_location="cpu").state_dict()
-        except RuntimeError:
-            state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    if Path(path).suffix == ".safetensors":  # the hub copies in open_clip's format
+        from safetensors.torch import load_file
+
+        state_dict = load_file(str(path), device="cpu")
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit.load's deprecation notice
+            try:
+                state_dict = torch.jit.load(str(path), map_location="cpu").state_dict()
+            except RuntimeError:
+                state_dict = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state_dict, dict) and isinstance(state_dict.get("state_dict"), dict):
         state_dict = state_dict["state_dict"]
     net = build_model(dict(state_dict)).to(device)
@@ -223,21 +247,14 @@ def _device(device: str | torch.device | None) -> torch.device:
     return device
 
 
-def _load_advice(name: str, weights: object, download_root: str | None, error: Exception) -> str:
-    bundled = ", ".join(n for n, p in BUNDLED.items() if p.is_file())
-    offline = f" To try the tool offline, use the bundled model: --model {bundled}." if bundled else ""
+def _load_advice(name: str, weights: object, path: Path, error: Exception) -> str:
     if weights is not None:
         return (f"Could not read {weights} as a CLIP checkpoint ({type(error).__name__}); "
-                "is it a complete OpenAI CLIP .pt file?")
+                "is it a complete OpenAI CLIP .pt file (or a state dict with its keys)?")
     if name in BUNDLED:
         return f"The bundled model {name!r} could not be read ({type(error).__name__}); reinstall cocoa-clip."
-    root = download_root or os.path.expanduser("~/.cache/clip")
-    file = os.path.basename(clip_package().clip._MODELS[name])
-    return (
-        f"Could not get the {name} weights ({type(error).__name__}: {error}). "
-        f"Connect to the internet once, or place the checkpoint at {os.path.join(root, file)}, "
-        f"or pass --weights PATH.{offline}"
-    )
+    return (f"The {name} weights at {path} could not be read ({type(error).__name__}); delete that file so that "
+            "the next load fetches them again, or pass --weights PATH.")
 
 
 @contextlib.contextmanager

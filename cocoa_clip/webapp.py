@@ -44,6 +44,7 @@ from cocoa_clip.evaluate import MEASURE_LABELS, insertion_deletion
 from cocoa_clip.models import BUNDLED, DEFAULT_MODEL
 from cocoa_clip.rise import default_batch_size
 from cocoa_clip.webinputs import MAX_EXAMPLE_IMAGES, MAX_SEED, MAX_TEMPLATE_CHARS, MAX_TEXT_CHARS, MAX_UPLOAD
+from cocoa_clip.weights import report_sources
 
 log = logging.getLogger("cocoa_clip.app")
 
@@ -486,8 +487,10 @@ def load_model(name: str | None = None, weights: str | None = None, device: str 
         say(f"error: {error}")
         say(f"Serving the bundled {FALLBACK_MODEL} model instead.")
         # The reason names server paths: it goes to the operator's console (above), not to the page.
-        notice = (f"⚠ The {DEFAULT_MODEL} weights could not be had on this server (its console says how to add "
-                  f"them), so it runs the small bundled {FALLBACK_MODEL} model, which knows coloured shapes only.")
+        tried = f" (tried: {', '.join(error.tried)})" if error.tried else ""
+        notice = (f"⚠ The {DEFAULT_MODEL} weights could not be had on this server{tried}; its console says how to "
+                  f"add them. Meanwhile it runs the small bundled {FALLBACK_MODEL} model, which knows coloured "
+                  "shapes only.")
         return cc.load(FALLBACK_MODEL, device=device), notice
 
 
@@ -507,6 +510,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    report_sources()  # one console line per weights source tried
     try:
         model, notice = load_model(args.model, args.weights, args.device)
     except cc.CocoaError as error:

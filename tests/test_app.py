@@ -162,13 +162,15 @@ def test_model_fallback_and_explicit_failure(monkeypatch, tiny_checkpoint, tmp_p
 
     def offline_load(name="ViT-B/32", **kwargs):
         if name == "ViT-B/32" and kwargs.get("weights") is None:
-            raise cc.ModelLoadError("Could not get the ViT-B/32 weights (URLError: offline).")
+            raise cc.ModelLoadError("Could not get the ViT-B/32 weights (URLError: offline).",
+                                    tried=("clip cache", "hub cache", "clip URL", "hub"))
         return real_load(name, **kwargs)
 
     monkeypatch.setattr(app.cc, "load", offline_load)
     monkeypatch.setitem(app.BUNDLED, "shapes-demo", Path(tiny_checkpoint))
     model, notice = app.load_model(device="cpu", say=lambda line: None)
     assert model.name == "shapes-demo" and "shapes-demo" in notice and "could not be had" in notice
+    assert "tried: clip cache, hub cache, clip URL, hub" in notice  # the sources, by name only
     assert "URLError" not in notice and "offline" not in notice  # the reason (with server paths) stays off the page
 
     monkeypatch.setitem(app.BUNDLED, "shapes-demo", tmp_path / "missing.pt")

@@ -35,4 +35,4 @@ def test_command_lines_parse():
     assert len(lines) >= 5
     parser = build_parser()
     for line in lines:
-        parser.parse_args(shlex.split(line)[3:])  # argparse exits on an unknown option
+        parser.parse_args(shlex.split(line, comments=True)[3:])  # argparse exits on an unknown option

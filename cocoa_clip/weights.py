@@ -1,0 +1,233 @@
+"""Where OpenAI's CLIP weights come from: the sources tried, in order, until one works.
+
+    1. the `clip` package's cache file (~/.cache/clip/ViT-B-32.pt), when its SHA-256 matches the
+       one in the package's URL;
+    2. the Hugging Face hub copy already in the hub's cache (no network);
+    3. the `clip` package's URL (openaipublic.azureedge.net: reported dead since January 2025);
+    4. the Hugging Face hub copy, downloaded into the hub's cache (honours HF_HOME, HF_ENDPOINT
+       for a mirror, HF_HUB_OFFLINE).
+
+(`--weights PATH` comes before all of them; `models.load` handles it.) The hub copies are the
+same OpenAI weights in open_clip's format, what open_clip's own `openai` tags download: their
+state dict has the keys and shapes of OpenAI's checkpoint, so `clip.model.build_model` reads
+them unchanged. The two local caches are looked at before any network, so a machine that has
+the weights never waits on a dead host. Each source tried is logged in one line.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import sys
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ModelLoadError
+
+log = logging.getLogger("cocoa_clip.weights")
+
+URL_TIMEOUT_S = 20.0
+# open_clip's file names: the safetensors file first (no pickle), the PyTorch one where only it exists.
+HUB_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+# The hub repository of each OpenAI model (open_clip's pretrained.py, tag "openai"). No revision is
+# pinned: the repositories' commit hashes could not be looked up from here; see the README.
+HUB_REPOS = {
+    "RN50": "timm/resnet50_clip.openai",
+    "RN101": "timm/resnet101_clip.openai",
+    "RN50x4": "timm/resnet50x4_clip.openai",
+    "RN50x16": "timm/resnet50x16_clip.openai",
+    "RN50x64": "timm/resnet50x64_clip.openai",
+    "ViT-B/32": "timm/vit_base_patch32_clip_224.openai",
+    "ViT-B/16": "timm/vit_base_patch16_clip_224.openai",
+    "ViT-L/14": "timm/vit_large_patch14_clip_224.openai",
+    "ViT-L/14@336px": "timm/vit_large_patch14_clip_336.openai",
+}
+HUB_REVISION: str | None = None
+
+
+@dataclass(frozen=True)
+class Found:
+    """A weights file on disk, and which source gave it ("clip cache", "hub cache", "clip URL", "hub")."""
+
+    path: Path
+    source: str
+
+
+class _Stderr(logging.Handler):
+    """Writes to whatever sys.stderr is at the time (so redirections and test captures see it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr)
+
+
+def report_sources(enabled: bool = True) -> None:
+    """Print each source tried on stderr, one line each (the CLI and the app call this; libraries stay quiet)."""
+    if enabled and not any(isinstance(h, _Stderr) for h in log.handlers):
+        log.addHandler(_Stderr())
+        log.setLevel(logging.INFO)
+
+
+def default_root() -> Path:
+    """The `clip` package's own download folder."""
+    return Path(os.path.expanduser("~/.cache/clip"))
+
+
+def package_url(name: str) -> str:
+    from .models import clip_package
+
+    return clip_package().clip._MODELS[name]
+
+
+def cache_path(name: str, root: str | os.PathLike | None = None) -> Path:
+    """Where the `clip` package keeps (and looks for) the checkpoint of `name`."""
+    return Path(root or default_root()) / os.path.basename(package_url(name))
+
+
+def expected_sha256(name: str) -> str:
+    """The checksum the `clip` package expects: the folder name in its URL."""
+    return package_url(name).split("/")[-2]
+
+
+def find(name: str, root: str | os.PathLike | None = None, *, network: bool = True) -> Found:
+    """The weights of OpenAI model `name` (a `clip.available_models()` name), from the first source that works.
+
+    network=False looks at the two caches only. Raises ModelLoadError listing every source tried and
+    what to do, when none works.
+    """
+    tried: dict[str, str] = {}  # source -> why it failed
+    for source, attempt in _sources(name, root, network):
+        try:
+            path = attempt()
+        except Exception as error:  # a dead URL, DNS, a missing hub entry, a bad checksum: try the next source
+            tried[source] = _reason(error)
+            log.info("weights for %s: %s: %s", name, source, tried[source])
+            continue
+        log.info("weights for %s: %s: %s", name, source, path)
+        return Found(Path(path), source)
+    raise ModelLoadError(_advice(name, root, tried), tried=tuple(tried))
+
+
+def on_disk(name: str, root: str | os.PathLike | None = None) -> Found | None:
+    """The weights of `name` if a cache holds them (no network), else None."""
+    try:
+        return find(name, root, network=False)
+    except ModelLoadError:
+        return None
+
+
+def _sources(name: str, root: str | os.PathLike | None, network: bool) -> list[tuple[str, object]]:
+    sources = [("clip cache", lambda: _from_clip_cache(name, root)), ("hub cache", lambda: _from_hub(name, True))]
+    if not network:
+        return sources
+    if _hub_offline():
+        sources.append(("network", _refuse_offline))
+    else:
+        sources += [("clip URL", lambda: _from_url(name, root)), ("hub", lambda: _from_hub(name, False))]
+    return sources
+
+
+def _from_clip_cache(name: str, root: str | os.PathLike | None) -> Path:
+    path = cache_path(name, root)
+    if not path.is_file():
+        raise FileNotFoundError(f"no file at {path}")
+    if sha256(path) != expected_sha256(name):
+        raise ValueError(f"{path} has the wrong SHA-256, not used")
+    return path
+
+
+def _from_url(name: str, root: str | os.PathLike | None) -> Path:
+    """Download the package's URL into its cache, checking the SHA-256 before the file takes its name."""
+    target = cache_path(name, root)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    with urllib.request.urlopen(package_url(name), timeout=URL_TIMEOUT_S) as response, \
+            tempfile.NamedTemporaryFile(dir=target.parent, suffix=".part", delete=False) as part:
+        try:
+            while chunk := response.read(1 << 20):
+                digest.update(chunk)
+                part.write(chunk)
+        except BaseException:
+            os.unlink(part.name)
+            raise
+    if digest.hexdigest() != expected_sha256(name):
+        os.unlink(part.name)
+        raise ValueError("the download's SHA-256 does not match")
+    os.replace(part.name, target)
+    return target
+
+
+def _from_hub(name: str, cached_only: bool) -> Path:
+    """The hub copy through huggingface_hub (its cache, HF_ENDPOINT and HF_HUB_OFFLINE), safetensors first."""
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError
+
+    repo = HUB_REPOS.get(name)
+    if repo is None:
+        raise LookupError("no hub copy is known for this model")
+    if not cached_only:
+        _reachable(constants.ENDPOINT)  # fail in seconds offline, not after the hub client's retries
+    absent = LocalEntryNotFoundError if cached_only else RemoteEntryNotFoundError
+    for filename in HUB_FILES:
+        try:
+            return Path(hf_hub_download(repo, filename, revision=HUB_REVISION, local_files_only=cached_only,
+                                        cache_dir=constants.HF_HUB_CACHE))
+        except absent:  # this file is not there: the next one may be
+            continue
+    raise FileNotFoundError(f"{repo}: {'not in the hub cache' if cached_only else 'no weights file on the hub'}")
+
+
+def _reachable(url: str, timeout: float = 5.0) -> None:
+    """Raise OSError unless a TCP connection to the URL's host (or its proxy) opens within `timeout` seconds."""
+    parts = urllib.parse.urlsplit(url)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):
+        parts = urllib.parse.urlsplit(proxy)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except OSError as error:
+        raise ConnectionError(f"cannot reach {parts.hostname} ({error.strerror or error})") from error
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _refuse_offline() -> Path:
+    raise ConnectionError("skipped: HF_HUB_OFFLINE is set")
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _reason(error: BaseException) -> str:
+    """One line about why a source failed (a hub error's first line; never a traceback)."""
+    if isinstance(error, urllib.error.URLError) and not isinstance(error, urllib.error.HTTPError):
+        error = error.reason if isinstance(error.reason, BaseException) else error  # DNS, refused, timed out
+    text = str(error).strip().splitlines()[0][:160] if str(error).strip() else ""
+    return text or type(error).__name__
+
+
+def _advice(name: str, root: str | os.PathLike | None, tried: dict[str, str]) -> str:
+    from .models import BUNDLED
+
+    bundled = ", ".join(n for n, p in BUNDLED.items() if p.is_file())
+    return (
+        f"Could not get the {name} weights. Tried: {'; '.join(f'{s} ({why})' for s, why in tried.items())}. "
+        f"To fix it: run `cocoa-clip download {name}` on a machine with internet, or place the OpenAI checkpoint "
+        f"at {cache_path(name, root)}, or pass --weights PATH, or point HF_ENDPOINT at a Hugging Face mirror "
+        f"that has {HUB_REPOS.get(name, 'a copy')}"
+        + (f", or try the tool offline with the bundled model: --model {bundled}." if bundled else ".")
+    )
