@@ -22,16 +22,18 @@ except ImportError:
     spaces = None
 
 import argparse
+import contextvars
 import inspect
 import logging
 import os
+import queue
 import shutil
 import sys
 import tempfile
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +152,7 @@ class CocoaApp:
         corpus_images: Any = None,
         foil_images: Any = None,
         progress: gr.Progress = gr.Progress(),
+        on_update: Callable[[list[cc.Explanation]], None] | None = None,
     ) -> tuple:
         """Explain `image` for the question (and its reverse when asked).
 
@@ -166,10 +169,46 @@ class CocoaApp:
             questions = [question, question.swapped()] if valid.flag(reverse, "reverse") else [question]
             style = {"opacity": valid.number(opacity, "opacity", 0.0, 1.0),
                      "scale": valid.choice(scale, "colour scale", [v for _, v in SCALE_CHOICES])}
-            answers = cc.explain(self.model, picture, questions, **self._run_options(method, masks, seed, framing,
-                                                                                    progress))
+            answers = cc.explain(self.model, picture, questions, on_update=on_update,
+                                 **self._run_options(method, masks, seed, framing, progress))
             self._measured(answers[0])
             return self._present(answers, style)
+
+    def explain_live(self, *inputs: Any) -> Iterator[tuple]:
+        """`explain` (same inputs), showing the map as it forms: a frame after the first batch of masks, then
+        about every half second (overlay and status only), and explain's full answer last. API callers of this
+        generator get that last value. On ZeroGPU the GPU call runs in another process: no frames there."""
+        if spaces is not None:
+            yield self.explain(*inputs)
+            return
+        frames: queue.Queue = queue.Queue()
+        outcome: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                outcome["answer"] = self.explain(*inputs, on_update=frames.put)
+            except BaseException as error:  # noqa: BLE001 - raised again in the event's thread
+                outcome["error"] = error
+            finally:
+                frames.put(None)
+
+        # The event's context travels with the work: Gradio's progress bar finds its event through it.
+        threading.Thread(target=contextvars.copy_context().run, args=(work,), daemon=True).start()
+        style = inspect.signature(self.explain).bind(*inputs).arguments
+        while (answers := frames.get()) is not None:
+            if not frames.empty():
+                continue  # a newer frame (or the end) is waiting: show that instead
+            first = answers[0]
+            overlay = first.overlay(opacity=float(style.get("opacity", 0.5)),
+                                    scale=None if style.get("scale", "auto") == "auto" else style["scale"])
+            yield (overlay, *[gr.skip()] * 4, _live_status(first), *[gr.skip()] * 2)
+        if "error" in outcome:
+            raise outcome["error"]
+        yield outcome["answer"]
+
+    # Gradio names the API's parameters after the signature: explain's inputs (and its progress bar).
+    explain_live.__signature__ = inspect.signature(explain).replace(
+        parameters=[p for p in inspect.signature(explain).parameters.values() if p.name != "on_update"])
 
     @gpu
     def compare(
@@ -249,12 +288,15 @@ class CocoaApp:
     def _run_options(self, method: Any, masks: Any, seed: Any, framing: Any, progress: gr.Progress) -> dict:
         """What `cc.explain` takes from the method widgets, checked, with progress reports wired in."""
         method = valid.choice(method, "method", cc.METHODS)
-        n_masks = valid.whole(masks, "number of masks", 1, self.max_masks, default=self.default_masks)
-        options = {"method": method, "masks": n_masks, "seed": valid.whole(seed, "seed", 0, MAX_SEED, default=0),
+        auto = masks == 0 or (isinstance(masks, str) and masks.strip().lower() == "auto")  # slider 0: auto
+        n_masks = "auto" if auto else valid.whole(masks, "number of masks", 1, self.max_masks,
+                                                  default=self.default_masks)
+        options = {"method": method, "masks": n_masks, "max_masks": self.max_masks if auto else None,
+                   "seed": valid.whole(seed, "seed", 0, MAX_SEED, default=0),
                    "framing": valid.choice(framing, "framing", cc.FRAMINGS),
                    "time_budget": TIME_BUDGET_S.get(self.device, TIME_BUDGET_S["cpu"]), "cache": self.cache}
         if method == "rise":
-            progress(0.0, desc=self.estimate(method, n_masks, markdown=False))
+            progress(0.0, desc=self.estimate(method, self.max_masks if auto else n_masks, markdown=False))
 
             def on_masks(done: int, total: int) -> None:
                 progress((done, total), desc="RISE: masked pictures through the encoder", unit="masks")
@@ -339,7 +381,16 @@ def _status(answer: cc.Explanation) -> str:
         text = f"RISE: {details['masks']:,} masks in {details['pass_seconds']:.1f} s ({where})."
         if not details.get("complete", True):
             text += " The time budget ran out: the map uses the masks done so far and is noisier."
+    if details.get("stability") is not None:
+        text += f" Stability {details['stability']:.3f} (estimated correlation with the map of endless masks)."
     return " ".join([text, *answer.notes])
+
+
+def _live_status(answer: cc.Explanation) -> str:
+    """The status line while RISE runs: masks so far and how stable the map already is."""
+    stability = answer.details.get("stability")
+    return (f"RISE running: {answer.details['masks']:,} masks so far"
+            + (f", stability {stability:.3f}" if stability is not None else "") + "; the map refines as masks come.")
 
 
 # -------------------------------------------------------------------- layout
@@ -379,8 +430,9 @@ def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True)
                                           max_length=MAX_TEMPLATE_CHARS, elem_id="template")
                     target = gr.Dropdown(TARGET_CHOICES, value="cocoa", label="Target", elem_id="target")
                     method = gr.Dropdown(METHOD_CHOICES, value="rise", label="Method", elem_id="method")
-                    masks = gr.Slider(100, app.max_masks, value=app.default_masks, step=100, label="RISE masks",
-                                      info="more masks, smoother map, longer run", elem_id="masks")
+                    masks = gr.Slider(0, app.max_masks, value=app.default_masks, step=100, label="RISE masks",
+                                      info="more masks, smoother map, longer run; 0: auto, until the map is stable",
+                                      elem_id="masks")
                     seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED, elem_id="seed")
                     framing = gr.Radio(FRAMING_CHOICES, value="pad", label="Framing", elem_id="framing")
                     opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Heatmap opacity", elem_id="opacity")
@@ -436,7 +488,7 @@ def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True)
 
         inputs = [image, corpus, foil, foil_preset, template, target, method, masks, seed, opacity, scale, framing,
                   reverse, corpus_images, foil_images]
-        explain.click(app.explain, inputs, [overlay, overlay_reverse, colorbar, score, reading, status, downloads,
+        explain.click(app.explain_live, inputs, [overlay, overlay_reverse, colorbar, score, reading, status, downloads,
                                             answer_token],
                       api_name="explain", preprocess=False, concurrency_limit=1, concurrency_id="model",
                       api_description="Heatmap of where the model sees the corpus rather than the foil.").then(

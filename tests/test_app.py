@@ -235,6 +235,31 @@ def test_client_sees_progress_then_the_answer(server, photo_file, tiny):
     assert status.startswith("RISE: 8,192 masks")
 
 
+def test_explain_streams_frames_then_the_answer_and_predict_gets_only_the_answer(server, photo_file, tiny):
+    """The UI's Explain is a generator: map frames while RISE runs, the full answer last; an API caller's
+    predict() returns that answer alone, the same as before frames existed."""
+    _, url = server
+    job = client(url).submit(image=handle_file(str(photo_file)), corpus="dog", foil="cat", masks=6000,
+                             api_name="/explain")
+    final = job.result()
+    outputs = job.outputs()
+    frames = outputs[:-1]
+    assert outputs[-1] == final and len(final) == 7 and final[5].startswith("RISE: 6,000 masks")
+    assert frames and all(frame[5].startswith("RISE running: ") for frame in frames)
+    counts = [int(frame[5].split()[2].replace(",", "")) for frame in frames]
+    assert counts == sorted(counts) and counts[0] < 6000
+    assert Image.open(frames[0][0]).size == (70, 45)
+    again = client(url).predict(image=handle_file(str(photo_file)), corpus="cat", foil="dog", masks=6000,
+                                api_name="/explain")
+    assert len(again) == 7 and again[3] == pytest.approx(-final[3], abs=1e-6)
+
+
+def test_masks_zero_or_auto_runs_until_the_map_is_stable(web, photo_file):
+    for masks in (0, "auto"):
+        status = ask(web, str(photo_file), masks=masks)["status"]
+        assert "Stability 0.9" in status or f"{web.max_masks:,} masks" in status
+
+
 def test_client_gets_the_error_sentence_and_the_server_keeps_serving(server, photo_file, not_an_image):
     _, url = server
     api = client(url)
