@@ -128,3 +128,21 @@ def test_the_demo_model_finds_the_orange_cross(page):
     assert width == Image.open(REPO / "assets" / "shapes_scene.png").width and height > width
     if os.environ.get("COCOA_SCREENSHOT") == "1":
         page.screenshot(path=str(REPO / "assets" / "screenshot.png"), full_page=True)
+
+
+def test_the_map_forms_while_rise_runs(page):
+    """Frames: the overlay appears with a running status (masks so far, stability) before the answer."""
+    page.reload()
+    page.wait_for_selector("#explain")
+    page.set_input_files("#image input[type=file]", str(REPO / "assets" / "coffee.jpg"))  # a picture no test asked
+    page.wait_for_selector("#image img")
+    page.locator("#corpus textarea").fill("orange cross")
+    page.locator("#foil textarea").fill("yellow square")
+    page.click("#explain")
+    page.locator("#status").get_by_text("RISE running").wait_for()
+    assert overlay_size(page) == Image.open(REPO / "assets" / "coffee.jpg").size
+    if os.environ.get("COCOA_SCREENSHOT") == "1":
+        page.wait_for_timeout(1500)  # a few frames on
+        page.screenshot(path=str(REPO / "assets" / "live_frame.png"), full_page=False)
+    page.locator("#status").get_by_text("RISE: 2,000 masks").wait_for()
+    assert "Stability 0." in page.locator("#status").inner_text()
