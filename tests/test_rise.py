@@ -123,6 +123,8 @@ def test_time_budget_stops_early_and_a_later_run_resumes_the_pass(tiny, photo):
     np.testing.assert_allclose(resumed.heatmap, fresh.heatmap, rtol=1e-4, atol=1e-7)
     shorter = cc.explain(tiny, photo, DOG_CAT, masks=done - 5, cache=cache)  # a prefix of the stored pass
     assert shorter.details["cached"] and shorter.details["masks"] == done - 5
+    again = cc.explain(tiny, photo, DOG_CAT, masks=done + 25, cache=cache)  # the cache kept the longer pass
+    assert again.details["cached"] and len(cache) == 1
 
 
 def test_progress_reports_masks_done(tiny, photo):
