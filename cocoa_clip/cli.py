@@ -1,14 +1,16 @@
-"""Command line: `python -m cocoa_clip explain|evaluate|compare|models`.
+"""Command line: `python -m cocoa_clip explain|evaluate|compare|models|download|batch`.
 
     python -m cocoa_clip explain dog.jpg --corpus dog --foil cat --out overlay.png
     python -m cocoa_clip explain photos/*.jpg --corpus dog --foil cat --out maps/{stem}.png
     python -m cocoa_clip evaluate dog.jpg --corpus dog --foil-preset cifar100 --json
     python -m cocoa_clip compare park.jpg --caption dog --caption grass --caption sky
+    python -m cocoa_clip batch photos/ --corpus dog --foil cat --out-dir results --engine ray
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import sys
 from collections import Counter
@@ -17,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .batch import ENGINES, REPORT, RESULTS, Job, ModelSpec, check_engine, collect, failed_status
+from .batch import run as run_batch
 from .compare import MAX_CAPTIONS, caption_questions, compare
 from .errors import CocoaError, ImageError, check_seed
 from .evaluate import MEASURE_LABELS, MEASURES, check_steps, insertion_deletion, measure_of
@@ -46,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Explain what in an image makes CLIP see the corpus rather than the foil (COCOA).",
     )
     commands = parser.add_subparsers(dest="command", required=True,
-                                     metavar="{explain,evaluate,compare,models,download}")
+                                     metavar="{explain,evaluate,compare,models,download,batch}")
     explain_parser = commands.add_parser(
         "explain", help="heatmap of an image for a question", formatter_class=_Help,
         description="Write a heatmap of each IMAGE: where CLIP sees the corpus rather than the foil. Prints the "
@@ -106,7 +110,32 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fetch NAME's weights to where later runs find them with no network: the clip package's "
                     "cache (from its URL) or the Hugging Face hub's cache (HF_HOME; HF_ENDPOINT for a mirror).")
     download_parser.add_argument("name", metavar="NAME", help="a model name (see `models`), e.g. ViT-B/32")
+    _batch_parser(commands)
     return parser
+
+
+def _batch_parser(commands: argparse._SubParsersAction) -> None:
+    batch_parser = commands.add_parser(
+        "batch", help="explain a whole collection: results table, heatmaps and an HTML report", formatter_class=_Help,
+        description="Explain every image of INPUT (a folder, searched recursively; a glob in quotes; or a .csv, "
+                    ".jsonl or .parquet table with an image column and optional corpus, foil, target and seed "
+                    "columns, captions separated by '|'). The options fill what the table leaves out. Writes "
+                    "results.parquet, heatmaps/, thumbnails/, manifest.json and report.html in --out-dir. The exit "
+                    "status is the number of rows that failed (their error column says why).")
+    batch_parser.add_argument("input", metavar="INPUT", help="folder, glob or table of images")
+    batch_parser.add_argument("--out-dir", required=True, metavar="DIR", help="where the results go")
+    _question_options(batch_parser, image=False)
+    run = batch_parser.add_argument_group("batch")
+    run.add_argument("--engine", choices=ENGINES, default="local",
+                     help="local: in this process, without Ray; ray: a Ray Data pipeline with an actor pool")
+    run.add_argument("--ray-address", metavar="ADDR",
+                     help="join this Ray cluster ('auto': the one `ray start` made); default: start a local Ray")
+    run.add_argument("--workers", type=int, default=1, help="Ray actors, one model each")
+    run.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs each Ray actor reserves")
+    run.add_argument("--overlays", action="store_true", help="also write full-size overlays under DIR/overlays/")
+    run.add_argument("--evaluate", action="store_true", help="add insertion and deletion AUCs to every row")
+    run.add_argument("--resume", action="store_true",
+                     help="go on with the results already in DIR (rows that failed are tried again)")
 
 
 def _image_argument(parser: argparse.ArgumentParser, several: bool = False) -> None:
@@ -114,8 +143,9 @@ def _image_argument(parser: argparse.ArgumentParser, several: bool = False) -> N
                         help=f"the picture{'s' if several else ''} to explain (any size; PNG, JPEG, WebP, TIFF ...)")
 
 
-def _question_options(parser: argparse.ArgumentParser, several: bool = False) -> None:
-    _image_argument(parser, several)
+def _question_options(parser: argparse.ArgumentParser, several: bool = False, image: bool = True) -> None:
+    if image:
+        _image_argument(parser, several)
     what = parser.add_argument_group("question")
     what.add_argument("--corpus", action="append", default=[], metavar="TEXT",
                       help="what to look for; repeat for several captions")
@@ -208,7 +238,8 @@ def _models_command() -> int:
 def _run(args: argparse.Namespace) -> int:
     if hasattr(args, "stability"):
         _settings(args)  # refuse bad counts and thresholds before loading a model
-    commands = {"explain": _explain_command, "evaluate": _evaluate_command, "compare": _compare_command}
+    commands = {"explain": _explain_command, "evaluate": _evaluate_command, "compare": _compare_command,
+                "batch": _batch_command}
     return commands[args.command](args)
 
 
@@ -293,6 +324,52 @@ def _compare_command(args: argparse.Namespace) -> int:
               f"score {part['score']:+.4f} (rather than the others)")
     print(f"overlay -> {paths['out']}" + (f"\nlabels -> {paths['labels']}" if paths["labels"] else ""))
     return 0
+
+
+def _batch_command(args: argparse.Namespace) -> int:
+    """Explain a collection; print where the results went. Exit status: the number of failed rows."""
+    check_engine(args.engine, args.workers, args.gpus_per_worker, args.ray_address)
+    question = {"corpus": args.corpus, "foil": args.foil, "foil_preset": args.foil_preset,
+                "corpus_images": args.corpus_image, "foil_images": args.foil_image, "target": args.target,
+                "template": args.template, "similarity": args.similarity}
+    options = {name: value for name, value in _method(args).items() if name not in ("seed", "cache")}
+    job = Job(out_dir=args.out_dir, model=ModelSpec(args.model, args.weights, args.device, args.precision),
+              question=question, options={**options, "estimator": args.estimator}, seed=args.seed,
+              evaluate=args.evaluate, overlays=args.overlays)
+    rows = collect(args.input, job)
+    with _batch_progress(len(rows), args.quiet) as progress:
+        summary = run_batch(rows, job, engine=args.engine, workers=args.workers,
+                            gpus_per_worker=args.gpus_per_worker, ray_address=args.ray_address,
+                            resume=args.resume, on_result=progress)
+    out = summary.out_dir
+    if args.json:
+        print(json.dumps({**dataclasses.asdict(summary), "out_dir": str(out), "results": str(out / RESULTS),
+                          "report": str(out / REPORT)}))
+    else:
+        print(f"{summary.rows} rows: {summary.explained} explained now, {summary.skipped} done before, "
+              f"{summary.failed} failed{' (see the error column)' if summary.failed else ''}; "
+              f"{summary.seconds:.1f} s\nresults -> {out / RESULTS}\nreport -> {out / REPORT}")
+    if summary.failed:
+        print(f"error: {summary.failed} of {summary.rows} rows failed", file=sys.stderr)
+    return failed_status(summary)
+
+
+@contextlib.contextmanager
+def _batch_progress(total: int, quiet: bool) -> Iterator[Callable[[dict], None] | None]:
+    """A bar on stderr: images done, images per minute, time left."""
+    if quiet:
+        yield None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, unit="image", disable=None, file=sys.stderr,
+              bar_format="{n_fmt}/{total_fmt} images |{bar}| {elapsed}<{remaining} left{postfix}") as bar:
+        def update(result: dict) -> None:
+            bar.update(1)
+            elapsed = bar.format_dict["elapsed"]
+            bar.set_postfix_str(f"{bar.n / elapsed * 60:.1f} images/min" if elapsed > 0 else "")
+
+        yield update
 
 
 def _output_plan(args: argparse.Namespace) -> list[tuple[str, dict[str, str | None]]]:
