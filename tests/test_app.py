@@ -128,7 +128,7 @@ BAD_INPUTS = {
     "blank corpus": (dict(corpus="  \n \n"), "needs a corpus"),
     "bad template": (dict(template="a photo of"), "must contain {} exactly once"),
     "stray braces": (dict(template="a {} of {0"), "stray braces"),
-    "masks zero": (dict(masks=0), "masks must be a whole number from 1 to 20,000"),
+    "masks negative": (dict(masks=-100), "masks must be a whole number from 1 to 20,000"),
     "masks too many": (dict(masks=20_001), "masks must be a whole number from 1 to 20,000"),
     "masks fractional": (dict(masks=10.5), "masks must be a whole number"),
     "masks as text": (dict(masks="many"), "masks must be a whole number"),
@@ -239,7 +239,8 @@ def test_explain_streams_frames_then_the_answer_and_predict_gets_only_the_answer
     """The UI's Explain is a generator: map frames while RISE runs, the full answer last; an API caller's
     predict() returns that answer alone, the same as before frames existed."""
     _, url = server
-    job = client(url).submit(image=handle_file(str(photo_file)), corpus="dog", foil="cat", masks=6000,
+    picture = write_photo(photo_file.parent / "unseen.png", width=70, height=45, seed=5)  # no cached pass
+    job = client(url).submit(image=handle_file(str(picture)), corpus="dog", foil="cat", masks=6000,
                              api_name="/explain")
     final = job.result()
     outputs = job.outputs()
@@ -249,7 +250,7 @@ def test_explain_streams_frames_then_the_answer_and_predict_gets_only_the_answer
     counts = [int(frame[5].split()[2].replace(",", "")) for frame in frames]
     assert counts == sorted(counts) and counts[0] < 6000
     assert Image.open(frames[0][0]).size == (70, 45)
-    again = client(url).predict(image=handle_file(str(photo_file)), corpus="cat", foil="dog", masks=6000,
+    again = client(url).predict(image=handle_file(str(picture)), corpus="cat", foil="dog", masks=6000,
                                 api_name="/explain")
     assert len(again) == 7 and again[3] == pytest.approx(-final[3], abs=1e-6)
 
