@@ -491,6 +491,7 @@ def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True)
         explain.click(app.explain_live, inputs, [overlay, overlay_reverse, colorbar, score, reading, status, downloads,
                                             answer_token],
                       api_name="explain", preprocess=False, concurrency_limit=1, concurrency_id="model",
+                      show_progress_on=[status],  # the progress bar on the status line: the map forming stays in view
                       api_description="Heatmap of where the model sees the corpus rather than the foil.").then(
             app.estimate, [method, masks], estimate, queue=False, api_visibility="private")
         check.click(app.check, [answer_token, measure], [curves, curves_text], api_name="check", concurrency_limit=1,
