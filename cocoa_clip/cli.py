@@ -1,10 +1,11 @@
-"""Command line: `python -m cocoa_clip explain|evaluate|compare|models|download|batch`.
+"""Command line: `cocoa-clip explain|evaluate|compare|models|download|batch|serve` (or `python -m cocoa_clip ...`).
 
-    python -m cocoa_clip explain dog.jpg --corpus dog --foil cat --out overlay.png
-    python -m cocoa_clip explain photos/*.jpg --corpus dog --foil cat --out maps/{stem}.png
-    python -m cocoa_clip evaluate dog.jpg --corpus dog --foil-preset cifar100 --json
-    python -m cocoa_clip compare park.jpg --caption dog --caption grass --caption sky
-    python -m cocoa_clip batch photos/ --corpus dog --foil cat --out-dir results --engine ray
+    cocoa-clip explain dog.jpg --corpus dog --foil cat --out overlay.png
+    cocoa-clip explain photos/*.jpg --corpus dog --foil cat --out maps/{stem}.png
+    cocoa-clip evaluate dog.jpg --corpus dog --foil-preset cifar100 --json
+    cocoa-clip compare park.jpg --caption dog --caption grass --caption sky
+    cocoa-clip batch photos/ --corpus dog --foil cat --out-dir results --engine ray
+    cocoa-clip serve --model shapes-demo --port 7861
 """
 from __future__ import annotations
 
@@ -23,9 +24,10 @@ from .batch import ENGINES, REPORT, RESULTS, Job, ModelSpec, check_engine, colle
 from .batch import run as run_batch
 from .compare import MAX_CAPTIONS, caption_questions, compare
 from .errors import CocoaError, ImageError, check_seed
-from .evaluate import MEASURE_LABELS, MEASURES, check_steps, insertion_deletion, measure_of
+from .evaluate import MEASURE_LABELS, MEASURES, check_steps, curves_of, insertion_deletion, measure_of
 from .explain import METHODS, Explanation, explain
-from .images import FRAMINGS, ImageSource, load_image
+from .gradients import GradientSettings
+from .images import BASELINES, FRAMINGS, ImageSource, check_baseline, load_image
 from .models import DEFAULT_MODEL, PRECISIONS, ClipModel, available_models, download, load, weights_on_disk
 from .presets import DEFAULT_TEMPLATE, FOIL_PRESETS
 from .render import SCALES, check_style, save_npy
@@ -39,18 +41,19 @@ class _Help(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "default" in text or action.default in (None, False, [], argparse.SUPPRESS):
+        if "default" in text or action.default is None or action.default is False or action.default == [] \
+                or action.default == argparse.SUPPRESS:  # identity: 0 is a default worth showing, unlike False
             return text
         return f"{text} (default: {action.default})"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m cocoa_clip",
+        prog="cocoa-clip",
         description="Explain what in an image makes CLIP see the corpus rather than the foil (COCOA).",
     )
     commands = parser.add_subparsers(dest="command", required=True,
-                                     metavar="{explain,evaluate,compare,models,download,batch}")
+                                     metavar="{explain,evaluate,compare,models,download,batch,serve}")
     explain_parser = commands.add_parser(
         "explain", help="heatmap of an image for a question", formatter_class=_Help,
         description="Write a heatmap of each IMAGE: where CLIP sees the corpus rather than the foil. Prints the "
@@ -76,7 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     _question_options(evaluate_parser)
     evaluate_parser.add_argument("--from-heatmap", metavar="NPY",
                                  help="evaluate this saved heatmap instead of computing one")
-    evaluate_parser.add_argument("--steps", type=int, default=50, help="points on each curve")
+    evaluate_parser.add_argument("--curve-steps", type=int, default=50, help="points on each curve")
+    evaluate_parser.add_argument("--curve-baseline", choices=BASELINES, default=None,
+                                 help="what the curves put in place of removed pixels (default: the heatmap's "
+                                      "--baseline and --blur-sigma)")
     evaluate_parser.add_argument("--measure", choices=MEASURES, default="similarity",
                                  help="what the curves record: contrastive corpus similarity, or CLIP's zero-shot "
                                       "probability of the corpus against the foil classes (the paper's corpus "
@@ -100,7 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      "(default: {stem}_compare.png here)")
     compare_parser.add_argument("--labels", metavar="NPY",
                                 help="also save the label map: int16 H x W, each pixel's caption (0 = first), "
-                                     "-1 where the model saw nothing")
+                                     "-1 where no caption clearly wins, -2 where the model saw nothing")
+    compare_parser.add_argument("--tie-margin", type=float, default=0.1, metavar="SHARE",
+                                help="no clear winner where the top two maps are closer than this share of the "
+                                     "picture's largest lead")
     compare_parser.add_argument("--opacity", type=float, default=0.6, help="weight of the colours, 0 to 1")
 
     commands.add_parser("models", help="list the model names --model accepts, and where their weights are")
@@ -111,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "cache (from its URL) or the Hugging Face hub's cache (HF_HOME; HF_ENDPOINT for a mirror).")
     download_parser.add_argument("name", metavar="NAME", help="a model name (see `models`), e.g. ViT-B/32")
     _batch_parser(commands)
+    # `serve` hands its arguments to the web app's own parser (main() routes them before this one).
+    commands.add_parser("serve", help="the web app and its HTTP API, as app.py serves it (options: serve --help; "
+                                      "needs pip install 'cocoa-clip[app]')")
     return parser
 
 
@@ -178,6 +190,18 @@ def _method_options(parser: argparse.ArgumentParser, estimator: bool) -> None:
     how.add_argument("--max-masks", type=int, default=None,
                      help="with --masks auto: the most masks to draw (default: 20000 on a GPU, 4000 on a CPU)")
     how.add_argument("--seed", type=int, default=0, help="random seed of the masks / noise")
+    how.add_argument("--baseline", choices=BASELINES, default="blur",
+                     help="what removed pixels show: the blurred picture (the paper's), CLIP's mean colour, or black")
+    how.add_argument("--blur-sigma", type=float, default=None, metavar="PIXELS",
+                     help="the blur's sigma in pixels of the model's input (default: 5 x input size / 224; "
+                          "5 reproduces the paper's code, kernel 21, at any size)")
+    gradients = GradientSettings()
+    how.add_argument("--steps", type=int, default=gradients.n_steps,
+                     help="Integrated Gradients: steps of the path integral (the paper's 50)")
+    how.add_argument("--samples", type=int, default=gradients.n_samples,
+                     help="GradientSHAP: noisy samples (the paper's 50)")
+    how.add_argument("--stdev", type=float, default=gradients.stdev,
+                     help="GradientSHAP: noise standard deviation, in normalised input units (the paper's 0.2)")
     if estimator:
         how.add_argument("--estimator", choices=ESTIMATORS, default=DEFAULT_ESTIMATOR,
                          help="RISE estimator: regression (least noise), centered (mean score subtracted) "
@@ -202,9 +226,13 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    report_sources(not getattr(args, "quiet", False))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv) if argv[:1] != ["serve"] else None
+    if args is not None:
+        report_sources(not getattr(args, "quiet", False))
     try:
+        if args is None:
+            return _serve(argv[1:])
         if args.command == "models":
             return _models_command()
         if args.command == "download":
@@ -235,9 +263,21 @@ def _models_command() -> int:
     return 0
 
 
+def _serve(app_args: list[str]) -> int:
+    """The web app, as app.py runs it; gradio is an optional dependency."""
+    try:
+        from . import webapp
+    except ImportError as error:
+        raise CocoaError(f"The web app needs gradio ({error}); install it with: pip install 'cocoa-clip[app]'.") \
+            from error
+    return webapp.main(app_args, prog="cocoa-clip serve")
+
+
 def _run(args: argparse.Namespace) -> int:
     if hasattr(args, "stability"):
         _settings(args)  # refuse bad counts and thresholds before loading a model
+    check_baseline(args.baseline, args.blur_sigma)
+    _gradient(args)
     commands = {"explain": _explain_command, "evaluate": _evaluate_command, "compare": _compare_command,
                 "batch": _batch_command}
     return commands[args.command](args)
@@ -273,18 +313,22 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     """Insertion and deletion curves of a heatmap (computed, or read with --from-heatmap)."""
     question = _question(args)
     measure_of(question)  # a corpus and a foil, checked before any work
-    check_steps(args.steps)
+    check_steps(args.curve_steps)
     check_seed(args.seed)
     inputs = [args.image] + ([args.from_heatmap] if args.from_heatmap else [])
     _refuse_clashes(inputs, [(args.image, {"plot": args.plot})])
     saved = _read_heatmap(args.from_heatmap) if args.from_heatmap else None
     model = _load(args)
+    options = {"steps": args.curve_steps, "seed": args.seed, "measure": args.measure}
     if saved is not None:
-        heatmap = saved
+        curves = insertion_deletion(model, args.image, saved, question, framing=args.framing,
+                                    baseline=args.curve_baseline or args.baseline, blur_sigma=args.blur_sigma,
+                                    **options)
     else:
-        heatmap = _explain(model, question, args.image, args).heatmap
-    curves = insertion_deletion(model, args.image, heatmap, question, framing=args.framing, steps=args.steps,
-                                seed=args.seed, measure=args.measure)
+        answer = _explain(model, question, args.image, args)
+        if args.curve_baseline is not None:
+            answer.details.update(baseline=args.curve_baseline)
+        curves = curves_of(model, answer, **options)  # its map as computed, with its own baseline
     if args.plot:
         _make_folders([args.plot])
         curves.plot(question.describe()).save(args.plot, format="PNG")
@@ -295,6 +339,7 @@ def _evaluate_command(args: argparse.Namespace) -> int:
         for name, value in curves.aucs().items():
             print(f"{name:22s} {value: .4f}")
         print(f"({MEASURE_LABELS[args.measure]}; insertion: higher is better, deletion: lower is better)")
+        print(curves.verdict())
     return 0
 
 
@@ -307,21 +352,26 @@ def _compare_command(args: argparse.Namespace) -> int:
     model = _load(args)
     picture = load_image(args.image)
     with _progress(model, args) as progress:
-        comparison = compare(model, picture, args.caption, template=args.template, progress=progress, **_method(args))
+        comparison = compare(model, picture, args.caption, template=args.template, progress=progress,
+                             tie_margin=args.tie_margin, **_method(args))
     _make_folders(paths.values())
     comparison.overlay(opacity=args.opacity).save(paths["out"], format="PNG")
     if paths["labels"]:
         save_npy(paths["labels"], comparison.labels.astype(np.int16))
-    parts = [{"caption": caption, "share": share, "score": answer.score}
+    parts = [{"caption": caption, "share": share, "decided_share": comparison.decided_shares[caption],
+              "score": answer.score}
              for (caption, share), answer in zip(comparison.shares.items(), comparison.answers, strict=True)]
     if args.json:
-        print(json.dumps({"image": args.image, "captions": parts, "overlay": paths["out"], "labels": paths["labels"],
+        print(json.dumps({"image": args.image, "captions": parts, "undecided_share": comparison.undecided_share,
+                          "tie_margin": comparison.tie_margin, "overlay": paths["out"], "labels": paths["labels"],
                           "details": comparison.answers[0].details}))
         return 0
     width = max(len(part["caption"]) for part in parts)
     for part in parts:
-        print(f"{part['caption']:{width}s}  {part['share']:6.1%} of the picture  "
-              f"score {part['score']:+.4f} (rather than the others)")
+        print(f"{part['caption']:{width}s}  {part['share']:6.1%} of the picture, {part['decided_share']:6.1%} of the "
+              f"decided pixels  score {part['score']:+.4f} (rather than the others)")
+    print(f"{'no clear winner':{width}s}  {comparison.undecided_share:6.1%} of the picture (the top two maps within "
+          f"{comparison.tie_margin:.0%} of the largest lead; left uncoloured)")
     print(f"overlay -> {paths['out']}" + (f"\nlabels -> {paths['labels']}" if paths["labels"] else ""))
     return 0
 
@@ -332,7 +382,10 @@ def _batch_command(args: argparse.Namespace) -> int:
     question = {"corpus": args.corpus, "foil": args.foil, "foil_preset": args.foil_preset,
                 "corpus_images": args.corpus_image, "foil_images": args.foil_image, "target": args.target,
                 "template": args.template, "similarity": args.similarity}
-    options = {name: value for name, value in _method(args).items() if name not in ("seed", "cache")}
+    options = {name: value for name, value in _method(args).items() if name not in ("seed", "cache", "gradient")}
+    if _gradient(args) != GradientSettings():  # the job's settings are stored as JSON, which holds no dataclass
+        raise CocoaError("batch runs gradient methods with the paper's settings; leave out --steps, --samples "
+                         "and --stdev (or use explain).")
     job = Job(out_dir=args.out_dir, model=ModelSpec(args.model, args.weights, args.device, args.precision),
               question=question, options={**options, "estimator": args.estimator}, seed=args.seed,
               evaluate=args.evaluate, overlays=args.overlays)
@@ -431,7 +484,12 @@ def _method(args: argparse.Namespace) -> dict:
     """The explain options the method group sets."""
     return {"method": args.method, "masks": args.masks, "stability": args.stability, "max_masks": args.max_masks,
             "seed": args.seed, "framing": args.framing,
-            "batch_size": args.batch_size, "time_budget": args.time_budget, "cache": None}
+            "batch_size": args.batch_size, "time_budget": args.time_budget, "cache": None,
+            "baseline": args.baseline, "blur_sigma": args.blur_sigma, "gradient": _gradient(args)}
+
+
+def _gradient(args: argparse.Namespace) -> GradientSettings:
+    return GradientSettings(n_steps=args.steps, n_samples=args.samples, stdev=args.stdev)
 
 
 def _count_or_auto(text: str) -> int | str:

@@ -1,8 +1,9 @@
 """Faithfulness: insertion and deletion curves (Petsiuk et al., 2018; the paper's section 4.1).
 
-Pixels of the picture are ranked by attribution. Deletion starts from the picture and replaces
-the most important pixels first with the blurred picture; insertion starts from the blurred
-picture and puts the most important pixels back. After each step the curve records one of the
+Pixels of the picture are ranked by attribution (the map as computed, over the model's input,
+when the answer has it). Deletion starts from the picture and replaces the most important pixels
+first with the baseline (the blurred picture, as in the paper, or the one the heatmap used);
+insertion starts from the baseline and puts the most important pixels back. After each step the curve records one of the
 paper's two measures for the question's corpus and foil, whatever target produced the heatmap,
 so that targets can be compared as in its tables:
 
@@ -27,7 +28,8 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from .errors import QuestionError, SettingsError, check_seed
-from .images import Framed, ImageSource, blur, frame, load_image
+from .images import Framed, ImageSource, check_baseline, frame, load_image
+from .images import baseline as baseline_of
 from .models import ClipModel, eval_mode
 from .targets import Question, members, resolve
 
@@ -56,6 +58,16 @@ class Curves:
         """Areas under the curves (trapezoid rule over the fraction of pixels)."""
         return {f"{name}_auc": self.area(getattr(self, name), self.fractions)
                 for name in ("insertion", "deletion", "random_insertion", "random_deletion")}
+
+    def verdict(self) -> str:
+        """One sentence: does the heatmap beat a random pixel order on both curves, and by how much?"""
+        aucs = self.aucs()
+        gain = aucs["insertion_auc"] - aucs["random_insertion_auc"]  # higher is better
+        drop = aucs["random_deletion_auc"] - aucs["deletion_auc"]  # lower is better
+        beats = "beats" if gain > 0 and drop > 0 else "does not clearly beat"
+        # 4 significant digits, not 4 decimals: probabilities against 999 foils are tiny and still ordered.
+        return (f"This heatmap {beats} a random ranking of the pixels: insertion area {gain:+.4g} and deletion area "
+                f"{-drop:+.4g} against the random order's.")
 
     def to_dict(self) -> dict:
         curves = {f.name: getattr(self, f.name).tolist() for f in dataclasses.fields(self) if f.name != "measure"}
@@ -136,16 +148,23 @@ def insertion_deletion(
     seed: int = 0,
     batch_size: int = 64,
     measure: str = "similarity",
+    baseline: str = "blur",
+    blur_sigma: float | None = None,
+    content_map: np.ndarray | None = None,
 ) -> Curves:
     """Insertion and deletion curves of a heatmap for a question.
 
     heatmap: (H, W) at the picture's size, as `explain` returns it (NaN pixels rank last).
+    content_map: (h, w), the map as computed over the content box (Explanation.content_map); when
+    given, it is ranked instead of the heatmap brought back from the picture's size.
+    baseline, blur_sigma: what removed pixels show (images.baseline); use the heatmap's own.
     steps: points on each curve after the first. seed: the random baseline's pixel order.
     measure: "similarity" (contrastive corpus similarity) or "probability" (zero-shot
     probability of the corpus), the paper's two measures.
     """
     check_steps(steps)
     check_seed(seed)
+    check_baseline(baseline, blur_sigma)
     if not (isinstance(batch_size, int) and batch_size >= 1):
         raise SettingsError(f"The batch size must be a positive whole number; got {batch_size!r}.")
     heatmap = np.asarray(heatmap)
@@ -157,10 +176,10 @@ def insertion_deletion(
                             f"but the image is {picture.width}x{picture.height}.")
     framed = frame(picture, model.n_px, framing)
     content = framed.content.to(model.device)
-    baseline = blur(content, model.n_px)
+    removed = baseline_of(content, model.n_px, baseline, blur_sigma)
     target = measure_score(model, question, measure, framing)
 
-    ranking = content_ranking(heatmap, framed)
+    ranking = content_ranking(heatmap, framed) if content_map is None else native_ranking(content_map, framed)
     generator = torch.Generator().manual_seed(seed)
     shuffled = torch.randperm(ranking.numel(), generator=generator)
     fractions = np.linspace(0.0, 1.0, steps + 1)
@@ -170,12 +189,23 @@ def insertion_deletion(
 
     return Curves(
         fractions=fractions,
-        insertion=curve(ranking, baseline, content),
-        deletion=curve(ranking, content, baseline),
-        random_insertion=curve(shuffled, baseline, content),
-        random_deletion=curve(shuffled, content, baseline),
+        insertion=curve(ranking, removed, content),
+        deletion=curve(ranking, content, removed),
+        random_insertion=curve(shuffled, removed, content),
+        random_deletion=curve(shuffled, content, removed),
         measure=measure,
     )
+
+
+def curves_of(model: ClipModel, answer, *, steps: int = 50, seed: int = 0, batch_size: int = 64,
+              measure: str = "similarity") -> Curves:
+    """Insertion and deletion curves of an `explain` answer (an Explanation): its map as computed,
+    with its framing and baseline."""
+    details = answer.details
+    return insertion_deletion(model, answer.image, answer.heatmap, answer.question,
+                              framing=details.get("framing", "pad"), steps=steps, seed=seed, batch_size=batch_size,
+                              measure=measure, baseline=details.get("baseline", "blur"),
+                              blur_sigma=details.get("blur_sigma"), content_map=answer.content_map)
 
 
 def check_steps(steps: object) -> None:
@@ -199,6 +229,16 @@ def content_ranking(heatmap: np.ndarray, framed: Framed) -> torch.Tensor:
     box_height, box_width = framed.box[2:]
     small = F.interpolate(region[None, None], size=(box_height, box_width), mode="area")[0, 0]
     return torch.argsort(small.flatten(), descending=True, stable=True)
+
+
+def native_ranking(content_map: np.ndarray, framed: Framed) -> torch.Tensor:
+    """Pixel indices of the content box, most important first, from a map over the content box itself."""
+    content_map = np.asarray(content_map, dtype=np.float32)
+    if content_map.shape != tuple(framed.box[2:]):
+        raise SettingsError(f"The content map is {content_map.shape[1]}x{content_map.shape[0]} but the model saw "
+                            f"{framed.box[3]}x{framed.box[2]} pixels of the picture; was it made with this framing?")
+    values = np.nan_to_num(content_map, nan=-np.inf)  # NaN ranks last
+    return torch.argsort(torch.from_numpy(values).flatten(), descending=True, stable=True)
 
 
 def _curve(model: ClipModel, framed: Framed, target: Score, order: torch.Tensor, start: torch.Tensor,

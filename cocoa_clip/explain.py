@@ -19,7 +19,7 @@ from PIL import Image
 
 from . import render
 from .errors import SettingsError
-from .gradients import GRADIENT_METHODS, GradientSettings, attribute
+from .gradients import GRADIENT_METHODS, GradientSettings, attribute, precision
 from .images import Framed, ImageSource, frame, load_image, unframe
 from .models import ClipModel
 from .rise import DEFAULT_ESTIMATOR, ESTIMATORS, PassCache, Progress, RiseResult, RiseSettings, run_rise
@@ -36,8 +36,10 @@ class Explanation:
     heatmap: (H, W) float32 at the picture's own size; NaN outside what the model saw (crop framing).
     score: the target on the whole picture; for COCOA, its contrastive corpus similarity
         (mean cosine similarity to the corpus minus that to the foil).
-    details: how it was computed (masks, seconds, cached, precision, batch size, ...).
+    details: how it was computed (masks, seconds, cached, precision, baseline, batch size, ...).
     notes: things the user should know (e.g. a caption was truncated).
+    content_map: (h, w) float32, the map as computed, over the picture's content box at the model's
+        input (images.Framed.box); insertion and deletion rank it. None for a map read from a file.
     """
 
     heatmap: np.ndarray
@@ -47,6 +49,7 @@ class Explanation:
     method: str
     details: dict = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    content_map: np.ndarray | None = None
 
     @property
     def scale(self) -> str:
@@ -81,6 +84,8 @@ def explain(
     seed: int = 0,
     framing: str = "pad",
     estimator: str = DEFAULT_ESTIMATOR,
+    baseline: str = "blur",
+    blur_sigma: float | None = None,
     batch_size: int | None = None,
     gradient: GradientSettings = GradientSettings(),
     progress: Progress | None = None,
@@ -100,7 +105,11 @@ def explain(
     time_budget: seconds after which RISE stops and answers from the masks done. seed: RISE's
     masks, or GradientSHAP's noise. on_update: called with the answers so far as RISE runs
     (after the first batch, then about every half second), last with the final answers.
-    details carry "masks" (masks used) and "stability". Returns a list when given a list.
+    details carry "masks" (masks used) and "stability".
+    baseline: what removed pixels show, "blur" (the paper's), "mean" or "black"; blur_sigma: the
+    blur's sigma in input pixels (default 5 x n_px / 224; 5 is the paper's code at any size).
+    gradient: Integrated Gradients' steps, GradientSHAP's samples and noise.
+    Returns a list when given a list.
 
     >>> model = load("shapes-demo")                                         # doctest: +SKIP
     >>> answer = explain(model, "scene.png", Question(corpus=["red circle"], foil=["blue star"]))  # doctest: +SKIP
@@ -121,7 +130,8 @@ def explain(
     started = time.perf_counter()
 
     if method == "rise":
-        settings = RiseSettings(masks, seed=seed, batch_size=batch_size, stability=stability, max_masks=max_masks)
+        settings = RiseSettings(masks, seed=seed, batch_size=batch_size, stability=stability, max_masks=max_masks,
+                                baseline=baseline, blur_sigma=blur_sigma)
         key = PassCache.key(model, framed, settings)
         cached = cache.get(key) if cache is not None else None
         image_embedding = cached.image_embedding if cached is not None else model.encode_canvas(framed.canvas)
@@ -135,7 +145,7 @@ def explain(
                 details.update(auto=True, stability_target=settings.stability)
             per_answer = [{"stability": _rounded(value)} for value in result.stability.tolist()]
             return _answers(result.maps, targets, framed, picture, image_embedding, method, model, framing, details,
-                            started, per_answer)
+                            started, per_answer, baseline=baseline, blur_sigma=blur_sigma)
 
         on_frame = None
         if on_update is not None:
@@ -152,29 +162,32 @@ def explain(
         if on_update is not None:
             on_update(answers[0] if single else answers)
     else:
-        settings = dataclasses.replace(gradient, seed=seed)
+        settings = dataclasses.replace(gradient, seed=seed, baseline=baseline, blur_sigma=blur_sigma)
         with torch.no_grad():  # in the precision the gradients use, so that the score and the map agree
             image_embedding = model.encode_images(framed.canvas[None].to(model.device))[0]
         targets = [resolve(model, q, image_embedding, framing) for q in questions]
         results = [attribute(model, framed, t, method, settings) for t in targets]
-        # Gradients run in the weights' own dtype: bf16 autocast serves batched forward passes only.
-        details = {"convergence_delta": [d for _, d in results], "seed": seed,
-                   "precision": "fp32" if model.precision == "bf16" else model.precision}
+        own = {"steps": settings.n_steps} if method == "integrated-gradients" else {
+            "samples": settings.n_samples, "stdev": settings.stdev}
+        details = {"convergence_delta": [d for _, d in results], "seed": seed, "precision": precision(model), **own}
         answers = _answers([m for m, _ in results], targets, framed, picture, image_embedding, method, model, framing,
-                           details, started)
+                           details, started, baseline=baseline, blur_sigma=blur_sigma)
     return answers[0] if single else answers
 
 
 def _answers(maps: Sequence[torch.Tensor], targets: Sequence[Target], framed: Framed, picture: Image.Image,
              image_embedding: torch.Tensor, method: str, model: ClipModel, framing: str, details: dict,
-             started: float, per_answer: Sequence[dict] | None = None) -> list[Explanation]:
+             started: float, per_answer: Sequence[dict] | None = None, *, baseline: str = "blur",
+             blur_sigma: float | None = None) -> list[Explanation]:
     """One Explanation per map and target, with the shared details (and each answer's own, if given)."""
     details = {"precision": model.precision, **details, "device": str(model.device), "framing": framing,
-               "model": model.name, "seconds": time.perf_counter() - started}
+               "model": model.name, "baseline": baseline, "blur_sigma": blur_sigma,
+               "seconds": time.perf_counter() - started}
     return [
         Explanation(heatmap=unframe(heat, framed), score=float(target(image_embedding[None])[0]), image=picture,
                     question=target.question, method=method, notes=target.notes,
-                    details={**details, **(per_answer[index] if per_answer else {})})
+                    details={**details, **(per_answer[index] if per_answer else {})},
+                    content_map=heat.float().cpu().numpy())
         for index, (heat, target) in enumerate(zip(maps, targets, strict=True))
     ]
 

@@ -1,9 +1,10 @@
 """Gradient attributions of a target through captum: Integrated Gradients and GradientSHAP.
 
 Both work in the model's normalised input space (what the paper's captum runs saw) with the
-blurred picture as the baseline (appendix I). The map is the attribution summed over colour
-channels, so Integrated Gradients' completeness holds for it: the map sums to
-target(picture) - target(baseline), up to the integral's discretisation error.
+blurred picture as the baseline (appendix I; `baseline` picks another, see images.baseline).
+The map is the attribution summed over colour channels, so Integrated Gradients' completeness
+holds for it: the map sums to target(picture) - target(baseline), up to the integral's
+discretisation error.
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import torch
 from captum.attr import GradientShap, IntegratedGradients
 
 from .errors import SettingsError, check_seed
-from .images import Framed, blur
+from .images import Framed, check_baseline
+from .images import baseline as baseline_of
 from .models import ClipModel, normalize
 from .targets import Target
 
@@ -26,13 +28,16 @@ GRADIENT_METHODS = ("integrated-gradients", "gradient-shap")
 @dataclass(frozen=True)
 class GradientSettings:
     """n_steps: Integrated Gradients' Riemann steps; n_samples and stdev: GradientSHAP's noisy
-    samples and their standard deviation in normalised input units (paper: 50 and 0.2)."""
+    samples and their standard deviation in normalised input units (paper: 50 and 0.2).
+    baseline, blur_sigma: the reference picture (see images.baseline; the paper's is a blur)."""
 
     n_steps: int = 50
     n_samples: int = 50
     stdev: float = 0.2
     internal_batch_size: int = 16
     seed: int = 0
+    baseline: str = "blur"
+    blur_sigma: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("n_steps", "n_samples", "internal_batch_size"):
@@ -42,6 +47,7 @@ class GradientSettings:
         if not 0.0 <= self.stdev <= 10.0:
             raise SettingsError(f"stdev must lie between 0 and 10; got {self.stdev!r}.")
         check_seed(self.seed)
+        check_baseline(self.baseline, self.blur_sigma)
 
 
 def attribute(model: ClipModel, framed: Framed, target: Target, method: str = "integrated-gradients",
@@ -53,7 +59,8 @@ def attribute(model: ClipModel, framed: Framed, target: Target, method: str = "i
     if method not in GRADIENT_METHODS:
         raise SettingsError(f"Unknown gradient method {method!r}; choose one of {', '.join(GRADIENT_METHODS)}.")
     canvas = framed.canvas[None].to(model.device)
-    baseline = framed.with_content(blur(framed.content[None].to(model.device), model.n_px))
+    content = framed.content[None].to(model.device)
+    baseline = framed.with_content(baseline_of(content, model.n_px, settings.baseline, settings.blur_sigma))
     inputs, baselines = normalize(canvas), normalize(baseline)
 
     def forward(normalised: torch.Tensor) -> torch.Tensor:
@@ -63,6 +70,12 @@ def attribute(model: ClipModel, framed: Framed, target: Target, method: str = "i
         attributions, delta = _run(method, forward, inputs, baselines, settings)
     top, left, height, width = framed.box
     return attributions[0].sum(0)[top:top + height, left:left + width].float().detach(), delta
+
+
+def precision(model: ClipModel) -> str:
+    """The precision gradients run in: the weights' own dtype (autocast serves batched forward passes only)."""
+    dtype = next((weight.dtype for weight in model.net.parameters()), torch.float32)
+    return {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "fp32")
 
 
 @contextlib.contextmanager

@@ -26,10 +26,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError
+from .errors import ImageError, SettingsError
 from .models import MEAN
 
 FRAMINGS = ("pad", "crop", "squash")
+BASELINES = ("blur", "mean", "black")
 MAX_PIXELS = 50_000_000  # refuse larger images before decoding them (decompression bombs)
 ImageSource = str | os.PathLike | bytes | Image.Image | np.ndarray
 
@@ -204,14 +205,16 @@ def unframe(content_map: torch.Tensor, framed: Framed) -> np.ndarray:
     return out
 
 
-def blur(content: torch.Tensor, n_px: int) -> torch.Tensor:
-    """The RISE/Integrated-Gradients baseline: a Gaussian blur of the picture.
+def blur(content: torch.Tensor, n_px: int, sigma: float | None = None) -> torch.Tensor:
+    """A Gaussian blur of the picture, the paper's baseline for RISE and Integrated Gradients.
 
-    content: (..., 3, h, w). Kernel 21, sigma 5 at 224 px as in the paper, scaled with the
-    model's input size. Reflect padding at the edges, replicate where the picture is too thin.
+    content: (..., 3, h, w). sigma: in pixels of the model's input; None scales the paper's
+    sigma 5 at 224 px with the input size (5 * n_px / 224). The kernel reaches 2 sigma each
+    side, as the paper's kernel 21 for sigma 5. Reflect padding at the edges, replicate where
+    the picture is too thin.
     """
-    sigma = 5.0 * n_px / 224
-    radius = max(1, round(10 * n_px / 224))
+    sigma = default_sigma(n_px) if sigma is None else sigma
+    radius = max(1, round(2 * sigma))
     x = torch.arange(-radius, radius + 1, dtype=content.dtype, device=content.device)
     kernel = torch.exp(-(x ** 2) / (2 * sigma ** 2))
     kernel = kernel / kernel.sum()
@@ -220,6 +223,33 @@ def blur(content: torch.Tensor, n_px: int) -> torch.Tensor:
     flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode=mode), kernel.view(1, 1, 1, -1))
     flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode=mode), kernel.view(1, 1, -1, 1))
     return flat.reshape(content.shape)
+
+
+def default_sigma(n_px: int) -> float:
+    """The blur's default sigma in input pixels: the paper's 5 at 224 px, scaled with the input size."""
+    return 5.0 * n_px / 224
+
+
+def baseline(content: torch.Tensor, n_px: int, kind: str = "blur", sigma: float | None = None) -> torch.Tensor:
+    """What "removed" pixels show, for RISE, gradients and insertion/deletion: content's shape.
+
+    kind: "blur" (the paper's; `sigma` as in `blur`), "mean" (CLIP's mean colour, zero after
+    normalisation, as the padding) or "black".
+    """
+    check_baseline(kind, sigma)
+    if kind == "blur":
+        return blur(content, n_px, sigma)
+    colour = content.new_tensor(MEAN if kind == "mean" else (0.0, 0.0, 0.0)).view(3, 1, 1)
+    return colour.expand(content.shape).clone()
+
+
+def check_baseline(kind: str, sigma: float | None = None) -> None:
+    """Refuse an unknown baseline, or a blur sigma that is not a positive number of pixels (at most 100)."""
+    if kind not in BASELINES:
+        raise SettingsError(f"Unknown baseline {kind!r}; choose one of {', '.join(BASELINES)}.")
+    if sigma is not None and (isinstance(sigma, bool) or not isinstance(sigma, (int, float))
+                              or not 0.0 < sigma <= 100.0):
+        raise SettingsError(f"The blur sigma must be a number of pixels above 0 and at most 100; got {sigma!r}.")
 
 
 def _to_tensor(image: Image.Image) -> torch.Tensor:

@@ -53,7 +53,7 @@ class ClipModel:
     """A CLIP model with what the explainers need to know about it.
 
     `net` is a `clip.model.CLIP`; `precision` is what batched forward passes use
-    ("fp32", "bf16" autocast on CPU, or "fp16" weights on CUDA, as `clip.load` gives).
+    ("fp32"; "bf16" autocast over fp32 weights; or "fp16" weights on CUDA, as `clip.load` gives).
     """
 
     net: torch.nn.Module
@@ -203,7 +203,7 @@ def load(
         net = _build(source, device)
     except Exception as error:  # zip, pickle and shape errors all mean "no usable weights"
         raise ModelLoadError(_load_advice(name, weights, source, error)) from error
-    if precision == "fp32" and device.type == "cuda":
+    if precision != "fp16" and device.type == "cuda":  # bf16 autocast runs over fp32 weights, as its label says
         net = net.float()
     net.eval().requires_grad_(False)
     return ClipModel(net=net, name=label, device=device, precision=precision)

@@ -23,7 +23,12 @@ from .errors import SettingsError
 
 SCALES = ("minmax", "signed")
 DEFAULT_CMAPS = {"minmax": "jet", "signed": "bwr"}
-LABEL_COLOURS = tuple(tuple(float(v) for v in colour) for colour in colormaps["tab10"].colors)  # RGB in [0, 1]
+# Caption colours (tab10, RGB in [0, 1]), each with the colour words it would clash with in a caption.
+PALETTE: tuple[tuple[frozenset[str], tuple[float, float, float]], ...] = tuple(
+    (frozenset(words.split()), tuple(float(v) for v in colour)) for words, colour in zip(
+        ("blue navy", "orange amber", "green lime", "red crimson scarlet", "purple violet lilac lavender",
+         "brown tan beige chocolate", "pink magenta rose", "grey gray silver", "olive yellow gold golden khaki",
+         "cyan turquoise teal aqua"), colormaps["tab10"].colors, strict=True))
 
 
 def limits(heatmap: np.ndarray, scale: str) -> tuple[float, float]:
@@ -73,10 +78,19 @@ def overlay(image: Image.Image, heatmap: np.ndarray, *, scale: str = "minmax", c
     return Image.fromarray(np.round(blended * 255.0).astype(np.uint8))
 
 
+def label_colours(names: Sequence[str]) -> list[tuple[float, float, float]]:
+    """One colour per caption, none of them a colour that any caption names ("orange cross" is never
+    drawn orange, nor is "yellow square"), while the palette lasts; then the clashing ones."""
+    words = {word.strip(".,;:!?'\"()") for name in names for word in name.lower().replace("-", " ").split()}
+    free = [colour for clashes, colour in PALETTE if not clashes & words]
+    return (free + [colour for clashes, colour in PALETTE if clashes & words])[:len(names)]
+
+
 def label_overlay(image: Image.Image, labels: np.ndarray, strength: np.ndarray, names: Sequence[str] | None = None,
-                  *, opacity: float = 0.6) -> Image.Image:
-    """Colour each pixel by its label (index into LABEL_COLOURS; -1 leaves it alone), fading where
-    `strength` is low (it is scaled to its maximum), with a legend strip of `names` below if given.
+                  *, opacity: float = 0.6, undecided: str | None = None) -> Image.Image:
+    """Colour each pixel by its label (index into `names`' colours, see label_colours; negative labels
+    leave the photo alone), fading where `strength` is low (it is scaled to its maximum), outlined,
+    with a legend strip of `names` below if given (and a last line `undecided` for the uncoloured pixels).
 
     labels, strength: (H, W) at the photo's size. Returns RGB: the photo's size, plus the legend below
     (and white on the right if a name is wider than the photo).
@@ -85,16 +99,18 @@ def label_overlay(image: Image.Image, labels: np.ndarray, strength: np.ndarray, 
         raise SettingsError(f"The label map is {labels.shape[1]}x{labels.shape[0]} "
                             f"but the image is {image.width}x{image.height}.")
     check_style(opacity)
-    palette = np.array(LABEL_COLOURS + ((0.0, 0.0, 0.0),), dtype=np.float32)  # the last one for -1
+    count = int(labels.max(initial=-1)) + 1
+    palette = np.array(label_colours(names) if names is not None else [c for _, c in PALETTE][:max(count, 1)],
+                       dtype=np.float32)
     top = float(np.nanmax(strength)) if np.isfinite(strength).any() else 0.0
     weight = np.clip(np.nan_to_num(strength) / top, 0.0, 1.0) if top > 0 else np.zeros_like(strength)
     alpha = opacity * (0.25 + 0.75 * weight) * (labels >= 0)
     alpha[_borders(labels, max(1, min(labels.shape) // 150))] = 1.0  # outlines make the regions legible
     alpha = alpha[..., None]
     photo = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    blended = (1.0 - alpha) * photo + alpha * palette[labels]
+    blended = (1.0 - alpha) * photo + alpha * palette[np.maximum(labels, 0)]
     coloured = Image.fromarray(np.round(blended * 255.0).astype(np.uint8))
-    return coloured if names is None else _with_legend(coloured, names)
+    return coloured if names is None else _with_legend(coloured, names, [tuple(c) for c in palette], undecided)
 
 
 def _borders(labels: np.ndarray, width: int) -> np.ndarray:
@@ -109,19 +125,25 @@ def _borders(labels: np.ndarray, width: int) -> np.ndarray:
     return border & (labels >= 0)
 
 
-def _with_legend(image: Image.Image, names: Sequence[str]) -> Image.Image:
-    """The image with one line per name below it: a swatch of the name's label colour, then the name
-    (widened with white on the right where a name is wider than the picture)."""
+def _with_legend(image: Image.Image, names: Sequence[str], colours: Sequence[tuple[float, ...]],
+                 undecided: str | None) -> Image.Image:
+    """The image with one line per name below it: a swatch of the name's colour, then the name, and a last
+    line for `undecided` with an empty swatch (widened with white on the right where a name is wider than
+    the picture)."""
     size = max(12, min(28, image.width // 30))
     font = ImageFont.load_default(size=size)
     line = int(size * 1.5)
-    width = max(image.width, 2 * size + int(max(font.getlength(name) for name in names)) + size)  # names in full
-    legend = Image.new("RGB", (width, line * len(names) + size // 2), (255, 255, 255))
+    lines = [*names, *([undecided] if undecided else [])]
+    width = max(image.width, 2 * size + int(max(font.getlength(name) for name in lines)) + size)  # names in full
+    legend = Image.new("RGB", (width, line * len(lines) + size // 2), (255, 255, 255))
     draw = ImageDraw.Draw(legend)
-    for index, name in enumerate(names):
+    for index, name in enumerate(lines):
         y = size // 4 + index * line
-        colour = tuple(round(255 * v) for v in LABEL_COLOURS[index])
-        draw.rectangle((size // 2, y + size // 8, size // 2 + size, y + size + size // 8), fill=colour)
+        swatch = (size // 2, y + size // 8, size // 2 + size, y + size + size // 8)
+        if index < len(names):
+            draw.rectangle(swatch, fill=tuple(round(255 * v) for v in colours[index]))
+        else:
+            draw.rectangle(swatch, outline=(110, 110, 110), width=max(1, size // 10))
         draw.text((2 * size, y), name, fill=(0, 0, 0), font=font)
     combined = Image.new("RGB", (width, image.height + legend.height), (255, 255, 255))
     combined.paste(image, (0, 0))

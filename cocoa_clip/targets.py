@@ -25,7 +25,7 @@ import torch
 from .errors import QuestionError
 from .images import ImageSource, frame, load_image
 from .models import ClipModel, eval_mode
-from .presets import DEFAULT_TEMPLATE, preset_foil
+from .presets import DEFAULT_TEMPLATE, PRESET_NAMES, preset_foil, preset_note
 
 TARGETS = ("cocoa", "corpus", "label-free", "contrastive-label-free")
 SIMILARITIES = ("cosine", "dot")
@@ -74,7 +74,7 @@ class Question:
     @property
     def foil_captions(self) -> tuple[str, ...]:
         """Foil captions before templating: those given, then the preset's classes not in the corpus."""
-        preset = preset_foil(self.foil_preset, self.corpus) if self.foil_preset else ()
+        preset = preset_foil(self.foil_preset, self.corpus, self.template) if self.foil_preset else ()
         return tuple(dict.fromkeys(self.foil + preset))
 
     def swapped(self) -> Question:
@@ -89,9 +89,10 @@ class Question:
     def describe(self) -> str:
         """A short human label, e.g. '"dog" rather than "cat"'."""
         corpus = _listing(self.corpus, self.corpus_images)
-        foil = _listing(self.foil, self.foil_images) if not self.foil_preset else f"the {self.foil_preset} classes"
+        preset = f"the {PRESET_NAMES[self.foil_preset]} classes" if self.foil_preset else ""
+        foil = _listing(self.foil, self.foil_images) if not self.foil_preset else preset
         if (self.foil or self.foil_images) and self.foil_preset:
-            foil = f"{_listing(self.foil, self.foil_images)} and the {self.foil_preset} classes"
+            foil = f"{_listing(self.foil, self.foil_images)} and {preset}"
         return {
             "cocoa": f"{corpus} rather than {foil}",
             "corpus": f"{corpus}",
@@ -138,6 +139,8 @@ def resolve(model: ClipModel, question: Question, image_embedding: torch.Tensor 
         direction = image_embedding.float() / (image_embedding.norm() if cosine else 1.0)
     if question.target in _NEEDS_FOIL:
         direction = direction - mean_of("foil")
+        if question.foil_preset:
+            notes.append(preset_note(question.foil_preset, question.corpus, question.template))
     return Target(direction=direction, normalize=cosine, question=question, notes=tuple(notes))
 
 

@@ -12,6 +12,8 @@ HTTP API (`api_name="explain"`), with parameters named after the inputs:
     client = Client("http://127.0.0.1:7860/")
     overlay, reverse, colorbar, score, *rest = client.predict(
         image=handle_file("dog.jpg"), corpus="dog", foil="cat", api_name="/explain")
+
+The score comes as text, as the page shows it (e.g. "+0.0239").
 """
 from __future__ import annotations
 
@@ -38,11 +40,15 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+import numpy as np
 from PIL import Image
 
 import cocoa_clip as cc
+from cocoa_clip import shapes
 from cocoa_clip import webinputs as valid
-from cocoa_clip.evaluate import MEASURE_LABELS, insertion_deletion
+from cocoa_clip.evaluate import MEASURE_LABELS, curves_of
+from cocoa_clip.gradients import GradientSettings
+from cocoa_clip.images import BASELINES, default_sigma
 from cocoa_clip.models import BUNDLED, DEFAULT_MODEL
 from cocoa_clip.rise import default_batch_size
 from cocoa_clip.webinputs import MAX_EXAMPLE_IMAGES, MAX_SEED, MAX_TEMPLATE_CHARS, MAX_TEXT_CHARS, MAX_UPLOAD
@@ -50,11 +56,12 @@ from cocoa_clip.weights import report_sources
 
 log = logging.getLogger("cocoa_clip.app")
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets"  # the repository's example pictures
+ASSETS = Path(__file__).resolve().parents[1] / "assets"  # the repository's example photos (absent once installed)
 FALLBACK_MODEL = "shapes-demo"
 MAX_MASKS = {"cpu": 20_000, "cuda": 50_000}
 
 TIME_BUDGET_S = {"cpu": 300.0, "cuda": 100.0}  # RISE stops and answers from the masks done
+MAX_GRADIENT_STEPS = 500          # Integrated Gradients steps, GradientSHAP samples
 QUEUE_SIZE = 32                   # requests waiting; more are refused
 CURVE_STEPS = 50
 KEPT_ANSWERS = 16                 # answers kept for "Check this explanation", across all sessions
@@ -62,6 +69,7 @@ KEPT_OUTPUT_DIRS = 64             # request folders of downloads kept on disk
 
 FOIL_PRESET_CHOICES = [("none", "none"), ("CIFAR-100 classes (the paper's foil)", "cifar100"),
                        ("ImageNet-1k classes", "imagenet")]
+BASELINE_CHOICES = [("blurred picture (the paper's)", "blur"), ("CLIP's mean colour", "mean"), ("black", "black")]
 TARGET_CHOICES = [("COCOA: corpus rather than foil", "cocoa"), ("corpus only", "corpus"),
                   ("label-free: the image itself", "label-free"),
                   ("contrastive label-free: the image itself rather than the foil", "contrastive-label-free")]
@@ -81,8 +89,24 @@ EXAMPLES = [
     ["chelsea.jpg", "cat", "dog", "none"],
     ["coffee.jpg", "cup", "spoon", "none"],
     ["rocket.jpg", "smoke", "rocket", "none"],
-    ["shapes_scene.png", "orange cross", "yellow square", "none"],  # for the bundled shapes-demo model
 ]
+# (objects drawn, scene seed, corpus, foil): scenes for the bundled shapes-demo model, drawn by cocoa_clip.shapes at
+# start-up (so the installed package has them too); together they use every colour and shape the model knows.
+SHAPE_EXAMPLES = [
+    ([("orange", "cross"), ("yellow", "square")], 0, "orange cross", "yellow square"),
+    ([("red", "circle"), ("blue", "star")], 0, "red circle", "blue star"),
+    ([("green", "triangle"), ("purple", "square")], 3, "purple square", "green triangle"),
+    ([("purple", "star"), ("green", "circle"), ("red", "triangle")], 0, "purple star", "green circle\nred triangle"),
+]
+
+
+def _either(words: list[str]) -> str:
+    return ", ".join(words[:-1]) + " or " + words[-1]
+
+
+SHAPES_HINT = (f"**{FALLBACK_MODEL}** knows only coloured shapes: {_either(list(shapes.COLORS))} "
+               f"{_either([name + ('es' if name.endswith('s') else 's') for name in shapes.SHAPES])}. "
+               "Ask, say, *red circle* rather than *blue star*.")
 
 INTRO = """
 # cocoa-clip: what in this image looks like *X* rather than *Y*?
@@ -151,26 +175,41 @@ class CocoaApp:
         reverse: Any = False,
         corpus_images: Any = None,
         foil_images: Any = None,
+        baseline: Any = "blur",
+        blur_sigma: Any = None,
+        steps: Any = None,
+        samples: Any = None,
+        stdev: Any = None,
         progress: gr.Progress = gr.Progress(),
         on_update: Callable[[list[cc.Explanation]], None] | None = None,
     ) -> tuple:
         """Explain `image` for the question (and its reverse when asked).
 
-        Returns (overlay, reverse overlay or None, heatmap with colour bar, score, reading, status,
+        Returns (overlay, reverse overlay or None, heatmap with colour bar, score as text, reading, status,
         download paths, answer token). Every bad input raises gr.Error with a sentence to act on.
         """
         with valid.user_errors():
             picture = valid.picture(image)
+            target = valid.choice(target, "target", cc.TARGETS)
+            captions = {side: valid.captions(text, side) for side, text in (("corpus", corpus), ("foil", foil))}
+            pictures = {side: valid.image_files(files, side) for side, files in (("corpus", corpus_images),
+                                                                               ("foil", foil_images))}
+            preset = valid.preset(foil_preset)
+            if target in ("cocoa", "corpus") and not (captions["corpus"] or pictures["corpus"]):
+                raise valid.refuse("Type at least one caption to look for (or add a corpus image).")
+            if target in ("cocoa", "contrastive-label-free") and not (captions["foil"] or pictures["foil"] or preset):
+                raise valid.refuse("Type at least one caption to contrast with, or choose a foil preset "
+                                   "(or add a foil image).")
             question = cc.Question(
-                corpus=valid.captions(corpus, "corpus"), foil=valid.captions(foil, "foil"),
-                foil_preset=valid.preset(foil_preset), corpus_images=valid.image_files(corpus_images, "corpus"),
-                foil_images=valid.image_files(foil_images, "foil"),
-                target=valid.choice(target, "target", cc.TARGETS), template=valid.template(template))
+                corpus=captions["corpus"], foil=captions["foil"], foil_preset=preset,
+                corpus_images=pictures["corpus"], foil_images=pictures["foil"], target=target,
+                template=valid.template(template))
             questions = [question, question.swapped()] if valid.flag(reverse, "reverse") else [question]
             style = {"opacity": valid.number(opacity, "opacity", 0.0, 1.0),
                      "scale": valid.choice(scale, "colour scale", [v for _, v in SCALE_CHOICES])}
-            answers = cc.explain(self.model, picture, questions, on_update=on_update,
-                                 **self._run_options(method, masks, seed, framing, progress))
+            options = self._run_options(method, masks, seed, framing, progress, baseline=baseline,
+                                        blur_sigma=blur_sigma, steps=steps, samples=samples, stdev=stdev)
+            answers = cc.explain(self.model, picture, questions, on_update=on_update, **options)
             self._measured(answers[0])
             return self._present(answers, style)
 
@@ -220,17 +259,27 @@ class CocoaApp:
         masks: Any = None,
         seed: Any = 0,
         framing: Any = "pad",
+        baseline: Any = "blur",
+        blur_sigma: Any = None,
+        steps: Any = None,
+        samples: Any = None,
+        stdev: Any = None,
         progress: gr.Progress = gr.Progress(),
     ) -> tuple:
         """Split `image` among captions (each one rather than the others): (coloured picture with legend, parts)."""
         with valid.user_errors():
             picture = valid.picture(image)
             names = valid.captions(captions, "captions to compare")
-            comparison = cc.compare(self.model, picture, names, template=valid.template(template),
-                                    **self._run_options(method, masks, seed, framing, progress))
+            options = self._run_options(method, masks, seed, framing, progress, baseline=baseline,
+                                        blur_sigma=blur_sigma, steps=steps, samples=samples, stdev=stdev)
+            comparison = cc.compare(self.model, picture, names, template=valid.template(template), **options)
             self._measured(comparison.answers[0])
-        parts = [f"- **{caption}**: {share:.0%} of the picture; score {answer.score:+.4f} rather than the others"
+        decided = comparison.decided_shares
+        parts = [f"- **{caption}**: {share:.0%} of the picture, {decided[caption]:.0%} of the decided pixels; "
+                 f"score {answer.score:+.4f} rather than the others"
                  for (caption, share), answer in zip(comparison.shares.items(), comparison.answers, strict=True)]
+        parts.append(f"- no clear winner (uncoloured): {comparison.undecided_share:.0%} of the picture, where the "
+                     f"top two captions are within {comparison.tie_margin:.0%} of the largest lead")
         return comparison.overlay(), "\n".join([*parts, "", _status(comparison.answers[0])])
 
     @gpu
@@ -244,18 +293,13 @@ class CocoaApp:
         with valid.user_errors():
             measure = valid.choice(measure, "measure", [v for _, v in MEASURE_CHOICES])
             progress(0.0, desc="Insertion and deletion: re-scoring the picture as pixels come and go")
-            curves = insertion_deletion(self.model, answer.image, answer.heatmap, answer.question,
-                                        framing=answer.details.get("framing", "pad"), steps=CURVE_STEPS,
-                                        measure=measure)
+            curves = curves_of(self.model, answer, steps=CURVE_STEPS, measure=measure)
         aucs = curves.aucs()
-        verdict = ("beats" if aucs["insertion_auc"] > aucs["random_insertion_auc"]
-                   and aucs["deletion_auc"] < aucs["random_deletion_auc"] else "does not clearly beat")
         # 4 significant digits, not 4 decimals: probabilities against 999 foils are tiny and still ordered.
         text = (f"Curves of the {MEASURE_LABELS[measure]}. Insertion area {aucs['insertion_auc']:+.4g} "
                 f"(random order {aucs['random_insertion_auc']:+.4g}, higher is better); "
                 f"deletion area {aucs['deletion_auc']:+.4g} (random order {aucs['random_deletion_auc']:+.4g}, "
-                "lower is better). "
-                f"This heatmap {verdict} a random ranking of the pixels.")
+                f"lower is better). {curves.verdict()}")
         return curves.plot(answer.question.describe()), text
 
     def estimate(self, method: Any = "rise", masks: Any = None, *, markdown: bool = True) -> str:
@@ -285,15 +329,28 @@ class CocoaApp:
 
     # ---------------------------------------------------------------- helpers
 
-    def _run_options(self, method: Any, masks: Any, seed: Any, framing: Any, progress: gr.Progress) -> dict:
+    def _run_options(self, method: Any, masks: Any, seed: Any, framing: Any, progress: gr.Progress, *,
+                     baseline: Any = "blur", blur_sigma: Any = None, steps: Any = None, samples: Any = None,
+                     stdev: Any = None) -> dict:
         """What `cc.explain` takes from the method widgets, checked, with progress reports wired in."""
         method = valid.choice(method, "method", cc.METHODS)
-        auto = masks == 0 or (isinstance(masks, str) and masks.strip().lower() == "auto")  # slider 0: auto
+        auto = masks == 0 or (isinstance(masks, str) and masks.strip().lower() == "auto")  # 0 in the box: auto
         n_masks = "auto" if auto else valid.whole(masks, "number of masks", 1, self.max_masks,
                                                   default=self.default_masks)
+        paper = GradientSettings()
+        gradient = GradientSettings(
+            n_steps=valid.whole(steps, "number of Integrated Gradients steps", 1, MAX_GRADIENT_STEPS,
+                                default=paper.n_steps),
+            n_samples=valid.whole(samples, "number of GradientSHAP samples", 1, MAX_GRADIENT_STEPS,
+                                  default=paper.n_samples),
+            stdev=paper.stdev if stdev is None else valid.number(stdev, "GradientSHAP noise", 0.0, 10.0))
         options = {"method": method, "masks": n_masks, "max_masks": self.max_masks if auto else None,
                    "seed": valid.whole(seed, "seed", 0, MAX_SEED, default=0),
-                   "framing": valid.choice(framing, "framing", cc.FRAMINGS),
+                   "framing": valid.choice(framing, "framing", cc.FRAMINGS), "gradient": gradient,
+                   "baseline": valid.choice(baseline, "baseline", BASELINES),
+                   # 0, what an emptied number box sends, means the default too.
+                   "blur_sigma": None if blur_sigma in (None, 0) else valid.number(blur_sigma, "blur sigma", 0.1,
+                                                                                    100.0),
                    "time_budget": TIME_BUDGET_S.get(self.device, TIME_BUDGET_S["cpu"]), "cache": self.cache}
         if method == "rise":
             progress(0.0, desc=self.estimate(method, self.max_masks if auto else n_masks, markdown=False))
@@ -328,7 +385,7 @@ class CocoaApp:
         first = answers[0]
         reading = _reading(first) + ("" if len(answers) == 1 else f" Reverse question: {answers[1].score:+.4f}.")
         return (overlays[0], overlays[1] if len(answers) > 1 else None, first.colorbar(scale=scale),
-                first.score, reading, _status(first), files, token)
+                f"{first.score:+.4f}", reading, _status(first), files, token)
 
     def _output_folder(self) -> Path:
         folder = self._outputs / uuid.uuid4().hex
@@ -373,7 +430,9 @@ def _status(answer: cc.Explanation) -> str:
     details = answer.details
     where = f"{details.get('precision')} on {details.get('device')}"
     if answer.method != "rise":
-        text = f"{_label(METHOD_CHOICES, answer.method)}: {details['seconds']:.1f} s ({where})."
+        settings = (f"{details['steps']} steps" if "steps" in details
+                    else f"{details['samples']} samples, noise {details['stdev']:g}")
+        text = f"{_label(METHOD_CHOICES, answer.method)} ({settings}): {details['seconds']:.1f} s ({where})."
     elif details.get("cached"):
         text = (f"Reused the image pass: {details['seconds']:.2f} s, no new RISE run "
                 f"({details['masks']:,} masks from the cache).")
@@ -402,20 +461,23 @@ def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True)
     if calibrate and model.device.type == "cpu":
         app.calibrate()
     banner = f"Model: **{Path(model.name).name}**, {model.precision} on {model.device.type.upper()}."  # no server paths
+    knows_shapes = Path(model.name).name == FALLBACK_MODEL
     with gr.Blocks(title="cocoa-clip: X rather than Y, to CLIP", delete_cache=(1800, 3600),
                    analytics_enabled=False) as demo:
         gr.Markdown(INTRO)
-        gr.Markdown(f"{notice} {banner}" if notice else banner, elem_id="model-banner",
-                    elem_classes=["notice"] if notice else None)
+        gr.Markdown(" ".join(filter(None, [notice, banner, SHAPES_HINT if knows_shapes else ""])),
+                    elem_id="model-banner", elem_classes=["notice"] if notice else None)
         answer_token = gr.State(None)
         with gr.Row():
             with gr.Column(scale=1):
                 image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard", "webcam"],
                                  elem_id="image", height=360)
                 corpus = gr.Textbox(label="What to look for (corpus), one caption per line", lines=2,
-                                    placeholder="dog", max_length=MAX_TEXT_CHARS, elem_id="corpus")
-                foil = gr.Textbox(label="Rather than (foil), one caption per line", lines=2, placeholder="cat",
-                                  max_length=MAX_TEXT_CHARS, elem_id="foil")
+                                    placeholder="red circle" if knows_shapes else "dog", max_length=MAX_TEXT_CHARS,
+                                    elem_id="corpus")
+                foil = gr.Textbox(label="Rather than (foil), one caption per line", lines=2,
+                                  placeholder="blue star" if knows_shapes else "cat", max_length=MAX_TEXT_CHARS,
+                                  elem_id="foil")
                 foil_preset = gr.Dropdown(FOIL_PRESET_CHOICES, value="none", label="Or add a foil preset",
                                           info="CIFAR-100: the 99 other classes, as in the paper",
                                           elem_id="foil-preset")
@@ -430,10 +492,25 @@ def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True)
                                           max_length=MAX_TEMPLATE_CHARS, elem_id="template")
                     target = gr.Dropdown(TARGET_CHOICES, value="cocoa", label="Target", elem_id="target")
                     method = gr.Dropdown(METHOD_CHOICES, value="rise", label="Method", elem_id="method")
-                    masks = gr.Slider(0, app.max_masks, value=app.default_masks, step=100, label="RISE masks",
-                                      info="more masks, smoother map, longer run; 0: auto, until the map is stable",
-                                      elem_id="masks")
+                    # A number box, not a slider: a slider clamps a typed 999999 to its maximum and runs that.
+                    masks = gr.Number(app.default_masks, label="RISE masks", precision=0, elem_id="masks",
+                                      info=f"100 to {app.max_masks:,}: more masks, smoother map, longer run; "
+                                           "0: auto, until the map is stable")
+                    paper = GradientSettings()
+                    steps = gr.Number(paper.n_steps, label="Integrated Gradients steps", precision=0, visible=False,
+                                      info=f"1 to {MAX_GRADIENT_STEPS}; the paper's 50", elem_id="steps")
+                    with gr.Row(visible=False) as shap_settings:
+                        samples = gr.Number(paper.n_samples, label="GradientSHAP samples", precision=0,
+                                            info=f"1 to {MAX_GRADIENT_STEPS}; the paper's 50", elem_id="samples")
+                        stdev = gr.Number(paper.stdev, label="GradientSHAP noise (standard deviation)",
+                                          info="in normalised input units; the paper's 0.2", elem_id="stdev")
                     seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED, elem_id="seed")
+                    with gr.Row():
+                        baseline = gr.Dropdown(BASELINE_CHOICES, value="blur", label="Baseline",
+                                               info="what hidden or removed pixels show", elem_id="baseline")
+                        blur_sigma = gr.Number(0, label="Blur sigma (pixels at the model's input)",
+                                               info=f"0: {default_sigma(model.n_px):.3g} here (5 x input size / 224); "
+                                                    "5 is the paper's code at any size", elem_id="blur-sigma")
                     framing = gr.Radio(FRAMING_CHOICES, value="pad", label="Framing", elem_id="framing")
                     opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Heatmap opacity", elem_id="opacity")
                     scale = gr.Radio(SCALE_CHOICES, value="auto", label="Colour scale", elem_id="scale")
@@ -443,34 +520,41 @@ def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True)
                     foil_images = gr.File(label=f"Foil images (up to {MAX_EXAMPLE_IMAGES})", file_count="multiple",
                                           file_types=["image"], elem_id="foil-images")
             with gr.Column(scale=1):
+                # Titles above the pictures, not Gradio's label badges, which cover the pictures' top-left corner.
                 with gr.Row():
-                    overlay = gr.Image(label="Corpus rather than foil", format="png",
-                                       interactive=False, elem_id="overlay")
-                    overlay_reverse = gr.Image(label="Foil rather than corpus", format="png", interactive=False,
-                                               visible=False, elem_id="overlay-reverse")
-                score = gr.Number(label="Score of the whole picture (the reading below says what it measures)",
-                                  interactive=False, elem_id="score")
+                    with gr.Column(min_width=160):
+                        gr.Markdown("**Corpus rather than foil**", elem_classes=["picture-title"])
+                        overlay = gr.Image(label="Corpus rather than foil", show_label=False, format="png",
+                                           interactive=False, elem_id="overlay")
+                    with gr.Column(visible=False, min_width=160) as reverse_column:
+                        gr.Markdown("**Foil rather than corpus**", elem_classes=["picture-title"])
+                        overlay_reverse = gr.Image(label="Foil rather than corpus", show_label=False, format="png",
+                                                   interactive=False, elem_id="overlay-reverse")
+                score = gr.Textbox(label="Score of the whole picture (the reading below says what it measures)",
+                                   value="", interactive=False, max_lines=1, elem_id="score")
                 reading = gr.Markdown(label="Reading", elem_id="reading")
                 status = gr.Markdown(label="Status", elem_id="status")
                 with gr.Accordion("Raw heatmap and downloads", open=False):
-                    colorbar = gr.Image(label="Heatmap with colour bar", format="png", interactive=False,
-                                        elem_id="heatmap")
+                    colorbar = gr.Image(label="Heatmap with colour bar", show_label=False, format="png",
+                                        interactive=False, elem_id="heatmap")
                     downloads = gr.File(label="Overlay PNG and heatmap .npy (float32, H x W)", interactive=False,
                                         file_count="multiple",
                                         elem_id="downloads")
                 with gr.Row(equal_height=True):
                     check = gr.Button("Check this explanation (insertion / deletion)", elem_id="check", scale=1)
-                    measure = gr.Dropdown(MEASURE_CHOICES, value="similarity", label="Curves record",
+                    measure = gr.Dropdown(MEASURE_CHOICES, value="similarity", elem_id="measure", scale=2,
+                                          label="Measured on the picture as its pixels are inserted or deleted",
                                           info="the paper's two measures; the probability is CLIP's zero-shot "
-                                               "classifier over the corpus and each foil", elem_id="measure", scale=2)
-                curves = gr.Image(label="Insertion and deletion curves", format="png", interactive=False,
-                                  elem_id="curves")
+                                               "classifier over the corpus and each foil")
+                curves = gr.Image(label="Insertion and deletion curves", show_label=False, format="png",
+                                  interactive=False, elem_id="curves")
                 curves_text = gr.Markdown(label="Areas", elem_id="curves-text")
         with gr.Accordion("Which caption where? Split the picture among several captions", open=False,
                           elem_id="compare-section"):
             gr.Markdown("Each caption is asked *this rather than the other captions*, all from one pass over the "
                         "picture above (with its options); each region takes the colour of the caption it looks "
-                        "like most, faded where that is less clear.")
+                        "like most (never a colour a caption names), faded where that is less clear, and stays "
+                        "uncoloured where no caption clearly wins.")
             with gr.Row():
                 with gr.Column(scale=1):
                     compare_captions = gr.Textbox(label="Captions to compare, one per line (2 to 10)", lines=4,
@@ -479,37 +563,83 @@ def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True)
                     compare = gr.Button("Compare", variant="primary", elem_id="compare")
                     compare_parts = gr.Markdown(label="Parts", elem_id="compare-parts")
                 with gr.Column(scale=1):
-                    compare_overlay = gr.Image(label="Which caption where", format="png", interactive=False,
-                                               elem_id="compare-overlay")
-        gr.Examples([[str(ASSETS / name), *rest] for name, *rest in EXAMPLES if (ASSETS / name).is_file()],
-                    inputs=[image, corpus, foil, foil_preset], cache_examples=False, elem_id="examples",
-                    label="Examples (pictures and licences in assets/)", api_visibility="private")
+                    compare_overlay = gr.Image(label="Which caption where", show_label=False, format="png",
+                                               interactive=False, elem_id="compare-overlay")
+        rows, label = _examples(app, knows_shapes)
+        gr.Examples(rows, inputs=[image, corpus, foil, foil_preset], cache_examples=False, elem_id="examples",
+                    label=label, api_visibility="private")
         gr.Markdown(READING_GUIDE)
 
         inputs = [image, corpus, foil, foil_preset, template, target, method, masks, seed, opacity, scale, framing,
-                  reverse, corpus_images, foil_images]
-        explain.click(app.explain_live, inputs, [overlay, overlay_reverse, colorbar, score, reading, status, downloads,
-                                            answer_token],
-                      api_name="explain", preprocess=False, concurrency_limit=1, concurrency_id="model",
-                      show_progress_on=[status],  # the progress bar on the status line: the map forming stays in view
-                      api_description="Heatmap of where the model sees the corpus rather than the foil.").then(
-            app.estimate, [method, masks], estimate, queue=False, api_visibility="private")
-        check.click(app.check, [answer_token, measure], [curves, curves_text], api_name="check", concurrency_limit=1,
-                    concurrency_id="model")
-        compare.click(app.compare, [image, compare_captions, template, method, masks, seed, framing],
-                      [compare_overlay, compare_parts], api_name="compare", preprocess=False, concurrency_limit=1,
-                      concurrency_id="model",
-                      api_description="The picture split among captions: which one each region looks like most.")
+                  reverse, corpus_images, foil_images, baseline, blur_sigma, steps, samples, stdev]
+        run = _one_at_a_time(explain, "Explaining…").then(
+            app.explain_live, inputs,
+            [overlay, overlay_reverse, colorbar, score, reading, status, downloads, answer_token],
+            api_name="explain", preprocess=False, concurrency_limit=1, concurrency_id="model",
+            show_progress_on=[status],  # one progress bar, on the status line: the forming map stays in view
+            api_description="Heatmap of where the model sees the corpus rather than the foil.")
+        _ready_again(run, explain)
+        run.then(app.estimate, [method, masks], estimate, queue=False, api_visibility="private")
+        _ready_again(_one_at_a_time(check, "Checking…").then(
+            app.check, [answer_token, measure], [curves, curves_text], api_name="check", concurrency_limit=1,
+            concurrency_id="model", show_progress_on=[curves]), check)
+        _ready_again(_one_at_a_time(compare, "Comparing…").then(
+            app.compare, [image, compare_captions, template, method, masks, seed, framing, baseline, blur_sigma,
+                          steps, samples, stdev],
+            [compare_overlay, compare_parts], api_name="compare", preprocess=False, concurrency_limit=1,
+            concurrency_id="model", show_progress_on=[compare_overlay],
+            api_description="The picture split among captions: which one each region looks like most."), compare)
         swap_these = [corpus, foil, corpus_images, foil_images]
         swap.click(lambda corpus, foil, corpus_pictures, foil_pictures: (foil, corpus, foil_pictures, corpus_pictures),
                    swap_these, swap_these, queue=False, api_visibility="private")
-        reverse.change(lambda ask: gr.Image(visible=ask), reverse, overlay_reverse, queue=False,
+        reverse.change(lambda ask: gr.Column(visible=ask), reverse, reverse_column, queue=False,
                        api_visibility="private")
+        method.change(lambda chosen: (gr.Number(visible=chosen == "rise"),
+                                      gr.Number(visible=chosen == "integrated-gradients"),
+                                      gr.Row(visible=chosen == "gradient-shap")),
+                      method, [masks, steps, shap_settings], queue=False, api_visibility="private")
         for control in (masks, method):
-            control.change(app.estimate, [method, masks], estimate, queue=False, api_visibility="private")
+            control.change(app.estimate, [method, masks], estimate, queue=False, api_visibility="private",
+                           preprocess=False)
     demo.queue(max_size=QUEUE_SIZE)
     demo.cocoa_app = app  # for tests and scripts
     return demo
+
+
+def _one_at_a_time(button: gr.Button, busy: str) -> Any:
+    """The button's click event, which first disables the button (labelled `busy`) so that a second click
+    cannot queue a second run; `_ready_again` re-enables it when the run ends."""
+    return button.click(lambda: gr.Button(busy, interactive=False), None, button, queue=False,
+                        api_visibility="private")
+
+
+def _ready_again(run: Any, button: gr.Button) -> None:
+    """Re-enable the button, with its own label, when the run ends well or badly (Gradio's .then follows
+    success only, .failure the rest)."""
+    label = button.value
+    for after in (run.then, run.failure):
+        after(lambda: gr.Button(label, interactive=True), None, button, queue=False, api_visibility="private")
+
+
+def _examples(app: CocoaApp, knows_shapes: bool) -> tuple[list[list[str]], str]:
+    """Example rows (picture, corpus, foil, foil preset) and their label: the model's own kind of picture first.
+
+    The photos come from the repository's assets/ (kept there with their licences, not in the installed
+    package); the shapes scenes are drawn here, so every installation has examples that work offline.
+    """
+    folder = app._outputs / "examples"
+    folder.mkdir(exist_ok=True)
+    scenes = []
+    for objects, seed, corpus, foil in SHAPE_EXAMPLES:
+        path = folder / f"{'_'.join(colour + '_' + shape for colour, shape in objects)}.png"
+        scene = shapes.render_scene(np.random.default_rng(seed), 256, specs=objects, min_frac=0.25, max_frac=0.4,
+                                    max_overlap=0.0)
+        scene.image.save(path)
+        scenes.append([str(path), corpus, foil, "none"])
+    photos = [[str(ASSETS / name), *rest] for name, *rest in EXAMPLES if (ASSETS / name).is_file()]
+    if knows_shapes:
+        return scenes + photos, f"Examples: scenes {FALLBACK_MODEL} knows first, then photos (for CLIP)"
+    return photos + scenes, "Examples: photos (assets/LICENSES.md), then scenes for the bundled shapes-demo model"
 
 
 def launch_options() -> dict:
@@ -547,8 +677,8 @@ def load_model(name: str | None = None, weights: str | None = None, device: str 
         return cc.load(FALLBACK_MODEL, device=device), notice
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Serve the cocoa-clip web app (and its HTTP API).",
+def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=prog, description="Serve the cocoa-clip web app (and its HTTP API).",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--model", metavar="NAME",
@@ -561,8 +691,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Serve the app: `python app.py [options]` or `cocoa-clip serve [options]` (prog names the command in --help)."""
+    args = parse_args(argv, prog)
     report_sources()  # one console line per weights source tried
     try:
         model, notice = load_model(args.model, args.weights, args.device)

@@ -52,7 +52,7 @@ def test_overlay_covers_the_uploaded_picture_at_its_size(web, tiny, photo_file):
     answer = ask(web, str(photo_file))
     assert answer["overlay"].size == (70, 45)
     expected = cc.explain(tiny, photo_file, cc.Question(corpus=["dog"], foil=["cat"]), masks=MASKS, cache=None)
-    assert answer["score"] == pytest.approx(expected.score, abs=1e-6)
+    assert answer["score"] == f"{expected.score:+.4f}" and answer["score"] in answer["reading"]
     assert '"dog"' in answer["reading"] and '"cat"' in answer["reading"]
     assert answer["status"].startswith(f"RISE: {MASKS} masks")
     overlay_png, heatmap_npy = map(Path, answer["files"])
@@ -67,10 +67,10 @@ def test_second_question_on_the_same_picture_reuses_the_pass(web, photo_file):
     first = ask(web, str(photo_file), "dog", "cat")
     second = ask(web, str(photo_file), "cat", "dog", reverse=True)
     assert "Reused the image pass" in second["status"] and "no new RISE run" in second["status"]
-    assert second["score"] == pytest.approx(-first["score"], abs=1e-6)
+    assert float(second["score"]) == pytest.approx(-float(first["score"]), abs=1e-4)
     assert second["reverse"].size == second["overlay"].size == (70, 45)
     assert len(second["files"]) == 4
-    assert f"Reverse question: {first['score']:+.4f}" in second["reading"]
+    assert f"Reverse question: {first['score']}" in second["reading"]
 
 
 def test_a_large_picture_is_downscaled_keeping_its_shape(web, tmp_path):
@@ -96,10 +96,12 @@ def test_gradient_method_and_check(web, photo_file):
 def test_compare_splits_the_picture_and_reuses_the_explained_pass(web, tiny, photo_file):
     ask(web, str(photo_file))  # the same picture and masks: compare needs no new RISE run
     picture, parts = web.compare(str(photo_file), "dog\ncat\n\ngrass", masks=MASKS, progress=no_progress)
-    assert picture.width == 70 and picture.height > 45  # the legend strip below
+    assert picture.width >= 70 and picture.height > 45  # the legend strip below (as wide as its longest line)
     expected = cc.compare(tiny, photo_file, ["dog", "cat", "grass"], masks=MASKS, cache=None)
     for caption, share in expected.shares.items():
-        assert f"**{caption}**: {share:.0%} of the picture" in parts
+        assert f"**{caption}**: {share:.0%} of the picture, {expected.decided_shares[caption]:.0%} of the decided" \
+            in parts
+    assert f"no clear winner (uncoloured): {expected.undecided_share:.0%} of the picture" in parts
     assert "Reused the image pass" in parts
     with pytest.raises(gr.Error, match="Compare 2 to 10 captions"):
         web.compare(str(photo_file), "dog", masks=MASKS, progress=no_progress)
@@ -124,8 +126,13 @@ def not_an_image(tmp_path) -> Path:
 BAD_INPUTS = {
     "non-image upload": (dict(image="NOT_AN_IMAGE"), "is not an image PIL can read"),
     "no image": (dict(image=None), "Upload an image first"),
-    "empty corpus": (dict(corpus=""), "needs a corpus"),
-    "blank corpus": (dict(corpus="  \n \n"), "needs a corpus"),
+    "empty corpus": (dict(corpus=""), "Type at least one caption to look for"),
+    "blank corpus": (dict(corpus="  \n \n"), "Type at least one caption to look for"),
+    "no foil": (dict(foil=""), "Type at least one caption to contrast with, or choose a foil preset"),
+    "unknown baseline": (dict(baseline="white"), "Unknown baseline 'white'"),
+    "blur sigma too small": (dict(blur_sigma=0.01), "blur sigma must be a number from 0.1 to 100.0"),
+    "steps too many": (dict(method="integrated-gradients", steps=10_000), "Integrated Gradients steps must be"),
+    "noise negative": (dict(method="gradient-shap", stdev=-1), "GradientSHAP noise must be a number"),
     "bad template": (dict(template="a photo of"), "must contain {} exactly once"),
     "stray braces": (dict(template="a {} of {0"), "stray braces"),
     "masks negative": (dict(masks=-100), "masks must be a whole number from 1 to 20,000"),
@@ -215,7 +222,7 @@ def test_client_compares_captions_over_http(server, photo_file):
     _, url = server
     picture, parts = client(url).predict(image=handle_file(str(photo_file)), captions="dog\ncat", masks=MASKS,
                                          api_name="/compare")
-    assert Image.open(picture).width == 70 and "**dog**" in parts and "**cat**" in parts
+    assert Image.open(picture).width >= 70 and "**dog**" in parts and "**cat**" in parts
 
 
 def test_client_sees_progress_then_the_answer(server, photo_file, tiny):
@@ -231,7 +238,7 @@ def test_client_sees_progress_then_the_answer(server, photo_file, tiny):
     assert updates and all(total == 8192 and 0 < done <= total for done, total in updates)
     assert Image.open(overlay).size == (70, 45) and Image.open(overlay).format == "PNG"
     expected = cc.explain(tiny, photo_file, cc.Question(corpus=["dog"], foil=["cat"]), masks=8192, cache=None)
-    assert score == pytest.approx(expected.score, abs=1e-6)
+    assert score == f"{expected.score:+.4f}"
     assert status.startswith("RISE: 8,192 masks")
 
 
@@ -266,7 +273,7 @@ def test_client_gets_the_error_sentence_and_the_server_keeps_serving(server, pho
     api = client(url)
     cases = [
         (dict(image=handle_file(str(not_an_image)), corpus="dog", foil="cat"), "is not an image PIL can read"),
-        (dict(image=handle_file(str(photo_file)), corpus="", foil="cat"), "needs a corpus"),
+        (dict(image=handle_file(str(photo_file)), corpus="", foil="cat"), "Type at least one caption to look for"),
         (dict(image=handle_file(str(photo_file)), corpus="dog", foil="cat", masks="many"),
          "masks must be a whole number"),
         (dict(image=handle_file(str(photo_file)), corpus=["dog"], foil="cat"), "corpus must be text"),
@@ -299,8 +306,8 @@ def test_eight_concurrent_clients_get_their_own_answers(server, tiny, tmp_path):
         overlay = np.asarray(Image.open(result[0]).convert("RGB"), dtype=np.int16)
         assert overlay.shape[:2] == Image.open(photo).size[::-1]
         assert np.abs(overlay - np.asarray(want["overlay"], dtype=np.int16)).max() <= 1
-        assert result[3] == pytest.approx(want["score"], abs=1e-6)
-    assert len({round(r[3], 7) for r in results}) == 8
+        assert result[3] == want["score"]
+    assert len({r[0] for r in results}) == 8
 
 
 def test_module_level_demo_is_built_on_first_use(monkeypatch, tiny):
@@ -321,3 +328,29 @@ def test_app_py_is_the_space_entry_point(monkeypatch, tiny):
         assert entry.demo is app.demo and entry.demo.cocoa_app.model is tiny
     finally:
         vars(app).pop("demo", None)
+
+
+def test_examples_fit_the_model_and_survive_without_the_repositorys_photos(monkeypatch, tiny):
+    """shapes-demo gets its own scenes first; CLIP gets photos first; an installed package (no assets/) still has
+    the scenes, drawn at start-up."""
+    demo_model = cc.load("shapes-demo", device="cpu")
+    rows, label = app._examples(app.CocoaApp(demo_model), knows_shapes=True)
+    assert [row[1] for row in rows[:4]] == [corpus for *_, corpus, _ in app.SHAPE_EXAMPLES]
+    assert all(Image.open(row[0]).size == (256, 256) for row in rows[:4]) and "shapes-demo knows" in label
+    assert Path(rows[4][0]).parent == app.ASSETS
+    rows, _ = app._examples(app.CocoaApp(tiny), knows_shapes=False)
+    assert Path(rows[0][0]).parent == app.ASSETS and rows[0][1] == "woman"
+    monkeypatch.setattr(app, "ASSETS", Path("/no/such/assets"))
+    rows, _ = app._examples(app.CocoaApp(tiny), knows_shapes=False)
+    assert len(rows) == len(app.SHAPE_EXAMPLES) and all(Path(row[0]).is_file() for row in rows)
+
+
+def test_gradient_and_baseline_settings_reach_the_answer(web, photo_file):
+    answer = ask(web, str(photo_file), method="integrated-gradients", steps=7, baseline="black")
+    assert answer["status"].startswith("Integrated Gradients (7 steps)")
+    shap = ask(web, str(photo_file), method="gradient-shap", samples=3, stdev=0.05, blur_sigma=2.5)
+    assert shap["status"].startswith("GradientSHAP (3 samples, noise 0.05)")
+    token_answers = web._answers[shap["token"]]
+    assert token_answers[0].details["blur_sigma"] == 2.5 and token_answers[0].details["baseline"] == "blur"
+    default = ask(web, str(photo_file), blur_sigma=0)  # what an emptied box sends
+    assert web._answers[default["token"]][0].details["blur_sigma"] is None

@@ -95,12 +95,12 @@ def test_compare_writes_the_coloured_picture_and_labels(tiny_checkpoint, picture
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     assert [part["caption"] for part in result["captions"]] == ["dog", "cat", "grass"]
-    assert sum(part["share"] for part in result["captions"]) == pytest.approx(1.0)
+    assert sum(part["share"] for part in result["captions"]) + result["undecided_share"] == pytest.approx(1.0)
     assert sum(part["score"] for part in result["captions"]) == pytest.approx(0.0, abs=1e-5)  # they sum to zero
     labels = np.load(tmp_path / "c" / "photo.npy")
-    assert labels.shape == (45, 70) and labels.dtype == np.int16 and set(np.unique(labels)) <= {0, 1, 2}
+    assert labels.shape == (45, 70) and labels.dtype == np.int16 and set(np.unique(labels)) <= {-1, 0, 1, 2}
     with Image.open(tmp_path / "c" / "photo.png") as overlay:
-        assert overlay.width == 70 and overlay.height > 45  # the legend strip below the picture
+        assert overlay.width >= 70 and overlay.height > 45  # the legend strip below the picture
     assert main(["compare", picture, "--caption", "dog", "--weights", tiny_checkpoint]) == 2
     assert "Compare 2 to 10 captions" in capsys.readouterr().err
 
@@ -130,13 +130,16 @@ def test_output_paths_are_exactly_the_ones_given(tiny_checkpoint, picture, tmp_p
 @pytest.mark.parametrize("command, message", [
     (["explain", "--corpus", "dog", "--foil", "cat", "--opacity", "2"], "Opacity"),
     (["explain", "--corpus", "dog", "--foil", "cat", "--cmap", "no-such-map"], "colour map"),
-    (["evaluate", "--corpus", "dog", "--foil", "cat", "--steps", "1"], "steps"),
+    (["evaluate", "--corpus", "dog", "--foil", "cat", "--curve-steps", "1"], "steps"),
     (["evaluate", "--target", "label-free"], "give a corpus and a foil"),
     (["evaluate", "--corpus", "dog", "--foil", "cat", "--seed", "18446744073709551616"], "seed must be"),
     (["evaluate", "--corpus", "dog", "--foil", "cat", "--seed", "-1"], "seed must be"),
     (["compare", "--caption", "dog", "--caption", "cat", "--opacity", "-1"], "Opacity"),
     (["explain", "--corpus", "dog", "--foil", "cat", "--masks", "auto", "--stability", "1.2"], "stability"),
     (["explain", "--corpus", "dog", "--foil", "cat", "--masks", "auto", "--max-masks", "0"], "most masks"),
+    (["explain", "--corpus", "dog", "--foil", "cat", "--blur-sigma", "0"], "blur sigma"),
+    (["explain", "--corpus", "dog", "--method", "integrated-gradients", "--steps", "0"], "n_steps"),
+    (["explain", "--corpus", "dog", "--method", "gradient-shap", "--stdev", "-1"], "stdev"),
 ])
 def test_settings_are_checked_before_the_model_loads(picture, command, message, capsys):
     assert main([command[0], picture, *command[1:], "--weights", "/no/such/weights.pt"]) == 2
@@ -163,7 +166,7 @@ def test_json_output_and_gradient_method(tiny_checkpoint, picture, tmp_path, cap
     assert code == 0
     answer = json.loads(capsys.readouterr().out)
     assert answer["method"] == "integrated-gradients" and isinstance(answer["score"], float)
-    assert answer["question"] == '"dog" rather than the cifar100 classes'
+    assert answer["question"] == '"dog" rather than the CIFAR-100 classes'
 
 
 def test_auto_masks_report_masks_and_stability(tiny_checkpoint, picture, tmp_path, capsys):
@@ -182,7 +185,7 @@ def test_auto_masks_report_masks_and_stability(tiny_checkpoint, picture, tmp_pat
 
 def test_evaluate_prints_the_four_areas_as_json(tiny_checkpoint, picture, tmp_path, capsys):
     code = main(["evaluate", picture, "--corpus", "dog", "--foil", "cat", "--weights", tiny_checkpoint,
-                 "--masks", "50", "--steps", "10", "--json", "--plot", str(tmp_path / "curves.png")])
+                 "--masks", "50", "--curve-steps", "10", "--json", "--plot", str(tmp_path / "curves.png")])
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     for key in ("insertion_auc", "deletion_auc", "random_insertion_auc", "random_deletion_auc"):
@@ -193,20 +196,20 @@ def test_evaluate_prints_the_four_areas_as_json(tiny_checkpoint, picture, tmp_pa
 
 def test_evaluate_with_the_zero_shot_probability_measure(tiny_checkpoint, picture, capsys):
     code = main(["evaluate", picture, "--corpus", "dog", "--foil-preset", "cifar100", "--weights", tiny_checkpoint,
-                 "--method", "integrated-gradients", "--steps", "5", "--measure", "probability", "--json"])
+                 "--method", "integrated-gradients", "--curve-steps", "5", "--measure", "probability", "--json"])
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     assert result["measure"] == "probability"
     assert all(0.0 <= value <= 1.0 for value in result["deletion"] + result["random_insertion"])
     assert main(["evaluate", picture, "--corpus", "dog", "--foil", "cat", "--weights", tiny_checkpoint,
-                 "--masks", "20", "--steps", "3", "--measure", "probability"]) == 0
+                 "--masks", "20", "--curve-steps", "3", "--measure", "probability"]) == 0
     assert "probability of the corpus" in capsys.readouterr().out
 
 
 def test_evaluate_a_saved_heatmap(tiny_checkpoint, picture, tmp_path, capsys):
     np.save(tmp_path / "h.npy", np.random.rand(45, 70).astype(np.float32))
     assert main(["evaluate", picture, "--corpus", "dog", "--foil", "cat", "--weights", tiny_checkpoint,
-                 "--from-heatmap", str(tmp_path / "h.npy"), "--steps", "5"]) == 0
+                 "--from-heatmap", str(tmp_path / "h.npy"), "--curve-steps", "5"]) == 0
     assert "insertion_auc" in capsys.readouterr().out
     np.save(tmp_path / "bad.npy", np.zeros(3))
     assert main(["evaluate", picture, "--corpus", "dog", "--foil", "cat", "--weights", tiny_checkpoint,
@@ -259,3 +262,65 @@ def test_foil_and_preset_are_exclusive(picture):
 def test_models_lists_clip_names(capsys):
     assert main(["models"]) == 0
     assert "ViT-B/32" in capsys.readouterr().out.split()
+
+
+def test_every_option_shows_its_default():
+    """The help of every subcommand states each option's default (--seed's 0 included)."""
+    subcommands = build_parser()._subparsers._group_actions[0].choices
+    for name in ("explain", "evaluate", "compare"):
+        parser = subcommands[name]
+        text = " ".join(parser.format_help().split())
+        for action in parser._actions:
+            if action.default not in (None, False, [], "==SUPPRESS==") and action.option_strings:
+                shown = str(action.default)
+                assert f"default: {shown}" in text or "(default" in action.help, (name, action.option_strings)
+        assert "--seed SEED random seed of the masks / noise (default: 0)" in text
+
+
+def test_evaluate_prints_a_verdict_in_words(tiny_checkpoint, picture, capsys):
+    assert main(["evaluate", picture, "--corpus", "dog", "--foil", "cat", "--weights", tiny_checkpoint,
+                 "--masks", "30", "--curve-steps", "4", "--quiet"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    areas = {line.split()[0]: float(line.split()[1]) for line in lines[:4]}
+    gain = areas["insertion_auc"] - areas["random_insertion_auc"]
+    drop = areas["random_deletion_auc"] - areas["deletion_auc"]
+    beats = "beats" if gain > 0 and drop > 0 else "does not clearly beat"
+    assert lines[-1].startswith(f"This heatmap {beats} a random ranking of the pixels: insertion area ")
+    said = float(lines[-1].split("insertion area ")[1].split()[0])  # 4 significant digits
+    assert said == pytest.approx(gain, rel=1e-3, abs=1e-4)
+
+
+def test_method_options_reach_the_answer(tiny_checkpoint, picture, capsys):
+    assert main(["explain", picture, "--corpus", "dog", "--foil", "cat", "--weights", tiny_checkpoint, "--json",
+                 "--method", "integrated-gradients", "--steps", "7", "--baseline", "black",
+                 "--out", str(Path(picture).with_name("ig.png"))]) == 0
+    details = json.loads(capsys.readouterr().out)["details"]
+    assert details["steps"] == 7 and details["baseline"] == "black"
+    assert main(["explain", picture, "--corpus", "dog", "--foil", "cat", "--weights", tiny_checkpoint, "--json",
+                 "--method", "gradient-shap", "--samples", "3", "--stdev", "0.1", "--blur-sigma", "5",
+                 "--out", str(Path(picture).with_name("shap.png"))]) == 0
+    details = json.loads(capsys.readouterr().out)["details"]
+    assert (details["samples"], details["stdev"], details["blur_sigma"]) == (3, 0.1, 5.0)
+
+
+def test_compare_reports_shares_over_decided_pixels_and_the_undecided(tiny_checkpoint, picture, tmp_path, capsys):
+    assert main(["compare", picture, "--caption", "dog", "--caption", "cat", "--weights", tiny_checkpoint,
+                 "--masks", "50", "--tie-margin", "0.5", "--json", "--out", str(tmp_path / "c.png"),
+                 "--labels", str(tmp_path / "l.npy")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    labels = np.load(tmp_path / "l.npy")
+    undecided = float(np.mean(labels == -1))
+    assert report["undecided_share"] == pytest.approx(undecided) and 0 < undecided < 1
+    for index, part in enumerate(report["captions"]):
+        assert part["share"] == pytest.approx(np.mean(labels == index))
+        assert part["decided_share"] == pytest.approx(np.sum(labels == index) / np.sum(labels >= 0))
+
+
+def test_serve_runs_the_web_app_with_its_own_flags(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: cocoa-clip serve") and "--port" in text and "--weights" in text
+    assert main(["serve", "--weights", "/no/such/weights.pt"]) == 2
+    assert "No checkpoint file at /no/such/weights.pt" in capsys.readouterr().err

@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 import cocoa_clip as cc
-from cocoa_clip.compare import MAX_CAPTIONS, compare
+from cocoa_clip.compare import MAX_CAPTIONS, UNDECIDED, UNSEEN, compare
 from cocoa_clip.models import MEAN, STD, ClipModel, clip_package
 from cocoa_clip.shapes import two_object_scene
 
@@ -46,7 +46,40 @@ def test_each_caption_wins_its_own_region(two_regions, noise_square):
     assert (comparison.labels[DOG] == 0).mean() > 0.9
     assert (comparison.labels[CAT] == 1).mean() > 0.9
     assert comparison.margin[DOG].mean() > comparison.margin[20:40, 20:40].mean()
-    assert sum(comparison.shares.values()) == pytest.approx(1.0)
+    assert sum(comparison.shares.values()) + comparison.undecided_share == pytest.approx(1.0)
+    assert sum(comparison.decided_shares.values()) == pytest.approx(1.0)
+
+
+def test_pixels_without_a_clear_winner_go_to_no_caption(two_regions, noise_square):
+    """Between the two regions the maps are close: within the margin no caption wins, and shares count both ways."""
+    exact = compare(two_regions, noise_square, ["dog", "cat", "grass"], masks=2000, tie_margin=0.0, cache=None)
+    clear = compare(two_regions, noise_square, ["dog", "cat", "grass"], masks=2000, tie_margin=0.3, cache=None)
+    assert exact.undecided_share == 0.0 and 0.05 < clear.undecided_share < 0.9
+    assert (clear.labels[DOG] == 0).mean() > 0.9 and (clear.labels[20:40, 20:40] == UNDECIDED).mean() > 0.5
+    undecided = clear.labels == UNDECIDED
+    assert (clear.margin[undecided] < 0.3 * clear.margin.max()).all()
+    assert (clear.margin[~undecided] >= 0.3 * clear.margin.max()).all()
+    decided = (~undecided).mean()
+    for caption in clear.captions:
+        assert clear.decided_shares[caption] == pytest.approx(clear.shares[caption] / decided)
+    photo = np.asarray(noise_square)
+    overlay = np.asarray(clear.overlay(opacity=0.6, legend=False))
+    np.testing.assert_array_equal(overlay[undecided], photo[undecided])  # shown uncoloured
+    with pytest.raises(cc.SettingsError, match="tie margin"):
+        compare(two_regions, noise_square, ["dog", "cat"], masks=10, tie_margin=1.5)
+
+
+def test_caption_colours_avoid_the_colour_words_of_every_caption():
+    from cocoa_clip.render import PALETTE, label_colours
+
+    named = {colour: words for words, colour in PALETTE}
+    colours = label_colours(["orange cross", "yellow square"])
+    assert len(set(colours)) == 2
+    for colour in colours:
+        assert not {"orange", "yellow"} & named[colour]
+    assert len(set(label_colours([f"thing {i}" for i in range(MAX_CAPTIONS)]))) == MAX_CAPTIONS
+    many = label_colours(["a red car", "green grass", "blue sky"] + [f"thing {i}" for i in range(7)])
+    assert len(set(many)) == 10 and not {"red", "green", "blue"} & named[many[0]]
 
 
 @pytest.mark.parametrize("method", cc.METHODS)
@@ -56,7 +89,8 @@ def test_maps_of_caption_rather_than_the_others_sum_to_zero(tiny, photo, method)
     assert np.abs(maps).max() > 0
     np.testing.assert_allclose(maps.sum(0), 0.0, atol=1e-5 * np.abs(maps).max())
     assert [a.question.describe() for a in comparison.answers][1] == '"cat" rather than "dog" / "a red car"'
-    np.testing.assert_array_equal(comparison.labels, maps.argmax(0))  # no ties on a noisy photo
+    exact = compare(tiny, photo, ["dog", "cat", "a red car"], method=method, masks=300, tie_margin=0.0, cache=None)
+    np.testing.assert_array_equal(exact.labels, maps.argmax(0))  # no ties on a noisy photo
 
 
 def test_the_demo_model_finds_both_objects():
@@ -76,7 +110,7 @@ def test_a_featureless_picture_goes_to_no_caption(tiny):
 
 def test_crop_framing_leaves_unseen_pixels_unlabelled(tiny, photo):
     comparison = compare(tiny, photo, ["dog", "cat"], masks=50, framing="crop", cache=None)
-    assert (comparison.labels[:, :5] == -1).all() and (comparison.labels[:, 30] >= 0).all()
+    assert (comparison.labels[:, :5] == UNSEEN).all() and (comparison.labels[:, 30] != UNSEEN).all()
     assert (comparison.margin[:, :5] == 0).all()
 
 
@@ -84,7 +118,7 @@ def test_overlay_keeps_the_picture_and_adds_a_legend(tiny, photo):
     comparison = compare(tiny, photo, ["dog", "cat"], masks=50, cache=None)
     assert comparison.overlay(legend=False).size == photo.size
     with_legend = comparison.overlay()
-    assert with_legend.width == photo.width and with_legend.height > photo.height
+    assert with_legend.width >= photo.width and with_legend.height > photo.height + 3 * 12  # 2 captions, no winner
     np.testing.assert_array_equal(np.asarray(comparison.overlay(opacity=0.0, legend=False))[comparison.margin == 0],
                                   np.asarray(photo)[comparison.margin == 0])
 

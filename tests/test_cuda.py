@@ -47,3 +47,11 @@ def test_cuda_auto_and_regression_match_the_cpu(tiny, tiny_checkpoint, photo):
     on_gpu = cc.explain(gpu, photo, DOG_CAT, masks="auto", stability=0.9, max_masks=4000, cache=None)
     assert on_gpu.details["masks"] == on_cpu.details["masks"]
     np.testing.assert_allclose(on_gpu.heatmap, on_cpu.heatmap, rtol=1e-2, atol=1e-3 * np.abs(on_cpu.heatmap).max())
+
+
+def test_cuda_bf16_runs_fp32_weights_under_autocast_and_says_so(tiny_checkpoint, photo):
+    gpu = cc.load(weights=tiny_checkpoint, device="cuda", precision="bf16")
+    assert next(gpu.net.parameters()).dtype == torch.float32
+    assert cc.explain(gpu, photo, DOG_CAT, masks=200, cache=None).details["precision"] == "bf16"
+    answer = cc.explain(gpu, photo, DOG_CAT, method="integrated-gradients")
+    assert answer.details["precision"] == "fp32" and abs(answer.details["convergence_delta"][0]) < 1e-3

@@ -114,3 +114,31 @@ def test_bad_curve_settings_are_refused(planted, noise_square, options, message)
 def test_a_heatmap_must_hold_real_numbers(planted, noise_square):
     with pytest.raises(cc.SettingsError, match="real numbers"):
         insertion_deletion(planted, noise_square, region_heatmap().astype(np.complex64), DOG_CAT)
+
+
+def test_the_curves_rank_the_map_as_computed(tiny):
+    """A gradient answer's AUCs are those of its native (content-box) map, not of the map resampled to the photo
+    and back. The photo is twice the content box, so the native map blown up 2 x 2 ranks exactly like it."""
+    from cocoa_clip.evaluate import curves_of
+
+    rng = np.random.default_rng(3)
+    photo = Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))  # content box 24 x 32 at 32 px
+    answer = cc.explain(tiny, photo, DOG_CAT, method="integrated-gradients")
+    assert answer.content_map.shape == (24, 32)
+    blown_up = np.kron(answer.content_map, np.ones((2, 2), dtype=np.float32))
+    expected = insertion_deletion(tiny, photo, blown_up, DOG_CAT, steps=20).aucs()
+    assert curves_of(tiny, answer, steps=20).aucs() == pytest.approx(expected, abs=1e-6)
+    resampled = insertion_deletion(tiny, photo, answer.heatmap, DOG_CAT, steps=20).aucs()
+    assert resampled != pytest.approx(expected, abs=1e-6)  # what the curves scored before
+
+
+def test_the_curves_remove_pixels_to_the_heatmaps_baseline(planted, noise_square):
+    """Deletion ends, and insertion starts, at the baseline's score: the blur's, or the answer's own (black)."""
+    from cocoa_clip.evaluate import curves_of
+
+    black = noise_square.point(lambda _: 0)
+    answer = cc.explain(planted, noise_square, DOG_CAT, masks=100, baseline="black", cache=None)
+    curves = curves_of(planted, answer, steps=10)
+    assert curves.deletion[-1] == pytest.approx(cc.score(planted, black, DOG_CAT), abs=1e-5)
+    blurred = insertion_deletion(planted, noise_square, answer.heatmap, DOG_CAT, steps=10)
+    assert abs(blurred.deletion[-1] - curves.deletion[-1]) > 0.5  # black is all contrast to the planted encoder

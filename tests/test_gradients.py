@@ -4,6 +4,7 @@ import torch
 
 import cocoa_clip as cc
 from cocoa_clip.gradients import GradientSettings, attribute
+from cocoa_clip.gradients import precision as gradient_precision
 from cocoa_clip.images import blur, frame
 from cocoa_clip.targets import resolve
 
@@ -85,3 +86,32 @@ def test_score_and_map_share_the_precision_of_the_gradients(tiny_checkpoint, pho
     assert answer.details["precision"] == "fp32"
     assert answer.score == pytest.approx(expected.score, abs=1e-7)
     np.testing.assert_allclose(answer.heatmap, expected.heatmap, atol=1e-7)
+
+
+def test_integrated_gradients_runs_from_the_chosen_baseline(tiny, photo):
+    """Completeness against a black picture: the map sums to target(picture) - target(black content)."""
+    target, framed = target_and_framed(tiny, photo)
+    heatmap, _ = attribute(tiny, framed, target, "integrated-gradients",
+                           GradientSettings(n_steps=100, baseline="black"))
+    with torch.no_grad():
+        black = framed.with_content(torch.zeros_like(framed.content)[None])
+        expected = (target(tiny.encode_images(framed.canvas[None])) - target(tiny.encode_images(black))).item()
+    assert heatmap.sum().item() == pytest.approx(expected, rel=0.02, abs=1e-6)
+
+
+
+
+@pytest.mark.parametrize(("precision", "weights"), [("fp32", "fp32"), ("bf16", "fp32"), ("bf16", "fp16"),
+                                                    ("fp16", "fp16")])
+def test_precision_reports_say_what_ran(tiny_checkpoint, photo, precision, weights):
+    """RISE reports its batched precision, gradients the dtype of the weights they run in. fp16 weights are faked
+    on the CPU, where they cannot run (the old CUDA bf16 model held fp16 weights and its gradients reported fp32)."""
+    model = cc.load(weights=tiny_checkpoint, device="cpu", precision="bf16" if precision == "bf16" else "fp32")
+    assert next(model.net.parameters()).dtype == torch.float32  # bf16 autocast runs over fp32 weights
+    if weights == "fp32":
+        assert cc.explain(model, photo, DOG_CAT, masks=20, cache=None).details["precision"] == precision
+        ig = cc.explain(model, photo, DOG_CAT, method="integrated-gradients", gradient=GradientSettings(n_steps=2))
+        assert ig.details["precision"] == "fp32"
+    model.net.to(torch.float16 if weights == "fp16" else torch.float32)
+    model.precision = precision
+    assert gradient_precision(model) == weights

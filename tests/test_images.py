@@ -173,3 +173,28 @@ def test_blur_keeps_constants_and_smooths_noise():
 def test_unknown_framing(tiny):
     with pytest.raises(cc.ImageError, match="framing"):
         frame(Image.new("RGB", (4, 4)), 32, "stretch")
+
+
+def test_blur_sigma_5_is_the_papers_kernel_21_at_any_input_size():
+    """--blur-sigma 5 reproduces the paper's code (kernel 21, sigma 5 px) whatever the input size; the default
+    scales it: sigma 5 x n_px / 224, kernel 41 at 448 px."""
+    from torchvision.transforms.functional import gaussian_blur
+
+    noise = torch.rand(3, 60, 50, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(blur(noise, 336, sigma=5), gaussian_blur(noise, [21, 21], [5.0, 5.0]), atol=1e-5)
+    assert torch.allclose(blur(noise, 224), gaussian_blur(noise, [21, 21], [5.0, 5.0]), atol=1e-5)
+    assert torch.allclose(blur(noise, 448), gaussian_blur(noise, [41, 41], [10.0, 10.0]), atol=1e-5)
+
+
+def test_baselines_mean_and_black():
+    from cocoa_clip.images import baseline
+    from cocoa_clip.models import MEAN
+
+    content = torch.rand(2, 3, 8, 9)
+    assert torch.equal(baseline(content, 32, "black"), torch.zeros_like(content))
+    mean = baseline(content, 32, "mean")
+    assert mean.shape == content.shape and torch.allclose(mean[1, :, 4, 4], torch.tensor(MEAN))
+    assert torch.equal(baseline(content, 32, "blur", 2.0), blur(content, 32, 2.0))
+    for kind, sigma in (("grey", None), ("blur", 0), ("blur", -1.0), ("blur", True)):
+        with pytest.raises(cc.SettingsError):
+            baseline(content, 32, kind, sigma)

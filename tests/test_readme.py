@@ -31,8 +31,25 @@ def test_python_examples_run(tmp_path, monkeypatch):
 
 
 def test_command_lines_parse():
-    lines = [line for block in blocks("bash") for line in block.splitlines() if line.startswith("python -m cocoa_clip")]
+    lines = [line for block in blocks("bash") for line in block.splitlines() if line.startswith("cocoa-clip ")]
     assert len(lines) >= 5
     parser = build_parser()
     for line in lines:
-        parser.parse_args(shlex.split(line, comments=True)[3:])  # argparse exits on an unknown option
+        if not line.startswith("cocoa-clip serve"):  # serve hands its options to the web app's parser
+            parser.parse_args(shlex.split(line, comments=True)[1:])  # argparse exits on an unknown option
+
+
+def test_command_line_examples_do_not_overwrite_each_others_outputs():
+    """Each README command that writes files writes its own (explicit or default paths)."""
+    lines = [line for block in blocks("bash") for line in block.splitlines() if line.startswith("cocoa-clip ")]
+    parser, written = build_parser(), []
+    for line in lines:
+        if line.split()[1] not in ("explain", "evaluate", "compare"):
+            continue
+        args = parser.parse_args(shlex.split(line, comments=True)[1:])
+        stem = Path(args.image if isinstance(args.image, str) else args.image[0]).stem
+        defaults = {"explain": f"{stem}_cocoa.png", "compare": f"{stem}_compare.png", "evaluate": None}
+        outputs = [getattr(args, "out", None) or defaults[args.command]]
+        outputs += [getattr(args, name, None) for name in ("heatmap", "colorbar", "plot", "labels")]
+        written += [path for path in outputs if path]
+    assert len(written) == len(set(written)), written

@@ -163,3 +163,28 @@ def test_saliency_refuses_an_unknown_estimator(tiny, photo):
     run = masked_pass(tiny, framed, RiseSettings(10))
     with pytest.raises(cc.SettingsError, match="estimator"):
         saliency(run, [resolve(tiny, DOG_CAT, run.image_embedding)], "median")
+
+
+def test_the_baseline_is_what_masked_pixels_show_and_part_of_the_cache_key(tiny, photo):
+    """A black baseline: the one-mask reference with black where masks hide; never served from a blur's pass."""
+    cache = PassCache()
+    blurred = cc.explain(tiny, photo, DOG_CAT, masks=40, seed=2, estimator="paper", cache=cache)
+    black = cc.explain(tiny, photo, DOG_CAT, masks=40, seed=2, estimator="paper", baseline="black", cache=cache)
+    assert not black.details["cached"] and black.details["baseline"] == "black"
+    assert len(cache) == 2
+    framed = frame(photo, tiny.n_px)
+    content = framed.content
+    masks = cc.rise.sample_masks(40, tuple(content.shape[1:]), seed=2)
+    with torch.no_grad():
+        target = resolve(tiny, DOG_CAT, tiny.encode_images(framed.canvas[None])[0])
+        total = torch.zeros(content.shape[1:])
+        for grid, shift in zip(masks.grids, masks.shifts, strict=True):
+            mask = reference_mask(grid, shift, masks.size, masks.cells)
+            total += target(tiny.encode_images(framed.with_content((mask * content)[None])))[0] * mask
+    expected = cc.images.unframe(total / (40 * 0.5), framed)
+    np.testing.assert_allclose(black.heatmap, expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
+    assert not np.allclose(blurred.heatmap, black.heatmap)
+    sharp = cc.explain(tiny, photo, DOG_CAT, masks=40, seed=2, blur_sigma=1.0, cache=cache)
+    assert not sharp.details["cached"] and sharp.details["blur_sigma"] == 1.0
+    with pytest.raises(cc.SettingsError, match="baseline"):
+        RiseSettings(baseline="white")

@@ -74,6 +74,26 @@ def test_preset_foils_are_the_other_classes():
     assert cc.Question(corpus=["rocket"], foil_preset="cifar100").foil_captions == preset_foil("cifar100", ("rocket",))
 
 
+@pytest.mark.parametrize(("caption", "template", "named"), [
+    ("a bee", cc.DEFAULT_TEMPLATE, "bee"), ("Bees", cc.DEFAULT_TEMPLATE, "bee"),
+    ("This is a photo of a bee", "{}", "bee"), ("the bee.", "{}", "bee"),
+    ("aquarium_fish", cc.DEFAULT_TEMPLATE, "aquarium fish"), ("butterflies", "{}", "butterfly"),
+    ("Maple Trees", cc.DEFAULT_TEMPLATE, "maple tree")])
+def test_preset_foils_lose_the_class_the_corpus_names_in_any_form(caption, template, named):
+    foil = cc.Question(corpus=[caption], foil_preset="cifar100", template=template).foil_captions
+    assert set(class_names("cifar100")) - set(foil) == {named}
+
+
+def test_the_notes_say_which_preset_class_left_the_foil(tiny, photo):
+    bees = cc.explain(tiny, photo, cc.Question(corpus=["Bees"], foil_preset="cifar100"),
+                      masks=10, cache=None)
+    assert 'The foil is the CIFAR-100 classes without "bee", which the corpus names.' in bees.notes
+    robot = cc.explain(tiny, photo, cc.Question(corpus=["robot"], foil_preset="cifar100"),
+                       masks=10, cache=None)
+    assert "No CIFAR-100 class matches the corpus, so the foil keeps all 100 classes." in robot.notes
+    assert len(cc.Question(corpus=["women"], foil_preset="cifar100").foil_captions) == 100  # no irregular plurals
+
+
 def test_one_picture_of_any_kind_counts_as_one(tiny, photo):
     png = io.BytesIO()
     photo.save(png, format="PNG")
@@ -87,7 +107,7 @@ def test_one_picture_of_any_kind_counts_as_one(tiny, photo):
 
 def test_description_names_foil_pictures_next_to_a_preset(photo):
     question = cc.Question(corpus=["dog"], foil_images=[photo], foil_preset="cifar100")
-    assert question.describe() == '"dog" rather than 1 image and the cifar100 classes'
+    assert question.describe() == '"dog" rather than 1 image and the CIFAR-100 classes'
 
 
 def test_swapped_question_exchanges_corpus_and_foil():
