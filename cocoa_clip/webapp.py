@@ -576,7 +576,8 @@ def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True)
             app.explain_live, inputs,
             [overlay, overlay_reverse, colorbar, score, reading, status, downloads, answer_token],
             api_name="explain", preprocess=False, concurrency_limit=1, concurrency_id="model",
-            show_progress_on=[status],  # one progress bar, on the status line: the forming map stays in view
+            show_progress_on=[overlay],  # one progress bar, not a copy clipped into every output
+            show_progress="minimal",  # over the forming map, not a panel that hides it
             api_description="Heatmap of where the model sees the corpus rather than the foil.")
         _ready_again(run, explain)
         run.then(app.estimate, [method, masks], estimate, queue=False, api_visibility="private")
