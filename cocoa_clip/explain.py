@@ -26,6 +26,8 @@ from .rise import DEFAULT_ESTIMATOR, ESTIMATORS, PassCache, Progress, RiseResult
 from .targets import Question, Target, resolve
 
 METHODS = ("rise",) + GRADIENT_METHODS
+FLAT_NOTE = ("The map is flat (its range is below numerical noise): no region of the picture changes the score, "
+             "so it is shown in one colour.")
 DEFAULT_CACHE = PassCache()  # masked passes of recent pictures, so a new question costs no forward pass
 
 
@@ -50,6 +52,10 @@ class Explanation:
     details: dict = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     content_map: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if render.is_flat(self.heatmap) and FLAT_NOTE not in self.notes:
+            self.notes = (*self.notes, FLAT_NOTE)
 
     @property
     def scale(self) -> str:

@@ -23,6 +23,10 @@ from .errors import SettingsError
 
 SCALES = ("minmax", "signed")
 DEFAULT_CMAPS = {"minmax": "jet", "signed": "bwr"}
+# A map whose range is within this of nothing (in score units), or within float32's rounding of its
+# own size, is numerical noise: a uniform picture gives about 1e-16 that min-max would stretch to full contrast.
+FLAT_ABSOLUTE = 1e-8
+FLAT_RELATIVE = 1e-6
 # Caption colours (tab10, RGB in [0, 1]), each with the colour words it would clash with in a caption.
 PALETTE: tuple[tuple[frozenset[str], tuple[float, float, float]], ...] = tuple(
     (frozenset(words.split()), tuple(float(v) for v in colour)) for words, colour in zip(
@@ -38,11 +42,23 @@ def limits(heatmap: np.ndarray, scale: str) -> tuple[float, float]:
     finite = heatmap[np.isfinite(heatmap)]
     if finite.size == 0:
         return -1.0, 1.0
-    if scale == "signed":
-        top = float(np.abs(finite).max()) or 1.0
-        return -top, top
     low, high = float(finite.min()), float(finite.max())
-    return (low, high) if high > low else (low - 1.0, high + 1.0)
+    if is_flat(heatmap):  # one colour: the middle of the scale (zero, on the signed scale)
+        middle = 0.0 if scale == "signed" else (low + high) / 2
+        return middle - 1.0, middle + 1.0
+    if scale == "signed":
+        top = max(abs(low), abs(high))
+        return -top, top
+    return low, high
+
+
+def is_flat(heatmap: np.ndarray) -> bool:
+    """Whether the map's range (over finite pixels) is below numerical noise: no region changes the score."""
+    finite = heatmap[np.isfinite(heatmap)].astype(np.float64)
+    if finite.size == 0:
+        return True
+    spread = finite.max() - finite.min()
+    return bool(spread <= max(FLAT_ABSOLUTE, FLAT_RELATIVE * np.abs(finite).max()))
 
 
 def colorize(heatmap: np.ndarray, scale: str = "minmax", cmap: str | None = None) -> np.ndarray:

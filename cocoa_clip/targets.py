@@ -17,6 +17,7 @@ Corpus and foil may mix captions (wrapped by a template) and images.
 """
 from __future__ import annotations
 
+import string
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 
@@ -31,6 +32,8 @@ TARGETS = ("cocoa", "corpus", "label-free", "contrastive-label-free")
 SIMILARITIES = ("cosine", "dot")
 _NEEDS_CORPUS = ("cocoa", "corpus")
 _NEEDS_FOIL = ("cocoa", "contrastive-label-free")
+SAME_NOTE = ("The corpus and the foil are the same to the model, so the question compares a caption with itself: "
+             "the score is zero whatever the picture shows.")
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,8 @@ def resolve(model: ClipModel, question: Question, image_embedding: torch.Tensor 
         direction = image_embedding.float() / (image_embedding.norm() if cosine else 1.0)
     if question.target in _NEEDS_FOIL:
         direction = direction - mean_of("foil")
+        if question.target == "cocoa" and float(direction.norm()) <= 1e-6:  # cosine directions have norm <= 2
+            notes.append(SAME_NOTE)
         if question.foil_preset:
             notes.append(preset_note(question.foil_preset, question.corpus, question.template))
     return Target(direction=direction, normalize=cosine, question=question, notes=tuple(notes))
@@ -182,13 +187,20 @@ def clean_caption(caption: object, where: str, index: int) -> str:
 
 
 def _check_template(template: str) -> None:
+    """Exactly one plain `{}` once str.format's rules are applied: '{{}}' is a literal '{}', not a field."""
     advice = "e.g. 'This is a photo of a {}', or '{}' for captions as written"
-    if not isinstance(template, str) or template.count("{}") != 1:
-        raise QuestionError(f"The template must contain {{}} exactly once, where the caption goes ({advice}).")
+    if not isinstance(template, str):
+        raise QuestionError(f"The template must be text with {{}} where the caption goes ({advice}).")
     try:
-        template.format("x")
-    except (IndexError, KeyError, ValueError) as error:
-        raise QuestionError(f"The template has stray braces ({advice}).") from error
+        fields = [part[1:] for part in string.Formatter().parse(template) if part[1] is not None]
+    except ValueError:
+        fields = None
+    if fields is None or any(field != ("", "", None) for field in fields):
+        raise QuestionError(f"The template has stray braces ({advice}).")
+    if len(fields) != 1:
+        doubled = " ('{{}}' is a literal '{}', not a place for the caption)" if "{{" in template else ""
+        raise QuestionError(f"The template must contain {{}} exactly once, where the caption goes{doubled} "
+                            f"({advice}).")
 
 
 def _listing(captions: Sequence[str], images: Sequence[ImageSource]) -> str:

@@ -25,16 +25,16 @@ except ImportError:
 
 import argparse
 import contextvars
+import dataclasses
+import functools
 import inspect
 import logging
 import os
 import queue
-import shutil
 import sys
 import tempfile
 import threading
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -42,15 +42,18 @@ from typing import Any
 import gradio as gr
 import numpy as np
 from PIL import Image
+from starlette.exceptions import HTTPException
 
 import cocoa_clip as cc
-from cocoa_clip import shapes
+from cocoa_clip import shapes, webhost
 from cocoa_clip import webinputs as valid
 from cocoa_clip.evaluate import MEASURE_LABELS, curves_of
+from cocoa_clip.explain import FLAT_NOTE
 from cocoa_clip.gradients import GradientSettings
 from cocoa_clip.images import BASELINES, default_sigma
 from cocoa_clip.models import BUNDLED, DEFAULT_MODEL
 from cocoa_clip.rise import default_batch_size
+from cocoa_clip.targets import SAME_NOTE
 from cocoa_clip.webinputs import MAX_EXAMPLE_IMAGES, MAX_SEED, MAX_TEMPLATE_CHARS, MAX_TEXT_CHARS, MAX_UPLOAD
 from cocoa_clip.weights import report_sources
 
@@ -62,10 +65,9 @@ MAX_MASKS = {"cpu": 20_000, "cuda": 50_000}
 
 TIME_BUDGET_S = {"cpu": 300.0, "cuda": 100.0}  # RISE stops and answers from the masks done
 MAX_GRADIENT_STEPS = 500          # Integrated Gradients steps, GradientSHAP samples
-QUEUE_SIZE = 32                   # requests waiting; more are refused
+QUEUE_SIZE = 32                   # jobs waiting; more are refused with a sentence (one per visitor)
 CURVE_STEPS = 50
-KEPT_ANSWERS = 16                 # answers kept for "Check this explanation", across all sessions
-KEPT_OUTPUT_DIRS = 64             # request folders of downloads kept on disk
+DISK_BUDGET_MB = 1024             # everything written for visitors: uploads, Gradio's cache, downloads
 
 FOIL_PRESET_CHOICES = [("none", "none"), ("CIFAR-100 classes (the paper's foil)", "cifar100"),
                        ("ImageNet-1k classes", "imagenet")]
@@ -134,6 +136,33 @@ def gpu(function: Callable) -> Callable:
     return spaces.GPU(duration=120)(function) if spaces is not None else function
 
 
+def job(method: Callable) -> Callable:
+    """After each job (answered, refused or failed): the visitor may ask again, freed memory goes back
+    to the system and the disk budget is kept. Works for plain and generator methods; Gradio still sees
+    the method's own signature (and passes its gr.Request)."""
+    if inspect.isgeneratorfunction(method):
+        @functools.wraps(method)
+        def stream(self: CocoaApp, *args: Any, **kwargs: Any) -> Iterator:
+            try:
+                yield from method(self, *args, **kwargs)
+            finally:
+                self.after_job(_request(args, kwargs))
+        return stream
+
+    @functools.wraps(method)
+    def call(self: CocoaApp, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self.after_job(_request(args, kwargs))
+    return call
+
+
+def _request(args: tuple, kwargs: dict) -> gr.Request | None:
+    """The gr.Request among an event's arguments (Gradio passes it by position), if any."""
+    return next((value for value in (*args, *kwargs.values()) if isinstance(value, gr.Request)), None)
+
+
 class CocoaApp:
     """What the widgets call: one model, its RISE pass cache, and the last answers for checking.
 
@@ -142,22 +171,31 @@ class CocoaApp:
     ...     "assets/chelsea.jpg", corpus="cat", foil="dog")                         # doctest: +SKIP
     """
 
-    def __init__(self, model: cc.ClipModel, *, notice: str = "", cache_bytes: int = 512 << 20):
+    def __init__(self, model: cc.ClipModel, *, notice: str = "", cache_bytes: int = 512 << 20,
+                 max_masks: int | None = None, job_seconds: float | None = None,
+                 disk_budget_mb: float = DISK_BUDGET_MB):
+        """max_masks, job_seconds: a deployment's caps (default per device: MAX_MASKS, TIME_BUDGET_S).
+        disk_budget_mb: bound on everything this process writes for visitors (oldest files go first)."""
+        webhost.tame_malloc()
         self.model = model
         self.notice = notice
         self.cache = cc.PassCache(max_bytes=cache_bytes)
         self.device = model.device.type
-        self.max_masks = MAX_MASKS.get(self.device, MAX_MASKS["cpu"])
-        self.default_masks = cc.RiseSettings().masks_for(model.device)
+        self.max_masks = max_masks or MAX_MASKS.get(self.device, MAX_MASKS["cpu"])
+        self.default_masks = min(cc.RiseSettings().masks_for(model.device), self.max_masks)
+        self.job_seconds = job_seconds or TIME_BUDGET_S.get(self.device, TIME_BUDGET_S["cpu"])
         self.masks_per_second: float | None = None  # measured: by calibrate(), then by every fresh pass
-        self._answers: OrderedDict[str, list[cc.Explanation]] = OrderedDict()
-        self._lock = threading.Lock()
-        self._outputs = Path(tempfile.mkdtemp(prefix="cocoa-clip-app-"))
-        self._output_dirs: list[Path] = []
+        self.answers = webhost.AnswerStore()
+        self.admission: webhost.Admission | None = None  # set by build_demo, which has the queue
+        workspace = webhost.workspace()
+        # Inside Gradio's folder, so that Gradio serves the downloads without copying them.
+        self._outputs = Path(tempfile.mkdtemp(prefix="outputs-", dir=workspace.gradio))
+        self.disk = webhost.DiskBudget(workspace.root, int(disk_budget_mb * (1 << 20)))
 
     # ---------------------------------------------------------------- events
 
     @gpu
+    @job
     def explain(
         self,
         image: Any,
@@ -181,6 +219,7 @@ class CocoaApp:
         samples: Any = None,
         stdev: Any = None,
         progress: gr.Progress = gr.Progress(),
+        request: gr.Request = None,
         on_update: Callable[[list[cc.Explanation]], None] | None = None,
     ) -> tuple:
         """Explain `image` for the question (and its reverse when asked).
@@ -189,7 +228,7 @@ class CocoaApp:
         download paths, answer token). Every bad input raises gr.Error with a sentence to act on.
         """
         with valid.user_errors():
-            picture = valid.picture(image)
+            picture, size_note = valid.picture(image)
             target = valid.choice(target, "target", cc.TARGETS)
             captions = {side: valid.captions(text, side) for side, text in (("corpus", corpus), ("foil", foil))}
             pictures = {side: valid.image_files(files, side) for side, files in (("corpus", corpus_images),
@@ -211,7 +250,8 @@ class CocoaApp:
                                         blur_sigma=blur_sigma, steps=steps, samples=samples, stdev=stdev)
             answers = cc.explain(self.model, picture, questions, on_update=on_update, **options)
             self._measured(answers[0])
-            return self._present(answers, style)
+            answers = _noted(answers, size_note)
+            return self._present(answers, style, webhost.visitor(request))
 
     def explain_live(self, *inputs: Any) -> Iterator[tuple]:
         """`explain` (same inputs), showing the map as it forms: a frame after the first batch of masks, then
@@ -250,6 +290,7 @@ class CocoaApp:
         parameters=[p for p in inspect.signature(explain).parameters.values() if p.name != "on_update"])
 
     @gpu
+    @job
     def compare(
         self,
         image: Any,
@@ -265,10 +306,11 @@ class CocoaApp:
         samples: Any = None,
         stdev: Any = None,
         progress: gr.Progress = gr.Progress(),
+        request: gr.Request = None,
     ) -> tuple:
         """Split `image` among captions (each one rather than the others): (coloured picture with legend, parts)."""
         with valid.user_errors():
-            picture = valid.picture(image)
+            picture, size_note = valid.picture(image)
             names = valid.captions(captions, "captions to compare")
             options = self._run_options(method, masks, seed, framing, progress, baseline=baseline,
                                         blur_sigma=blur_sigma, steps=steps, samples=samples, stdev=stdev)
@@ -280,15 +322,16 @@ class CocoaApp:
                  for (caption, share), answer in zip(comparison.shares.items(), comparison.answers, strict=True)]
         parts.append(f"- no clear winner (uncoloured): {comparison.undecided_share:.0%} of the picture, where the "
                      f"top two captions are within {comparison.tie_margin:.0%} of the largest lead")
-        return comparison.overlay(), "\n".join([*parts, "", _status(comparison.answers[0])])
+        return comparison.overlay(), "\n".join([*parts, "", _status(_noted(comparison.answers[:1], size_note)[0])])
 
     @gpu
-    def check(self, token: Any, measure: Any = "similarity", progress: gr.Progress = gr.Progress()) -> tuple:
-        """Insertion and deletion curves of an answer, recording `measure`: (plot, areas in words)."""
-        with self._lock:
-            answers = self._answers.get(token) if isinstance(token, str) else None
+    @job
+    def check(self, token: Any, measure: Any = "similarity", progress: gr.Progress = gr.Progress(),
+              request: gr.Request = None) -> tuple:
+        """Insertion and deletion curves of the visitor's latest answer, recording `measure`: (plot, areas in words)."""
+        answers = self.answers.get(webhost.visitor(request), token)
         if answers is None:
-            raise valid.refuse("Explain a picture first (or again: only the latest answers are kept).")
+            raise valid.refuse("Explain a picture first (or again: each visitor's latest answer is kept for a while).")
         answer = answers[0]
         with valid.user_errors():
             measure = valid.choice(measure, "measure", [v for _, v in MEASURE_CHOICES])
@@ -351,7 +394,7 @@ class CocoaApp:
                    # 0, what an emptied number box sends, means the default too.
                    "blur_sigma": None if blur_sigma in (None, 0) else valid.number(blur_sigma, "blur sigma", 0.1,
                                                                                     100.0),
-                   "time_budget": TIME_BUDGET_S.get(self.device, TIME_BUDGET_S["cpu"]), "cache": self.cache}
+                   "time_budget": self.job_seconds, "cache": self.cache}
         if method == "rise":
             progress(0.0, desc=self.estimate(method, self.max_masks if auto else n_masks, markdown=False))
 
@@ -368,7 +411,7 @@ class CocoaApp:
         if answer.method == "rise" and not details.get("cached") and details.get("pass_seconds"):
             self.masks_per_second = details["masks"] / details["pass_seconds"]
 
-    def _present(self, answers: list[cc.Explanation], style: dict) -> tuple:
+    def _present(self, answers: list[cc.Explanation], style: dict, visitor: str) -> tuple:
         folder = self._output_folder()
         scale = None if style["scale"] == "auto" else style["scale"]
         overlays = [a.overlay(opacity=style["opacity"], scale=scale) for a in answers]
@@ -378,10 +421,9 @@ class CocoaApp:
             cc.save_heatmap(folder / f"{name}_heatmap.npy", answer.heatmap)
             files += [str(folder / f"{name}_overlay.png"), str(folder / f"{name}_heatmap.npy")]
         token = uuid.uuid4().hex
-        with self._lock:
-            self._answers[token] = answers
-            while len(self._answers) > KEPT_ANSWERS:
-                self._answers.popitem(last=False)
+        picture = answers[0].image
+        self.answers.put(visitor, token, answers,
+                         nbytes=picture.width * picture.height * 3 + sum(a.heatmap.nbytes for a in answers))
         first = answers[0]
         reading = _reading(first) + ("" if len(answers) == 1 else f" Reverse question: {answers[1].score:+.4f}.")
         return (overlays[0], overlays[1] if len(answers) > 1 else None, first.colorbar(scale=scale),
@@ -389,12 +431,24 @@ class CocoaApp:
 
     def _output_folder(self) -> Path:
         folder = self._outputs / uuid.uuid4().hex
-        folder.mkdir()
-        with self._lock:
-            self._output_dirs.append(folder)
-            while len(self._output_dirs) > KEPT_OUTPUT_DIRS:
-                shutil.rmtree(self._output_dirs.pop(0), ignore_errors=True)
+        folder.mkdir(parents=True)  # parents: the disk budget removes emptied folders
         return folder
+
+    def after_job(self, request: gr.Request | None) -> None:
+        if self.admission is not None:
+            self.admission.finished(webhost.visitor(request))
+        webhost.trim_memory()
+        self.disk.enforce()
+
+    def admit(self, event: Callable, where: int = 0) -> Callable:
+        """The queue's door for `event` (Gradio's `validator`): refuses a visitor's second job, and every job
+        while the queue is full, with a sentence shown on the event's input number `where`."""
+        @functools.wraps(event)  # the event's signature, so that Gradio passes the gr.Request here too
+        def validator(*args: Any) -> list[dict]:
+            refusal = self.admission.refusal(webhost.visitor(_request(args, {}))) if self.admission else None
+            inputs = [arg for arg in args if not isinstance(arg, (gr.Request, gr.Progress))]
+            return [gr.validate(refusal is None or index != where, refusal or "") for index in range(len(inputs))]
+        return validator
 
 
 # -------------------------------------------------------------------- words
@@ -409,8 +463,14 @@ def _duration(seconds: float) -> str:
 
 
 def _reading(answer: cc.Explanation) -> str:
-    """One plain sentence about the score of the whole picture."""
+    """One plain sentence about the score of the whole picture (two when the map is flat)."""
     question, score = answer.question, answer.score
+    flat = " No region of the picture changes it: the map is flat, shown in one colour." * (FLAT_NOTE in answer.notes)
+    if SAME_NOTE in answer.notes:
+        return (f"Score {score:+.4f}: the corpus and the foil are the same to the model ({question.describe()}), "
+                "so the question compares a caption with itself and neither side is closer." + flat)
+    if flat:
+        return f"Score {score:+.4f} ({question.describe()})." + flat
     if question.target == "cocoa":
         leaning = "the corpus than to the foil" if score > 0 else "the foil than to the corpus"
         return (f"Score {score:+.4f}: on the whole, the model finds this picture closer to {leaning} "
@@ -424,6 +484,11 @@ def _reading(answer: cc.Explanation) -> str:
                 "the map shows what makes it what it is to the model.")
     return (f"Score {score:+.4f}: the picture's similarity to itself minus its mean similarity to the foil; "
             "the map shows what sets it apart from the foil.")
+
+
+def _noted(answers: list[cc.Explanation], note: str) -> list[cc.Explanation]:
+    """The answers with one more note for the visitor (none added when `note` is empty)."""
+    return [dataclasses.replace(answer, notes=(*answer.notes, note)) for answer in answers] if note else answers
 
 
 def _status(answer: cc.Explanation) -> str:
@@ -455,9 +520,10 @@ def _live_status(answer: cc.Explanation) -> str:
 # -------------------------------------------------------------------- layout
 
 
-def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True) -> gr.Blocks:
-    """The Blocks app around one loaded model. `notice` is shown as a banner (e.g. why a fallback runs)."""
-    app = CocoaApp(model, notice=notice)
+def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True, **limits: Any) -> gr.Blocks:
+    """The Blocks app around one loaded model. `notice` is shown as a banner (e.g. why a fallback runs);
+    `limits` go to CocoaApp (max_masks, job_seconds, disk_budget_mb)."""
+    app = CocoaApp(model, notice=notice, **limits)
     if calibrate and model.device.type == "cpu":
         app.calibrate()
     banner = f"Model: **{Path(model.name).name}**, {model.precision} on {model.device.type.upper()}."  # no server paths
@@ -576,6 +642,7 @@ def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True)
             app.explain_live, inputs,
             [overlay, overlay_reverse, colorbar, score, reading, status, downloads, answer_token],
             api_name="explain", preprocess=False, concurrency_limit=1, concurrency_id="model",
+            validator=app.admit(app.explain),
             show_progress_on=[overlay],  # one progress bar, not a copy clipped into every output
             show_progress="minimal",  # over the forming map, not a panel that hides it
             api_description="Heatmap of where the model sees the corpus rather than the foil.")
@@ -583,12 +650,12 @@ def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True)
         run.then(app.estimate, [method, masks], estimate, queue=False, api_visibility="private")
         _ready_again(_one_at_a_time(check, "Checking…").then(
             app.check, [answer_token, measure], [curves, curves_text], api_name="check", concurrency_limit=1,
-            concurrency_id="model", show_progress_on=[curves]), check)
+            concurrency_id="model", show_progress_on=[curves], validator=app.admit(app.check, 1)), check)
         _ready_again(_one_at_a_time(compare, "Comparing…").then(
             app.compare, [image, compare_captions, template, method, masks, seed, framing, baseline, blur_sigma,
                           steps, samples, stdev],
             [compare_overlay, compare_parts], api_name="compare", preprocess=False, concurrency_limit=1,
-            concurrency_id="model", show_progress_on=[compare_overlay],
+            concurrency_id="model", show_progress_on=[compare_overlay], validator=app.admit(app.compare),
             api_description="The picture split among captions: which one each region looks like most."), compare)
         swap_these = [corpus, foil, corpus_images, foil_images]
         swap.click(lambda corpus, foil, corpus_pictures, foil_pictures: (foil, corpus, foil_pictures, corpus_pictures),
@@ -602,7 +669,11 @@ def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True)
         for control in (masks, method):
             control.change(app.estimate, [method, masks], estimate, queue=False, api_visibility="private",
                            preprocess=False)
-    demo.queue(max_size=QUEUE_SIZE)
+    # Our door (app.admit) refuses at QUEUE_SIZE waiting jobs with a sentence; Gradio's own limit is the backstop.
+    demo.queue(max_size=2 * QUEUE_SIZE, api_open=False)
+    app.admission = webhost.Admission(lambda: webhost.queued_jobs(demo, "model"), max_waiting=QUEUE_SIZE)
+    app.disk.keep_present()  # the examples Gradio has just copied in stay, however old
+    app.disk.watch()
     demo.cocoa_app = app  # for tests and scripts
     return demo
 
@@ -646,7 +717,8 @@ def _examples(app: CocoaApp, knows_shapes: bool) -> tuple[list[list[str]], str]:
 def launch_options() -> dict:
     """Safe launch settings (see the README); `run_history` only where this Gradio accepts it."""
     options = dict(ssr_mode=False, enable_monitoring=False, share=False, show_error=False,
-                   max_file_size=MAX_UPLOAD, run_history=False, theme=gr.themes.Soft(), css=CSS)
+                   max_file_size=MAX_UPLOAD, run_history=False, theme=gr.themes.Soft(), css=CSS,
+                   app_kwargs={"exception_handlers": {HTTPException: valid.gradio_refusal}})
     accepted = inspect.signature(gr.Blocks.launch).parameters
     return {key: value for key, value in options.items() if key in accepted}
 
@@ -689,7 +761,28 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                         help="address to listen on (0.0.0.0 serves other machines)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    limits = parser.add_argument_group("limits for a public deployment")
+    limits.add_argument("--max-masks", type=_positive(int), metavar="N",
+                        help=f"most RISE masks a visitor may ask for (default {MAX_MASKS['cpu']:,} on a CPU, "
+                             f"{MAX_MASKS['cuda']:,} on a GPU)")
+    limits.add_argument("--job-seconds", type=_positive(float), metavar="S",
+                        help="time budget of a RISE run; it then answers from the masks done "
+                             f"(default {TIME_BUDGET_S['cpu']:.0f} on a CPU, {TIME_BUDGET_S['cuda']:.0f} on a GPU)")
+    limits.add_argument("--disk-budget", type=_positive(float), metavar="MB", default=DISK_BUDGET_MB,
+                        help="most disk used for visitors (uploads, Gradio's cache, downloads); oldest files go first")
     return parser.parse_args(argv)
+
+
+def _positive(kind: type) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not 0 < value < float("inf"):
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+        return value
+    return parse
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
@@ -701,7 +794,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     except cc.CocoaError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    demo = build_demo(model, notice=notice)
+    webhost.remove_on_signals()  # SIGTERM too ends through atexit, which removes visitors' files
+    demo = build_demo(model, notice=notice, max_masks=args.max_masks, job_seconds=args.job_seconds,
+                      disk_budget_mb=args.disk_budget)
     globals()["demo"] = demo
     demo.launch(server_name=args.host, server_port=args.port, **launch_options())
     return 0

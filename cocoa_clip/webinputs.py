@@ -12,8 +12,12 @@ import os
 from typing import Any
 
 import gradio as gr
+from fastapi import Request
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import JSONResponse, Response
 from gradio import utils as gradio_utils
 from PIL import Image
+from starlette.exceptions import HTTPException
 
 import cocoa_clip as cc
 
@@ -28,7 +32,7 @@ MAX_EXAMPLE_IMAGES = 8            # images per corpus or foil
 MAX_SEED = 2 ** 31 - 1
 MAX_UPLOAD = "20mb"
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
-MAX_SIDE = 2048                   # larger pictures are downscaled (aspect ratio kept) before explaining
+MAX_SIDE = 2048                   # larger pictures are explained, and answered, at this size (aspect ratio kept)
 
 @contextlib.contextmanager
 def user_errors():
@@ -89,15 +93,20 @@ def read_upload(value: Any, what: str) -> bytes | None:
         raise refuse(f"The {what} could not be read; upload it again.") from error
 
 
-def picture(value: Any) -> Image.Image:
-    """The uploaded picture, checked from its header before decoding, then downscaled to MAX_SIDE."""
+def picture(value: Any) -> tuple[Image.Image, str]:
+    """The uploaded picture, checked from its header before decoding, then downscaled to MAX_SIDE;
+    and a sentence saying so when it was (else "")."""
     data = read_upload(value, "image")
     if data is None:
         raise refuse("Upload an image first (PNG, JPEG, WebP, ...).")
     picture = cc.load_image(data)
-    if max(picture.size) > MAX_SIDE:
-        picture.thumbnail((MAX_SIDE, MAX_SIDE), Image.LANCZOS)
-    return picture
+    if max(picture.size) <= MAX_SIDE:
+        return picture, ""
+    width, height = picture.size
+    picture.thumbnail((MAX_SIDE, MAX_SIDE), Image.LANCZOS)
+    return picture, (f"The picture is {width:,} x {height:,} px; this app explains pictures of at most "
+                     f"{MAX_SIDE:,} px a side, so it was scaled down and the maps come at "
+                     f"{picture.width:,} x {picture.height:,} px.")
 
 
 def image_files(value: Any, where: str) -> list[bytes]:
@@ -179,3 +188,32 @@ def number(value: Any, what: str, low: float, high: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
         raise refuse(f"The {what} must be a number from {low} to {high}; got {value!r}.")
     return float(value)
+
+
+# What Gradio says when it refuses a request's inputs before the app's code runs, and what we say instead.
+GRADIO_REFUSALS = (
+    ("not uploaded by a user", "Files must be uploaded to this app first (gradio_client's handle_file does it); "
+                               "paths on the server are refused."),
+    ("for ImageData", "The image must be a file uploaded to this app (gradio_client's handle_file), "
+                      "not a path or another value."),
+    ("for ListFiles", "Corpus and foil images must be a list of files uploaded to this app "
+                      "(gradio_client's handle_file)."),
+    ("for FileData", "Each file must be one uploaded to this app (gradio_client's handle_file)."),
+    ("failed validation", "The app fetches no addresses: upload the file itself (gradio_client's handle_file)."),
+    ("receive enough input values", "Some inputs are missing: send every parameter the endpoint lists "
+                                    "(the app's 'Use via API' page shows them)."),
+    ("not in the list of choices", "A choice is not one the app offers: send one of the values the endpoint "
+                                   "lists (the app's 'Use via API' page shows them)."),
+)
+
+
+async def gradio_refusal(request: Request, error: HTTPException) -> Response:
+    """FastAPI's handler for HTTP errors: Gradio's refusals of a request's inputs become one of our
+    sentences (as a validation error, which both gradio_client and the browser show) and one log line."""
+    detail = error.detail if isinstance(error.detail, str) else ""
+    sentence = next((ours for theirs, ours in GRADIO_REFUSALS if theirs in detail), None)
+    if error.status_code != 400 or sentence is None:
+        return await http_exception_handler(request, error)
+    log.warning("refused a request's inputs: %s", detail.splitlines()[0] if detail else "")
+    return JSONResponse({"detail": [{"__type__": "validate", "is_valid": False, "message": sentence,
+                                     "parameter_name": "inputs"}]}, status_code=422)

@@ -4,19 +4,23 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
+import httpx
 import numpy as np
 import pytest
 from conftest_app import MASKS, app, served, write_photo
 from PIL import Image
 
 import cocoa_clip as cc
-from cocoa_clip import webinputs
+from cocoa_clip import webhost, webinputs
+from cocoa_clip.explain import FLAT_NOTE
+from cocoa_clip.targets import SAME_NOTE
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
-from gradio_client.exceptions import AppError  # noqa: E402
+from gradio_client.exceptions import AppError, ValidationError  # noqa: E402
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),  # Gradio's queue statistics, with pandas 3
@@ -73,11 +77,77 @@ def test_second_question_on_the_same_picture_reuses_the_pass(web, photo_file):
     assert f"Reverse question: {first['score']}" in second["reading"]
 
 
-def test_a_large_picture_is_downscaled_keeping_its_shape(web, tmp_path):
-    path = tmp_path / "wide.png"
-    Image.new("RGB", (3000, 1000), (200, 120, 40)).save(path)
+@pytest.mark.parametrize("size", [(3000, 1000), (1, 5000)])
+def test_a_picture_over_the_bound_is_answered_at_the_bound_and_says_so(web, tmp_path, size):
+    path = write_photo(tmp_path / "big.png", *size)
     answer = ask(web, str(path), masks=64)
-    assert answer["overlay"].size == (webinputs.MAX_SIDE, round(webinputs.MAX_SIDE / 3))
+    width, height = size
+    scale = webinputs.MAX_SIDE / max(size)
+    bounded = (max(1, round(width * scale)), max(1, round(height * scale)))
+    assert answer["overlay"].size == bounded and np.load(answer["files"][1]).shape == bounded[::-1]
+    assert (f"The picture is {width:,} x {height:,} px; this app explains pictures of at most 2,048 px a side"
+            in answer["status"]) and f"maps come at {bounded[0]:,} x {bounded[1]:,} px" in answer["status"]
+    small = ask(web, str(write_photo(tmp_path / "small.png", 2048, 20)), masks=64)
+    assert small["overlay"].size == (2048, 20) and "scaled down" not in small["status"]
+
+
+def visitor(name: str) -> SimpleNamespace:
+    """What the adapter reads of a gr.Request: its session."""
+    return SimpleNamespace(session_hash=name)
+
+
+def test_a_visitors_answer_survives_twenty_other_visitors_and_is_theirs_alone(web, photo_file):
+    mine = ask(web, str(photo_file), request=visitor("A"))
+    for index in range(20):  # the same picture: one RISE pass, then questions from the cache
+        ask(web, str(photo_file), corpus=f"thing {index}", request=visitor(f"visitor {index}"))
+    _, text = web.check(mine["token"], progress=no_progress, request=visitor("A"))
+    assert "Insertion area" in text
+    with pytest.raises(gr.Error, match="Explain a picture first"):
+        web.check(mine["token"], progress=no_progress, request=visitor("visitor 3"))  # a token opens only its owner's
+    again = ask(web, str(photo_file), "cat", "dog", request=visitor("A"))
+    with pytest.raises(gr.Error, match="Explain a picture first"):
+        web.check(mine["token"], progress=no_progress, request=visitor("A"))  # one answer each: the latest
+    assert web.answers.get("A", again["token"])[0].score == pytest.approx(-float(mine["score"]), abs=1e-4)
+
+
+def test_downloads_lie_in_the_disk_budgets_folder_where_gradio_serves_them_uncopied(web, photo_file):
+    answer = ask(web, str(photo_file))
+    workspace = webhost.workspace()
+    assert web.disk.root == workspace.root and web.disk.max_bytes == app.DISK_BUDGET_MB << 20
+    assert all(Path(path).is_relative_to(workspace.gradio) for path in answer["files"])
+    assert app.CocoaApp(web.model, disk_budget_mb=0.5).disk.max_bytes == 1 << 19
+
+
+def test_deployment_caps_masks_and_time(tiny, photo_file):
+    capped = app.CocoaApp(tiny, max_masks=500, job_seconds=1e-9)
+    assert capped.default_masks == 500
+    with pytest.raises(gr.Error, match="masks must be a whole number from 1 to 500"):
+        ask(capped, str(photo_file), masks=501)
+    with pytest.raises(gr.Error, match="time budget ran out before the first batch"):
+        ask(capped, str(photo_file), masks=500)
+    args = app.parse_args(["--max-masks", "500", "--job-seconds", "30", "--disk-budget", "200"])
+    assert (args.max_masks, args.job_seconds, args.disk_budget) == (500, 30.0, 200.0)
+    assert app.parse_args([]).disk_budget == 1024
+    with pytest.raises(SystemExit):
+        app.parse_args(["--max-masks", "0"])
+
+
+def test_a_uniform_picture_gets_a_flat_map_and_says_so(web, tmp_path):
+    for size in [(60, 40), (1, 1)]:
+        path = tmp_path / f"solid{size[0]}.png"
+        Image.new("RGB", size, (30, 160, 90)).save(path)
+        answer = ask(web, str(path))
+        assert FLAT_NOTE in answer["status"] and "the map is flat" in answer["reading"]
+        assert "The map shows where" not in answer["reading"]
+        assert len(np.unique(np.asarray(answer["overlay"]).reshape(-1, 3), axis=0)) == 1
+
+
+def test_corpus_equal_to_foil_is_said_to_compare_a_caption_with_itself(web, photo_file):
+    answer = ask(web, str(photo_file), "dog", "Dog")  # CLIP's tokenizer reads both alike
+    assert web.answers.get(webhost.LOCAL, answer["token"])[0].score == 0.0 and SAME_NOTE in answer["status"]
+    assert "compares a caption with itself" in answer["reading"] and "closer to the foil" not in answer["reading"]
+    different = ask(web, str(photo_file), "dog", "cat")
+    assert SAME_NOTE not in different["status"] and FLAT_NOTE not in different["status"]
 
 
 def test_gradient_method_and_check(web, photo_file):
@@ -135,6 +205,8 @@ BAD_INPUTS = {
     "noise negative": (dict(method="gradient-shap", stdev=-1), "GradientSHAP noise must be a number"),
     "bad template": (dict(template="a photo of"), "must contain {} exactly once"),
     "stray braces": (dict(template="a {} of {0"), "stray braces"),
+    "doubled braces": (dict(template="{{}}"), "'{{}}' is a literal '{}', not a place for the caption"),
+    "named field": (dict(template="a {name} of {}"), "stray braces"),
     "masks negative": (dict(masks=-100), "masks must be a whole number from 1 to 20,000"),
     "masks too many": (dict(masks=20_001), "masks must be a whole number from 1 to 20,000"),
     "masks fractional": (dict(masks=10.5), "masks must be a whole number"),
@@ -288,6 +360,35 @@ def test_client_gets_the_error_sentence_and_the_server_keeps_serving(server, pho
     assert Image.open(overlay).size == (70, 45)
 
 
+def test_inputs_gradio_refuses_before_our_code_get_our_sentences(server, photo_file):
+    """Raw HTTP calls whose inputs Gradio's own data models refuse: the caller reads a sentence of ours."""
+    _, url = server
+    with open(photo_file, "rb") as stream:
+        uploaded = httpx.post(url + "gradio_api/upload", files={"files": stream}).json()[0]
+
+    def upload(path: str) -> dict:
+        return {"path": path, "meta": {"_type": "gradio.FileData"}}
+
+    rest = ["none", "{}", "cocoa", "rise", MASKS, 0, 0.5, "auto", "pad", False]
+    settings = ["blur", None, None, None, None]  # baseline, blur sigma, steps, samples, noise
+    cases = [
+        ([upload("/etc/hostname"), "dog", "cat", *rest, None, None, *settings], "paths on the server are refused"),
+        ([upload(str(photo_file)), "dog", "cat", *rest, None, None, *settings], "paths on the server are refused"),
+        (["/etc/hostname", "dog", "cat", *rest, None, None, *settings], "The image must be a file uploaded"),
+        ([upload(uploaded), "dog", "cat", *rest, "abc", None, *settings], "images must be a list of files"),
+        ([upload(uploaded), "dog", "cat", *rest, [1, 2], None, *settings], "images must be a list of files"),
+        ([upload(uploaded), "dog"], "Some inputs are missing"),
+    ]
+    for data, sentence in cases:
+        reply = httpx.post(url + "gradio_api/call/explain", json={"data": data})
+        assert reply.status_code == 422 and sentence in reply.json()["detail"][0]["message"]
+        assert "/tmp" not in reply.text and "pydantic" not in reply.text
+    reply = httpx.post(url + "gradio_api/call/check", json={"data": ["accuracy"]})
+    assert reply.status_code == 422 and "A choice is not one the app offers" in reply.text
+    good = [upload(uploaded), "dog", "cat", *rest, None, None, *settings]
+    assert httpx.post(url + "gradio_api/call/explain", json={"data": good}).status_code == 200  # joins the queue
+
+
 def test_eight_concurrent_clients_get_their_own_answers(server, tiny, tmp_path):
     _, url = server
     photos = [write_photo(tmp_path / f"p{i}.png", width=40 + 9 * i, height=60 - 3 * i, seed=i) for i in range(8)]
@@ -308,6 +409,30 @@ def test_eight_concurrent_clients_get_their_own_answers(server, tiny, tmp_path):
         assert np.abs(overlay - np.asarray(want["overlay"], dtype=np.int16)).max() <= 1
         assert result[3] == want["score"]
     assert len({r[0] for r in results}) == 8
+
+
+def test_one_job_per_visitor_at_the_queues_door(server, photo_file):
+    demo, url = server
+    first, second = client(url), client(url)
+    long_job = first.submit(image=handle_file(str(photo_file)), corpus="dog", foil="cat", masks=20_000, seed=1,
+                            api_name="/explain")
+    while not any(unit.unit == "masks" for unit in long_job.status().progress_data or ()):
+        time.sleep(0.02)
+    assert [(session, waiting) for session, waiting, _ in webhost.queued_jobs(demo, "model")] == [
+        (first.session_hash, False)]
+    with pytest.raises(ValidationError, match="You already have a job waiting or running"):
+        first.predict(image=handle_file(str(photo_file)), corpus="dog", foil="cat", masks=MASKS, api_name="/explain")
+    with pytest.raises(ValidationError, match="You already have a job waiting or running"):
+        first.predict(measure="similarity", api_name="/check")
+    other = second.submit(image=handle_file(str(photo_file)), corpus="cat", foil="dog", masks=MASKS,
+                          api_name="/explain")  # another visitor waits its turn
+    while (second.session_hash, True) not in [job[:2] for job in webhost.queued_jobs(demo, "model")]:
+        assert not other.done()
+        time.sleep(0.02)
+    assert long_job.result()[5].startswith("RISE: 20,000 masks") and other.result()[3] is not None
+    overlay, *_ = first.predict(image=handle_file(str(photo_file)), corpus="dog", foil="cat", masks=MASKS,
+                                api_name="/explain")  # answered: the visitor may ask again at once
+    assert Image.open(overlay).size == (70, 45)
 
 
 def test_module_level_demo_is_built_on_first_use(monkeypatch, tiny):
@@ -350,7 +475,7 @@ def test_gradient_and_baseline_settings_reach_the_answer(web, photo_file):
     assert answer["status"].startswith("Integrated Gradients (7 steps)")
     shap = ask(web, str(photo_file), method="gradient-shap", samples=3, stdev=0.05, blur_sigma=2.5)
     assert shap["status"].startswith("GradientSHAP (3 samples, noise 0.05)")
-    token_answers = web._answers[shap["token"]]
+    token_answers = web.answers.get(webhost.LOCAL, shap["token"])
     assert token_answers[0].details["blur_sigma"] == 2.5 and token_answers[0].details["baseline"] == "blur"
     default = ask(web, str(photo_file), blur_sigma=0)  # what an emptied box sends
-    assert web._answers[default["token"]][0].details["blur_sigma"] is None
+    assert web.answers.get(webhost.LOCAL, default["token"])[0].details["blur_sigma"] is None
