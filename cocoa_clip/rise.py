@@ -168,6 +168,8 @@ def masked_pass(
     for run in masked_passes(model, framed, settings, deadline=deadline):
         if progress is not None:
             progress(len(run.masks), settings.masks_for(model.device))
+    if run is None:
+        raise SettingsError("The time budget ran out before the first batch of masks; allow more time or fewer masks.")
     return run.compact()
 
 
@@ -188,7 +190,7 @@ def masked_passes(
     pass of the same picture and settings to continue (its masks are the first ones of the seed;
     it yields its own prefixes at `breaks` first, at no cost). `breaks`: mask counts at which a
     batch ends, so that a caller can stop there. `deadline` (time.monotonic() seconds) stops early,
-    keeping the masks done (one batch at least). `batch_seconds`: start with small batches and keep
+    keeping the masks done. `batch_seconds`: start with small batches and keep
     each about this long (for live frames); the maps do not depend on batch sizes.
     """
     started = time.perf_counter()
@@ -209,8 +211,7 @@ def masked_passes(
             return
         baseline = baseline_of(content, model.n_px, settings.baseline, settings.blur_sigma)
         size = min(batch, 16) if batch_seconds else batch
-        first = done
-        while done < n_masks and (deadline is None or done == first or time.monotonic() < deadline):
+        while done < n_masks and (deadline is None or time.monotonic() < deadline):
             stop = min([done + size, n_masks] + [b for b in breaks if b > done])
             tic = time.perf_counter()
             try:
@@ -334,6 +335,8 @@ def run_rise(
             last_frame = time.monotonic()
             values = scores(run, targets)
             on_frame(RiseResult(run, estimate(run.masks, values, estimator), stability(run.masks, values, estimator)))
+    if run is None or len(run.masks) == 0:
+        raise SettingsError("The time budget ran out before the first batch of masks; allow more time or fewer masks.")
     run = run.compact()
     values = scores(run, targets)
     return RiseResult(run, estimate(run.masks, values, estimator), stability(run.masks, values, estimator))

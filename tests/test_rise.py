@@ -111,7 +111,7 @@ def test_out_of_memory_halves_the_batch_and_carries_on(tiny, photo, monkeypatch)
 
 def test_time_budget_stops_early_and_a_later_run_resumes_the_pass(tiny, photo):
     cache = PassCache()
-    answer = cc.explain(tiny, photo, DOG_CAT, masks=50_000, batch_size=10, time_budget=0.3, cache=cache)
+    answer = cc.explain(tiny, photo, DOG_CAT, masks=50_000, batch_size=10, time_budget=1.0, cache=cache)
     done = answer.details["masks"]
     assert not answer.details["complete"] and 0 < done < 50_000 and done % 10 == 0
     assert np.isfinite(answer.heatmap).all() and len(cache) == 1
