@@ -32,7 +32,7 @@ from .images import BASELINES, FRAMING_ALIASES, FRAMINGS, ImageSource, check_bas
 from .models import DEFAULT_MODEL, PRECISIONS, ClipModel, available_models, download, load, weights_on_disk
 from .presets import DEFAULT_TEMPLATE, FOIL_PRESETS
 from .render import SCALES, check_style, save_npy
-from .rise import ESTIMATORS, RiseSettings
+from .rise import AUTO, DEFAULT_ESTIMATOR, ESTIMATORS, RiseSettings
 from .targets import SIMILARITIES, TARGETS, Question
 from .weights import report_sources
 
@@ -186,7 +186,13 @@ def _question_options(parser: argparse.ArgumentParser, several: bool = False, im
 def _method_options(parser: argparse.ArgumentParser, estimator: bool) -> None:
     how = parser.add_argument_group("method")
     how.add_argument("--method", choices=METHODS, default="rise", help="attribution method")
-    how.add_argument("--masks", type=int, default=None, help="RISE masks (default: 20000 on a GPU, 2000 on a CPU)")
+    how.add_argument("--masks", type=_count_or_auto, default=None,
+                     help="RISE masks, or auto: until the map is stable (default: 20000 on a GPU, 2000 on a CPU)")
+    how.add_argument("--stability", type=float, default=0.97,
+                     help="with --masks auto: stop when every map's estimated correlation with its limit reaches "
+                          "this (default 0.97)")
+    how.add_argument("--max-masks", type=int, default=None,
+                     help="with --masks auto: the most masks to draw (default: 20000 on a GPU, 4000 on a CPU)")
     how.add_argument("--seed", type=int, default=0, help="random seed of the masks / noise")
     how.add_argument("--baseline", choices=BASELINES, default="blur",
                      help="what removed pixels show: the blurred picture (the paper's), CLIP's mean colour, or black")
@@ -201,8 +207,9 @@ def _method_options(parser: argparse.ArgumentParser, estimator: bool) -> None:
     how.add_argument("--stdev", type=float, default=gradients.stdev,
                      help="GradientSHAP: noise standard deviation, in normalised input units (the paper's 0.2)")
     if estimator:
-        how.add_argument("--estimator", choices=ESTIMATORS, default="centered",
-                         help="RISE estimator: centered (mean score subtracted, less noise) or paper (the paper's)")
+        how.add_argument("--estimator", choices=ESTIMATORS, default=DEFAULT_ESTIMATOR,
+                         help="RISE estimator: regression (least noise), centered (mean score subtracted) "
+                              "or paper (the paper's)")
     how.add_argument("--framing", choices=(*FRAMINGS, *FRAMING_ALIASES), default="pad",
                      help="pad: whole image on a square; model (alias crop): the model's own preprocessing (CLIP: "
                           "centre crop; SigLIP: squash); squash: resize to square")
@@ -285,8 +292,8 @@ def _serve(app_args: list[str]) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.masks is not None:
-        RiseSettings(n_masks=args.masks)  # refuse bad counts before loading a model
+    if hasattr(args, "stability"):
+        _settings(args)  # refuse bad counts and thresholds before loading a model
     check_baseline(args.baseline, args.blur_sigma)
     _gradient(args)
     commands = {"explain": _explain_command, "evaluate": _evaluate_command, "compare": _compare_command,
@@ -493,13 +500,23 @@ def _load(args: argparse.Namespace) -> ClipModel:
 
 def _method(args: argparse.Namespace) -> dict:
     """The explain options the method group sets."""
-    return {"method": args.method, "masks": args.masks, "seed": args.seed, "framing": args.framing,
+    return {"method": args.method, "masks": args.masks, "stability": args.stability, "max_masks": args.max_masks,
+            "seed": args.seed, "framing": args.framing,
             "batch_size": args.batch_size, "time_budget": args.time_budget, "cache": None,
             "baseline": args.baseline, "blur_sigma": args.blur_sigma, "gradient": _gradient(args)}
 
 
 def _gradient(args: argparse.Namespace) -> GradientSettings:
     return GradientSettings(n_steps=args.steps, n_samples=args.samples, stdev=args.stdev)
+
+
+def _count_or_auto(text: str) -> int | str:
+    """--masks: a whole number or "auto"."""
+    return AUTO if text.strip().lower() == AUTO else int(text)
+
+
+def _settings(args: argparse.Namespace) -> RiseSettings:
+    return RiseSettings(n_masks=args.masks, stability=args.stability, max_masks=args.max_masks)
 
 
 @contextlib.contextmanager
@@ -510,7 +527,7 @@ def _progress(model: ClipModel, args: argparse.Namespace) -> Iterator[Callable[[
         return
     from tqdm import tqdm
 
-    with tqdm(total=RiseSettings(args.masks).masks_for(model.device), unit="mask", disable=None,
+    with tqdm(total=_settings(args).masks_for(model.device), unit="mask", disable=None,
               file=sys.stderr) as bar:
         yield lambda done, total: bar.update(done - bar.n)
 
@@ -537,6 +554,7 @@ def _report_explanation(answer: Explanation, image: str, paths: dict[str, str | 
     lines = [f"score {answer.score:+.4f}  ({label}: {answer.question.describe()})",
              f"{answer.method}, {details['precision']} on {details['device']}, {details['seconds']:.1f} s"
              + (f", {details['masks']} masks" if answer.method == "rise" else "")
+             + (f", stability {details['stability']:.3f}" if details.get("stability") is not None else "")
              + ("" if details.get("complete", True) else " (the time budget ran out first)")]
     lines += [f"{name} -> {path}" for name, path in (("overlay", paths["out"]), ("heatmap", paths["heatmap"]),
                                                     ("colour bar", paths["colorbar"])) if path]

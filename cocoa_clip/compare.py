@@ -5,9 +5,9 @@ their units and sum to zero over k for every picture,
 
     sum_k <z, t_k - mean_{j != k} t_j> = 0,
 
-so their maps (RISE's centred estimator, or gradients) compare pixel by pixel and sum to zero
-as well. Each pixel goes to the caption whose map is highest there; the margin over the
-runner-up says how clearly, and where it is below `tie_margin` times the picture's largest
+so their maps (RISE's regression or centred estimator, or gradients) compare pixel by pixel and
+sum to zero as well. Each pixel goes to the caption whose map is highest there; the margin over
+the runner-up says how clearly, and where it is below `tie_margin` times the picture's largest
 margin, no caption wins the pixel ("no clear winner").
 """
 from __future__ import annotations
@@ -24,6 +24,7 @@ from .explain import Explanation, explain
 from .images import ImageSource
 from .models import Model, clip_text
 from .presets import DEFAULT_TEMPLATE
+from .rise import COMPARABLE, DEFAULT_ESTIMATOR
 from .targets import Question, clean_caption
 
 MAX_CAPTIONS = len(render.PALETTE)
@@ -79,14 +80,15 @@ def compare(model: Model, image: ImageSource, captions: Sequence[str], *, templa
     tie_margin: pixels whose winner leads the runner-up by less than this share of the picture's
     largest lead (0 to 1) have no clear winner (0: only exact ties).
     options: what `explain` takes (masks, seed, framing, batch_size, progress, time_budget, cache, ...);
-    RISE uses the centred estimator, whose maps compare across captions.
+    RISE uses the regression estimator (or "centered"), whose maps compare across captions.
     """
     questions = caption_questions(captions, template, model)
     if isinstance(tie_margin, bool) or not isinstance(tie_margin, (int, float)) or not 0.0 <= tie_margin < 1.0:
         raise SettingsError(f"The tie margin must be a share from 0 up to 1 of the largest lead; got {tie_margin!r}.")
-    if options.setdefault("estimator", "centered") != "centered":
-        raise SettingsError("A comparison needs the centered estimator: the paper's adds to each caption's map "
-                            "its own mean score times the mask coverage, which the captions do not share.")
+    if options.setdefault("estimator", DEFAULT_ESTIMATOR) not in COMPARABLE:
+        raise SettingsError("A comparison needs the regression or centered estimator: the paper's adds to "
+                            "each caption's map its own mean score times the mask coverage, which the captions do "
+                            "not share.")
     answers = explain(model, image, questions, method=method, **options)
     maps = np.stack([answer.heatmap for answer in answers])  # shape = [K, H, W]
     seen = np.isfinite(maps).all(0)  # crop framing leaves the rest of the picture NaN

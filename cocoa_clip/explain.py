@@ -10,7 +10,7 @@ import dataclasses
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,7 +22,7 @@ from .errors import SettingsError
 from .gradients import GRADIENT_METHODS, GradientSettings, attribute, precision
 from .images import Framed, ImageSource, frame, load_image, unframe
 from .models import Model
-from .rise import ESTIMATORS, MaskedPass, PassCache, Progress, RiseSettings, masked_pass, saliency
+from .rise import DEFAULT_ESTIMATOR, ESTIMATORS, PassCache, Progress, RiseResult, RiseSettings, run_rise
 from .targets import Question, Target, resolve
 
 METHODS = ("rise",) + GRADIENT_METHODS
@@ -86,10 +86,10 @@ def explain(
     questions: Question | Sequence[Question],
     *,
     method: str = "rise",
-    masks: int | None = None,
+    masks: int | str | None = None,
     seed: int = 0,
     framing: str = "pad",
-    estimator: str = "centered",
+    estimator: str = DEFAULT_ESTIMATOR,
     baseline: str = "blur",
     blur_sigma: float | None = None,
     batch_size: int | None = None,
@@ -97,14 +97,22 @@ def explain(
     progress: Progress | None = None,
     time_budget: float | None = None,
     cache: PassCache | None = DEFAULT_CACHE,
+    stability: float = 0.97,
+    max_masks: int | None = None,
+    on_update: Callable[[Explanation | list[Explanation]], None] | None = None,
 ) -> Explanation | list[Explanation]:
     """Explain one picture for one question, or for several at the price of one RISE pass.
 
     image: a path, bytes, PIL image or array. masks: RISE masks (default 20,000 on a GPU, 2,000
+    on a CPU), or "auto": draw masks until every map's estimated correlation with its
+    infinite-mask limit reaches `stability`, at most `max_masks` (default 20,000 on a GPU, 4,000
     on a CPU). framing: "pad" (whole picture, default), "model" (the model's own preprocessing;
     alias "crop") or "squash".
-    estimator: "centered" (default, less noise) or "paper". time_budget: seconds after which
-    RISE stops and answers from the masks done. seed: RISE's masks, or GradientSHAP's noise.
+    estimator: "regression" (default, least noise), "centered" or "paper" (the paper's).
+    time_budget: seconds after which RISE stops and answers from the masks done. seed: RISE's
+    masks, or GradientSHAP's noise. on_update: called with the answers so far as RISE runs
+    (after the first batch, then about every half second), last with the final answers.
+    details carry "masks" (masks used) and "stability".
     baseline: what removed pixels show, "blur" (the paper's), "mean" or "black"; blur_sigma: the
     blur's sigma in input pixels (default 5 x n_px / 224; 5 is the paper's code at any size).
     gradient: Integrated Gradients' steps, GradientSHAP's samples and noise.
@@ -129,50 +137,71 @@ def explain(
     started = time.perf_counter()
 
     if method == "rise":
-        settings = RiseSettings(masks, seed=seed, batch_size=batch_size, baseline=baseline, blur_sigma=blur_sigma)
+        settings = RiseSettings(masks, seed=seed, batch_size=batch_size, stability=stability, max_masks=max_masks,
+                                baseline=baseline, blur_sigma=blur_sigma)
         key = PassCache.key(model, framed, settings)
         cached = cache.get(key) if cache is not None else None
         image_embedding = cached.image_embedding if cached is not None else model.encode_canvas(framed.canvas)
         targets = [resolve(model, q, image_embedding, framing) for q in questions]  # bad questions fail before the pass
-        run = _rise_pass(model, framed, settings, key, cached, progress, time_budget, cache)
-        maps = saliency(run, targets, estimator)
-        details = {"masks": len(run.masks), "estimator": estimator, "seed": seed, "cached": run.cached,
-                   "complete": run.complete, "batch_size": run.batch_size, "pass_seconds": run.seconds}
+
+        def answers_of(result: RiseResult) -> list[Explanation]:
+            run = result.run
+            details = {"masks": len(run.masks), "estimator": estimator, "seed": seed, "cached": run.cached,
+                       "complete": run.complete, "batch_size": run.batch_size, "pass_seconds": run.seconds}
+            if settings.auto:
+                details.update(auto=True, stability_target=settings.stability)
+            per_answer = [{"stability": _rounded(value)} for value in result.stability.tolist()]
+            return _answers(result.maps, targets, framed, picture, image_embedding, method, model, framing, details,
+                            started, per_answer, baseline=baseline, blur_sigma=blur_sigma)
+
+        on_frame = None
+        if on_update is not None:
+            def on_frame(result: RiseResult) -> None:
+                frame_answers = answers_of(result)
+                on_update(frame_answers[0] if single else frame_answers)
+
+        deadline = time.monotonic() + time_budget if time_budget is not None else None
+        result = run_rise(model, framed, settings, targets, estimator, resume=cached, progress=progress,
+                          deadline=deadline, on_frame=on_frame)
+        if cache is not None:
+            cache.put(key, result.run)
+        answers = answers_of(result)
+        if on_update is not None:
+            on_update(answers[0] if single else answers)
     else:
         settings = dataclasses.replace(gradient, seed=seed, baseline=baseline, blur_sigma=blur_sigma)
         with torch.no_grad():  # in the precision the gradients use, so that the score and the map agree
             image_embedding = model.encode_images(framed.canvas[None].to(model.device))[0]
         targets = [resolve(model, q, image_embedding, framing) for q in questions]
         results = [attribute(model, framed, t, method, settings) for t in targets]
-        maps = [m for m, _ in results]
         own = {"steps": settings.n_steps} if method == "integrated-gradients" else {
             "samples": settings.n_samples, "stdev": settings.stdev}
         details = {"convergence_delta": [d for _, d in results], "seed": seed, "precision": precision(model), **own}
-    details.setdefault("precision", model.precision)
-    details.update(device=str(model.device), framing=framing, model=model.name, baseline=baseline,
-                   blur_sigma=blur_sigma, seconds=time.perf_counter() - started)
-
-    answers = [
-        Explanation(heatmap=unframe(heat, framed), score=float(target(image_embedding[None])[0]), image=picture,
-                    question=target.question, method=method, details=dict(details), notes=target.notes,
-                    content_map=heat.float().cpu().numpy())
-        for heat, target in zip(maps, targets, strict=True)
-    ]
+        answers = _answers([m for m, _ in results], targets, framed, picture, image_embedding, method, model, framing,
+                           details, started, baseline=baseline, blur_sigma=blur_sigma)
     return answers[0] if single else answers
 
 
-def _rise_pass(model: Model, framed: Framed, settings: RiseSettings, key: tuple, cached: MaskedPass | None,
-               progress: Progress | None, time_budget: float | None, cache: PassCache | None) -> MaskedPass:
-    """The cached pass if there is one, else a new one (stored in the cache when complete)."""
-    if cached is not None:
-        if progress is not None:
-            progress(len(cached.masks), len(cached.masks))
-        return dataclasses.replace(cached, cached=True)
-    deadline = time.monotonic() + time_budget if time_budget is not None else None
-    run = masked_pass(model, framed, settings, progress, deadline)
-    if cache is not None:
-        cache.put(key, run)
-    return run
+def _answers(maps: Sequence[torch.Tensor], targets: Sequence[Target], framed: Framed, picture: Image.Image,
+             image_embedding: torch.Tensor, method: str, model: Model, framing: str, details: dict,
+             started: float, per_answer: Sequence[dict] | None = None, *, baseline: str = "blur",
+             blur_sigma: float | None = None) -> list[Explanation]:
+    """One Explanation per map and target, with the shared details (and each answer's own, if given)."""
+    details = {"precision": model.precision, **details, "device": str(model.device), "framing": framing,
+               "model": model.name, "baseline": baseline, "blur_sigma": blur_sigma,
+               "seconds": time.perf_counter() - started}
+    return [
+        Explanation(heatmap=unframe(heat, framed), score=float(target(image_embedding[None])[0]), image=picture,
+                    question=target.question, method=method, notes=target.notes,
+                    details={**details, **(per_answer[index] if per_answer else {})},
+                    content_map=heat.float().cpu().numpy())
+        for index, (heat, target) in enumerate(zip(maps, targets, strict=True))
+    ]
+
+
+def _rounded(value: float) -> float | None:
+    """A stability for details: 4 decimals, None where there is none (under 4 masks, a flat map)."""
+    return None if math.isnan(value) else round(value, 4)
 
 
 def score(model: Model, image: ImageSource, question: Question, framing: str = "pad") -> float:

@@ -24,13 +24,16 @@ except ImportError:
     spaces = None
 
 import argparse
+import contextvars
 import dataclasses
 import functools
 import inspect
 import logging
 import os
+import queue
 import sys
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -220,6 +223,7 @@ class CocoaApp:
         model_name: Any = None,
         progress: gr.Progress = gr.Progress(),
         request: gr.Request = None,
+        on_update: Callable[[list[cc.Explanation]], None] | None = None,
     ) -> tuple:
         """Explain `image` for the question (and its reverse when asked).
 
@@ -247,10 +251,46 @@ class CocoaApp:
                      "scale": valid.choice(scale, "colour scale", [v for _, v in SCALE_CHOICES])}
             options = self._run_options(method, masks, seed, framing, progress, baseline=baseline,
                                         blur_sigma=blur_sigma, steps=steps, samples=samples, stdev=stdev)
-            answers = cc.explain(self._model(model_name), picture, questions, **options)
+            answers = cc.explain(self._model(model_name), picture, questions, on_update=on_update, **options)
             self._measured(answers[0])
             answers = _noted(answers, size_note)
             return self._present(answers, style, webhost.visitor(request))
+
+    def explain_live(self, *inputs: Any) -> Iterator[tuple]:
+        """`explain` (same inputs), showing the map as it forms: a frame after the first batch of masks, then
+        about every half second (overlay and status only), and explain's full answer last. API callers of this
+        generator get that last value. On ZeroGPU the GPU call runs in another process: no frames there."""
+        if spaces is not None:
+            yield self.explain(*inputs)
+            return
+        frames: queue.Queue = queue.Queue()
+        outcome: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                outcome["answer"] = self.explain(*inputs, on_update=frames.put)
+            except BaseException as error:  # noqa: BLE001 - raised again in the event's thread
+                outcome["error"] = error
+            finally:
+                frames.put(None)
+
+        # The event's context travels with the work: Gradio's progress bar finds its event through it.
+        threading.Thread(target=contextvars.copy_context().run, args=(work,), daemon=True).start()
+        style = inspect.signature(self.explain).bind(*inputs).arguments
+        while (answers := frames.get()) is not None:
+            if not frames.empty():
+                continue  # a newer frame (or the end) is waiting: show that instead
+            first = answers[0]
+            overlay = first.overlay(opacity=float(style.get("opacity", 0.5)),
+                                    scale=None if style.get("scale", "auto") == "auto" else style["scale"])
+            yield (overlay, *[gr.skip()] * 4, _live_status(first), *[gr.skip()] * 2)
+        if "error" in outcome:
+            raise outcome["error"]
+        yield outcome["answer"]
+
+    # Gradio names the API's parameters after the signature: explain's inputs (and its progress bar).
+    explain_live.__signature__ = inspect.signature(explain).replace(
+        parameters=[p for p in inspect.signature(explain).parameters.values() if p.name != "on_update"])
 
     @gpu
     @job
@@ -343,7 +383,9 @@ class CocoaApp:
                      stdev: Any = None) -> dict:
         """What `cc.explain` takes from the method widgets, checked, with progress reports wired in."""
         method = valid.choice(method, "method", cc.METHODS)
-        n_masks = valid.whole(masks, "number of masks", 1, self.max_masks, default=self.default_masks)
+        auto = masks == 0 or (isinstance(masks, str) and masks.strip().lower() == "auto")  # 0 in the box: auto
+        n_masks = "auto" if auto else valid.whole(masks, "number of masks", 1, self.max_masks,
+                                                  default=self.default_masks)
         paper = GradientSettings()
         gradient = GradientSettings(
             n_steps=valid.whole(steps, "number of Integrated Gradients steps", 1, MAX_GRADIENT_STEPS,
@@ -351,7 +393,8 @@ class CocoaApp:
             n_samples=valid.whole(samples, "number of GradientSHAP samples", 1, MAX_GRADIENT_STEPS,
                                   default=paper.n_samples),
             stdev=paper.stdev if stdev is None else valid.number(stdev, "GradientSHAP noise", 0.0, 10.0))
-        options = {"method": method, "masks": n_masks, "seed": valid.whole(seed, "seed", 0, MAX_SEED, default=0),
+        options = {"method": method, "masks": n_masks, "max_masks": self.max_masks if auto else None,
+                   "seed": valid.whole(seed, "seed", 0, MAX_SEED, default=0),
                    "framing": valid.choice(framing, "framing", (*cc.FRAMINGS, "crop")), "gradient": gradient,
                    "baseline": valid.choice(baseline, "baseline", BASELINES),
                    # 0, what an emptied number box sends, means the default too.
@@ -359,7 +402,7 @@ class CocoaApp:
                                                                                     100.0),
                    "time_budget": self.job_seconds, "cache": self.cache}
         if method == "rise":
-            progress(0.0, desc=self.estimate(method, n_masks, markdown=False))
+            progress(0.0, desc=self.estimate(method, self.max_masks if auto else n_masks, markdown=False))
 
             def on_masks(done: int, total: int) -> None:
                 progress((done, total), desc="RISE: masked pictures through the encoder", unit="masks")
@@ -474,6 +517,8 @@ def _status(answer: cc.Explanation) -> str:
         text = f"RISE: {details['masks']:,} masks in {details['pass_seconds']:.1f} s ({where})."
         if not details.get("complete", True):
             text += " The time budget ran out: the map uses the masks done so far and is noisier."
+    if details.get("stability") is not None:
+        text += f" Stability {details['stability']:.3f} (estimated correlation with the map of endless masks)."
     return " ".join([text, f"Model: {public_name(details.get('model', '?'))}.", *answer.notes])
 
 
@@ -481,6 +526,13 @@ def public_name(name: str) -> str:
     """A model's name as the page shows it: a local path (--weights, hf:DIR) by its last part, no server folders."""
     prefix, _, rest = name.rpartition(":")
     return f"{prefix}{':' if prefix else ''}{Path(rest).name}" if os.path.exists(rest) else name
+
+
+def _live_status(answer: cc.Explanation) -> str:
+    """The status line while RISE runs: masks so far and how stable the map already is."""
+    stability = answer.details.get("stability")
+    return (f"RISE running: {answer.details['masks']:,} masks so far"
+            + (f", stability {stability:.3f}" if stability is not None else "") + "; the map refines as masks come.")
 
 
 # -------------------------------------------------------------------- layout
@@ -529,7 +581,8 @@ def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True,
                     method = gr.Dropdown(METHOD_CHOICES, value="rise", label="Method", elem_id="method")
                     # A number box, not a slider: a slider clamps a typed 999999 to its maximum and runs that.
                     masks = gr.Number(app.default_masks, label="RISE masks", precision=0, elem_id="masks",
-                                      info=f"100 to {app.max_masks:,}: more masks, smoother map, longer run")
+                                      info=f"100 to {app.max_masks:,}: more masks, smoother map, longer run; "
+                                           "0: auto, until the map is stable")
                     paper = GradientSettings()
                     steps = gr.Number(paper.n_steps, label="Integrated Gradients steps", precision=0, visible=False,
                                       info=f"1 to {MAX_GRADIENT_STEPS}; the paper's 50", elem_id="steps")
@@ -607,10 +660,12 @@ def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True,
         inputs = [image, corpus, foil, foil_preset, template, target, method, masks, seed, opacity, scale, framing,
                   reverse, corpus_images, foil_images, baseline, blur_sigma, steps, samples, stdev, *choice]
         run = _one_at_a_time(explain, "Explaining…").then(
-            app.explain, inputs, [overlay, overlay_reverse, colorbar, score, reading, status, downloads, answer_token],
+            app.explain_live, inputs,
+            [overlay, overlay_reverse, colorbar, score, reading, status, downloads, answer_token],
             api_name="explain", preprocess=False, concurrency_limit=1, concurrency_id="model",
             validator=app.admit(app.explain),
             show_progress_on=[overlay],  # one progress bar, not a copy clipped into every output
+            show_progress="minimal",  # over the forming map, not a panel that hides it
             api_description="Heatmap of where the model sees the corpus rather than the foil.")
         _ready_again(run, explain)
         run.then(app.estimate, [method, masks], estimate, queue=False, api_visibility="private")

@@ -207,7 +207,7 @@ BAD_INPUTS = {
     "stray braces": (dict(template="a {} of {0"), "stray braces"),
     "doubled braces": (dict(template="{{}}"), "'{{}}' is a literal '{}', not a place for the caption"),
     "named field": (dict(template="a {name} of {}"), "stray braces"),
-    "masks zero": (dict(masks=0), "masks must be a whole number from 1 to 20,000"),
+    "masks negative": (dict(masks=-100), "masks must be a whole number from 1 to 20,000"),
     "masks too many": (dict(masks=20_001), "masks must be a whole number from 1 to 20,000"),
     "masks fractional": (dict(masks=10.5), "masks must be a whole number"),
     "masks as text": (dict(masks="many"), "masks must be a whole number"),
@@ -312,6 +312,32 @@ def test_client_sees_progress_then_the_answer(server, photo_file, tiny):
     expected = cc.explain(tiny, photo_file, cc.Question(corpus=["dog"], foil=["cat"]), masks=8192, cache=None)
     assert score == f"{expected.score:+.4f}"
     assert status.startswith("RISE: 8,192 masks")
+
+
+def test_explain_streams_frames_then_the_answer_and_predict_gets_only_the_answer(server, photo_file, tiny):
+    """The UI's Explain is a generator: map frames while RISE runs, the full answer last; an API caller's
+    predict() returns that answer alone, the same as before frames existed."""
+    _, url = server
+    picture = write_photo(photo_file.parent / "unseen.png", width=70, height=45, seed=5)  # no cached pass
+    job = client(url).submit(image=handle_file(str(picture)), corpus="dog", foil="cat", masks=6000,
+                             api_name="/explain")
+    final = job.result()
+    outputs = job.outputs()
+    frames = outputs[:-1]
+    assert outputs[-1] == final and len(final) == 7 and final[5].startswith("RISE: 6,000 masks")
+    assert frames and all(frame[5].startswith("RISE running: ") for frame in frames)
+    counts = [int(frame[5].split()[2].replace(",", "")) for frame in frames]
+    assert counts == sorted(counts) and counts[0] < 6000
+    assert Image.open(frames[0][0]).size == (70, 45)
+    again = client(url).predict(image=handle_file(str(picture)), corpus="cat", foil="dog", masks=6000,
+                                api_name="/explain")
+    assert len(again) == 7 and float(again[3]) == pytest.approx(-float(final[3]), abs=2e-4)  # scores as text
+
+
+def test_masks_zero_or_auto_runs_until_the_map_is_stable(web, photo_file):
+    for masks in (0, "auto"):
+        status = ask(web, str(photo_file), masks=masks)["status"]
+        assert "Stability 0.9" in status or f"{web.max_masks:,} masks" in status
 
 
 def test_client_gets_the_error_sentence_and_the_server_keeps_serving(server, photo_file, not_an_image):

@@ -63,7 +63,7 @@ def test_upload_ask_swap_and_reuse_the_pass(page):
     page.locator("#foil textarea").fill("dog")
     page.wait_for_selector("#image img")
     page.click("#explain")
-    page.locator("#status").get_by_text("RISE:").wait_for()
+    page.locator("#status").get_by_text(" masks in ").wait_for()  # the answer, not a frame of the map forming
     width, height = overlay_size(page)
     uploaded = Image.open(PICTURE).size
     assert width / height == pytest.approx(uploaded[0] / uploaded[1], rel=1e-3)
@@ -221,3 +221,21 @@ def test_the_demo_model_finds_the_orange_cross(page):
     assert width >= 256 and height > 256
     if os.environ.get("COCOA_SCREENSHOT") == "1":
         page.screenshot(path=str(REPO / "assets" / "screenshot.png"), full_page=True)
+
+
+def test_the_map_forms_while_rise_runs(page):
+    """Frames: the overlay appears with a running status (masks so far, stability) before the answer."""
+    page.reload()
+    page.wait_for_selector("#explain")
+    page.set_input_files("#image input[type=file]", str(REPO / "assets" / "coffee.jpg"))  # a picture no test asked
+    page.wait_for_selector("#image img")
+    page.locator("#corpus textarea").fill("orange cross")
+    page.locator("#foil textarea").fill("yellow square")
+    page.click("#explain")
+    page.locator("#status").get_by_text("RISE running").wait_for()
+    assert overlay_size(page) == Image.open(REPO / "assets" / "coffee.jpg").size
+    if os.environ.get("COCOA_SCREENSHOT") == "1":
+        page.wait_for_timeout(1500)  # a few frames on
+        page.screenshot(path=str(REPO / "assets" / "live_frame.png"), full_page=False)
+    page.locator("#status").get_by_text("RISE: 2,000 masks").wait_for()
+    assert "Stability 0." in page.locator("#status").inner_text()

@@ -85,7 +85,7 @@ def test_several_images_need_an_output_pattern_checked_before_loading(picture, e
 
 def test_a_time_budget_answers_from_the_masks_done(tiny_checkpoint, picture, tmp_path, capsys):
     code = main(["explain", picture, "--corpus", "dog", "--foil", "cat", "--weights", tiny_checkpoint, "--quiet",
-                 "--masks", "200000", "--batch-size", "8", "--time-budget", "0.5", "--out", str(tmp_path / "o.png")])
+                 "--masks", "200000", "--batch-size", "8", "--time-budget", "2", "--out", str(tmp_path / "o.png")])
     assert code == 0
     out = capsys.readouterr().out
     assert "(the time budget ran out first)" in out
@@ -140,6 +140,8 @@ def test_output_paths_are_exactly_the_ones_given(tiny_checkpoint, picture, tmp_p
     (["evaluate", "--corpus", "dog", "--foil", "cat", "--seed", "18446744073709551616"], "seed must be"),
     (["evaluate", "--corpus", "dog", "--foil", "cat", "--seed", "-1"], "seed must be"),
     (["compare", "--caption", "dog", "--caption", "cat", "--opacity", "-1"], "Opacity"),
+    (["explain", "--corpus", "dog", "--foil", "cat", "--masks", "auto", "--stability", "1.2"], "stability"),
+    (["explain", "--corpus", "dog", "--foil", "cat", "--masks", "auto", "--max-masks", "0"], "most masks"),
     (["explain", "--corpus", "dog", "--foil", "cat", "--blur-sigma", "0"], "blur sigma"),
     (["explain", "--corpus", "dog", "--method", "integrated-gradients", "--steps", "0"], "n_steps"),
     (["explain", "--corpus", "dog", "--method", "gradient-shap", "--stdev", "-1"], "stdev"),
@@ -170,6 +172,20 @@ def test_json_output_and_gradient_method(tiny_checkpoint, picture, tmp_path, cap
     answer = json.loads(capsys.readouterr().out)
     assert answer["method"] == "integrated-gradients" and isinstance(answer["score"], float)
     assert answer["question"] == '"dog" rather than the CIFAR-100 classes'
+
+
+def test_auto_masks_report_masks_and_stability(tiny_checkpoint, picture, tmp_path, capsys):
+    code = main(["explain", picture, "--corpus", "dog", "--foil", "cat", "--weights", tiny_checkpoint,
+                 "--masks", "auto", "--max-masks", "300", "--stability", "0.9", "--out", str(tmp_path / "o.png"),
+                 "--json", "--quiet"])
+    assert code == 0
+    details = json.loads(capsys.readouterr().out)["details"]
+    assert details["auto"] and 64 <= details["masks"] <= 300 and details["stability_target"] == 0.9
+    assert details["estimator"] == "regression" and (details["stability"] >= 0.9 or details["masks"] == 300)
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["explain", picture, "--corpus", "dog", "--foil", "cat", "--masks", "some"])
+    assert exit_info.value.code == 2
+    assert build_parser().parse_args(["explain", picture, "--masks", "Auto"]).masks == "auto"
 
 
 def test_evaluate_prints_the_four_areas_as_json(tiny_checkpoint, picture, tmp_path, capsys):

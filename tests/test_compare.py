@@ -160,7 +160,7 @@ def test_bad_caption_lists_are_refused(tiny, photo, captions, message):
 
 
 def test_the_paper_estimator_is_refused(tiny, photo):
-    with pytest.raises(cc.SettingsError, match="centered estimator"):
+    with pytest.raises(cc.SettingsError, match="regression or centered estimator"):
         compare(tiny, photo, ["dog", "cat"], masks=10, estimator="paper")
 
 

@@ -40,6 +40,15 @@ def test_cuda_integrated_gradients_is_complete(tiny_checkpoint, photo):
     assert np.isfinite(answer.heatmap).all() and abs(delta) < 1e-3
 
 
+def test_cuda_auto_and_regression_match_the_cpu(tiny, tiny_checkpoint, photo):
+    """The regression fit runs in float64 on the device; "auto" stops where the CPU stops."""
+    gpu = cc.load(weights=tiny_checkpoint, device="cuda", precision="fp32")
+    on_cpu = cc.explain(tiny, photo, DOG_CAT, masks="auto", stability=0.9, cache=None)
+    on_gpu = cc.explain(gpu, photo, DOG_CAT, masks="auto", stability=0.9, max_masks=4000, cache=None)
+    assert on_gpu.details["masks"] == on_cpu.details["masks"]
+    np.testing.assert_allclose(on_gpu.heatmap, on_cpu.heatmap, rtol=1e-2, atol=1e-3 * np.abs(on_cpu.heatmap).max())
+
+
 def test_cuda_bf16_runs_fp32_weights_under_autocast_and_says_so(tiny_checkpoint, photo):
     gpu = cc.load(weights=tiny_checkpoint, device="cuda", precision="bf16")
     assert next(gpu.net.parameters()).dtype == torch.float32
