@@ -124,7 +124,7 @@ def _sources(name: str, root: str | os.PathLike | None, network: bool) -> list[t
     sources = [("clip cache", lambda: _from_clip_cache(name, root)), ("hub cache", lambda: _from_hub(name, True))]
     if not network:
         return sources
-    if _hub_offline():
+    if hub_offline():
         sources.append(("network", _refuse_offline))
     else:
         sources += [("clip URL", lambda: _from_url(name, root)), ("hub", lambda: _from_hub(name, False))]
@@ -170,7 +170,7 @@ def _from_hub(name: str, cached_only: bool) -> Path:
     if repo is None:
         raise LookupError("no hub copy is known for this model")
     if not cached_only:
-        _reachable(constants.ENDPOINT)  # fail in seconds offline, not after the hub client's retries
+        reachable(constants.ENDPOINT)  # fail in seconds offline, not after the hub client's retries
     absent = LocalEntryNotFoundError if cached_only else RemoteEntryNotFoundError
     for filename in HUB_FILES:
         try:
@@ -181,7 +181,7 @@ def _from_hub(name: str, cached_only: bool) -> Path:
     raise FileNotFoundError(f"{repo}: {'not in the hub cache' if cached_only else 'no weights file on the hub'}")
 
 
-def _reachable(url: str, timeout: float = 5.0) -> None:
+def reachable(url: str, timeout: float = 5.0) -> None:
     """Raise OSError unless a TCP connection to the URL's host (or its proxy) opens within `timeout` seconds."""
     parts = urllib.parse.urlsplit(url)
     proxy = urllib.request.getproxies().get(parts.scheme)
@@ -194,7 +194,21 @@ def _reachable(url: str, timeout: float = 5.0) -> None:
         raise ConnectionError(f"cannot reach {parts.hostname} ({error.strerror or error})") from error
 
 
-def _hub_offline() -> bool:
+def check_hub(name: str) -> None:
+    """Refuse in seconds when model `name` must come from the Hugging Face hub and the hub cannot be reached
+    (the hub client alone retries for about a minute). With HF_HUB_OFFLINE the client itself fails at once."""
+    if hub_offline():
+        return
+    from huggingface_hub import constants
+
+    try:
+        reachable(constants.ENDPOINT)
+    except OSError as error:
+        raise ModelLoadError(f"Could not get {name}: {error}. Connect to the internet once (or run `cocoa-clip "
+                             f"download {name}` where you can), or point HF_ENDPOINT at a mirror.") from error
+
+
+def hub_offline() -> bool:
     from huggingface_hub import constants
 
     return bool(constants.HF_HUB_OFFLINE)

@@ -387,3 +387,16 @@ def test_the_app_offers_several_models_loads_them_on_first_use_and_names_each_an
     dropdowns = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "model"]
     assert len(dropdowns) == 1 and [c[1] for c in dropdowns[0].choices] == names
     assert app.parse_args(["--models", "ViT-B/32,hf:x"]).models == "ViT-B/32,hf:x"
+
+
+@pytest.mark.parametrize("name", ["open_clip:ViT-B-32:laion2b_s34b_b79k", "hf:openai/clip-vit-base-patch32"])
+def test_an_unreachable_hub_is_said_at_once(name, monkeypatch, tmp_path):
+    """Not cached and the hub (here a closed local port) unreachable: one sentence before any hub client retries."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
+    with pytest.raises(cc.ModelLoadError, match=r"cannot reach 127\.0\.0\.1 .*HF_ENDPOINT") as caught:
+        cc.load(name, device="cpu")
+    assert "\n" not in str(caught.value)

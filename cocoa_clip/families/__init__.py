@@ -108,15 +108,9 @@ def download(name: str) -> tuple[str, str]:
 
     if (path := on_disk(name)) is not None:
         return path, "on disk"
-    if weights._hub_offline():
+    if weights.hub_offline():
         raise ModelLoadError(f"{name} is not in the Hugging Face hub cache and HF_HUB_OFFLINE is set; "
                              "fetch it where the hub can be reached (HF_HUB_OFFLINE unset).")
-    try:
-        from huggingface_hub import constants
-
-        weights._reachable(constants.ENDPOINT)
-    except (ImportError, OSError) as error:
-        raise ModelLoadError(f"Could not reach the Hugging Face hub to fetch {name} ({error}); run the download "
-                             "on a machine with internet, or point HF_ENDPOINT at a mirror.") from error
+    weights.check_hub(name)
     load(name, device="cpu", precision="fp32")
     return on_disk(name) or "the library's cache", "hub"

@@ -22,6 +22,7 @@ import torch
 
 from ..encoder import Model, Preprocessing
 from ..errors import ModelLoadError
+from ..weights import check_hub
 from . import hub_cached, ready
 
 MODEL_TYPES = ("clip", "siglip", "siglip2")
@@ -97,6 +98,8 @@ def load(source: str, *, weights: str | os.PathLike | None, device: torch.device
         import transformers
     except ImportError as error:
         raise ModelLoadError("hf: names need the transformers package: pip install transformers.") from error
+    if on_disk(source) is None:
+        check_hub(name)  # offline: a sentence in seconds, not after the hub client's retries
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -17,7 +17,7 @@ import torch
 
 from ..encoder import Model, Preprocessing
 from ..errors import ModelLoadError
-from ..weights import HUB_FILES
+from ..weights import HUB_FILES, check_hub
 from . import hub_cached, ready
 
 SCHEMAS = ("hf-hub:", "local-dir:")  # open_clip's own ways to name a model with its weights
@@ -83,6 +83,8 @@ def load(rest: str, *, weights: str | os.PathLike | None, device: torch.device, 
     tagged = open_clip.get_pretrained_cfg(arch, tag) if tag else {}
     keys = ("mean", "std", "interpolation", "resize_mode")
     overrides = {f"image_{key}": tagged[key] for key in keys if key in tagged}
+    if weights is None and not arch.startswith("local-dir:") and on_disk(rest) is None:
+        check_hub(name)  # offline: a sentence in seconds, not after the hub client's retries
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
