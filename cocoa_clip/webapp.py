@@ -291,6 +291,8 @@ class CocoaApp:
     # Gradio names the API's parameters after the signature: explain's inputs (and its progress bar).
     explain_live.__signature__ = inspect.signature(explain).replace(
         parameters=[p for p in inspect.signature(explain).parameters.values() if p.name != "on_update"])
+    # ... and finds its gr.Request (the visitor, whose answer "Check" reads) through the annotations.
+    explain_live.__annotations__ = {name: kind for name, kind in explain.__annotations__.items() if name != "on_update"}
 
     @gpu
     @job
@@ -452,14 +454,13 @@ class CocoaApp:
         webhost.trim_memory()
         self.disk.enforce()
 
-    def admit(self, event: Callable, where: int = 0) -> Callable:
-        """The queue's door for `event` (Gradio's `validator`): refuses a visitor's second job, and every job
-        while the queue is full, with a sentence shown on the event's input number `where`."""
+    def admit(self, event: Callable, inputs: int, where: int = 0) -> Callable:
+        """The queue's door for `event` (Gradio's `validator`, one verdict per each of its `inputs`): refuses a
+        visitor's second job, and every job while the queue is full, with a sentence on input number `where`."""
         @functools.wraps(event)  # the event's signature, so that Gradio passes the gr.Request here too
         def validator(*args: Any) -> list[dict]:
             refusal = self.admission.refusal(webhost.visitor(_request(args, {}))) if self.admission else None
-            inputs = [arg for arg in args if not isinstance(arg, (gr.Request, gr.Progress))]
-            return [gr.validate(refusal is None or index != where, refusal or "") for index in range(len(inputs))]
+            return [gr.validate(refusal is None or index != where, refusal or "") for index in range(inputs)]
         return validator
 
 
@@ -663,7 +664,7 @@ def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True,
             app.explain_live, inputs,
             [overlay, overlay_reverse, colorbar, score, reading, status, downloads, answer_token],
             api_name="explain", preprocess=False, concurrency_limit=1, concurrency_id="model",
-            validator=app.admit(app.explain),
+            validator=app.admit(app.explain, len(inputs)),
             show_progress_on=[overlay],  # one progress bar, not a copy clipped into every output
             show_progress="minimal",  # over the forming map, not a panel that hides it
             api_description="Heatmap of where the model sees the corpus rather than the foil.")
@@ -671,12 +672,13 @@ def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True,
         run.then(app.estimate, [method, masks], estimate, queue=False, api_visibility="private")
         _ready_again(_one_at_a_time(check, "Checking…").then(
             app.check, [answer_token, measure], [curves, curves_text], api_name="check", concurrency_limit=1,
-            concurrency_id="model", show_progress_on=[curves], validator=app.admit(app.check, 1)), check)
+            concurrency_id="model", show_progress_on=[curves], validator=app.admit(app.check, 2, where=1)), check)
+        compare_inputs = [image, compare_captions, template, method, masks, seed, framing, baseline, blur_sigma,
+                          steps, samples, stdev, *choice]
         _ready_again(_one_at_a_time(compare, "Comparing…").then(
-            app.compare, [image, compare_captions, template, method, masks, seed, framing, baseline, blur_sigma,
-                          steps, samples, stdev, *choice],
-            [compare_overlay, compare_parts], api_name="compare", preprocess=False, concurrency_limit=1,
-            concurrency_id="model", show_progress_on=[compare_overlay], validator=app.admit(app.compare),
+            app.compare, compare_inputs, [compare_overlay, compare_parts], api_name="compare", preprocess=False,
+            concurrency_limit=1, concurrency_id="model", show_progress_on=[compare_overlay],
+            validator=app.admit(app.compare, len(compare_inputs)),
             api_description="The picture split among captions: which one each region looks like most."), compare)
         swap_these = [corpus, foil, corpus_images, foil_images]
         swap.click(lambda corpus, foil, corpus_pictures, foil_pictures: (foil, corpus, foil_pictures, corpus_pictures),

@@ -433,6 +433,8 @@ def test_one_job_per_visitor_at_the_queues_door(server, photo_file):
     overlay, *_ = first.predict(image=handle_file(str(photo_file)), corpus="dog", foil="cat", masks=MASKS,
                                 api_name="/explain")  # answered: the visitor may ask again at once
     assert Image.open(overlay).size == (70, 45)
+    _, areas = first.predict(measure="similarity", api_name="/check")  # the answer is kept as this visitor's
+    assert areas.startswith("Curves of the contrastive corpus similarity")
 
 
 def test_module_level_demo_is_built_on_first_use(monkeypatch, tiny):

@@ -132,7 +132,8 @@ def test_one_progress_bar_and_explain_waits_for_the_run(page):
 
 def test_gradient_methods_show_their_own_settings(page):
     page.get_by_text("Options", exact=True).click()
-    assert page.locator("#masks").is_visible() and not page.locator("#steps").is_visible()
+    sync_api.expect(page.locator("#masks")).to_be_visible()  # the accordion opens in a moment, not at once
+    sync_api.expect(page.locator("#steps")).to_be_hidden()
     page.locator("#method input").click()
     page.get_by_role("option", name="Integrated Gradients").click()
     sync_api.expect(page.locator("#steps")).to_be_visible()
