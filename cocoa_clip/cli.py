@@ -235,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv) if argv[:1] != ["serve"] else None
     if args is not None:
-        report_sources(not getattr(args, "quiet", False))
+        report_sources(not getattr(args, "quiet", False) and args.command != "models")  # models: a listing, no log
     try:
         if args is None:
             return _serve(argv[1:])

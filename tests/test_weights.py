@@ -207,7 +207,9 @@ def test_download_then_load_offline(sources, server, safetensors_bytes, state_di
     torch.testing.assert_close(model.encode_images(pixels), want, rtol=0, atol=1e-6)
 
     assert cli.main(["models"]) == 0
-    listing = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    printed = capsys.readouterr()
+    assert "weights for" not in printed.err  # a listing, not a log of sources
+    listing = {line.split()[0]: line for line in printed.out.splitlines()}
     assert "on disk (hub cache)" in listing[NAME] and "not on disk" in listing["RN50"]
     assert "on disk (bundled)" in listing["shapes-demo"]
 
