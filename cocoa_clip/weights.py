@@ -66,8 +66,11 @@ class _Stderr(logging.Handler):
 
 
 def report_sources(enabled: bool = True) -> None:
-    """Print each source tried on stderr, one line each (the CLI and the app call this; libraries stay quiet)."""
-    if enabled and not any(isinstance(h, _Stderr) for h in log.handlers):
+    """Print each source tried on stderr, one line each, or stop (the CLI and the app call this; libraries stay
+    quiet)."""
+    for handler in [h for h in log.handlers if isinstance(h, _Stderr)]:
+        log.removeHandler(handler)
+    if enabled:
         log.addHandler(_Stderr())
         log.setLevel(logging.INFO)
 
