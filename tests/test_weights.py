@@ -206,6 +206,7 @@ def test_download_then_load_offline(sources, server, safetensors_bytes, state_di
     want, _ = reference_embeddings(state_dict, cc.models.normalize(pixels), clip_package().tokenize(["x"]))
     torch.testing.assert_close(model.encode_images(pixels), want, rtol=0, atol=1e-6)
 
+    capsys.readouterr()
     assert cli.main(["models"]) == 0
     printed = capsys.readouterr()
     assert "weights for" not in printed.err  # a listing, not a log of sources
