@@ -171,6 +171,22 @@ class Model:
         return None
 
 
+class LearntHead:
+    """The zero-shot head read off `self.net`: exp(logit_scale), and logit_bias where the model has one (SigLIP)."""
+
+    net: torch.nn.Module
+
+    @property
+    def logit_scale(self) -> float | None:
+        scale = getattr(self.net, "logit_scale", None)
+        return float(scale.exp()) if scale is not None else None
+
+    @property
+    def logit_bias(self) -> float | None:
+        bias = getattr(self.net, "logit_bias", None)
+        return float(bias) if bias is not None else None
+
+
 def _excerpt(text: str, length: int = 60) -> str:
     """The text, or its start and end around an ellipsis (a long caption's own words come last)."""
     return text if len(text) <= length else f"{text[:20]}...{text[-(length - 23):]}"

@@ -14,8 +14,8 @@ from . import families
 from . import weights as weights_sources
 from .encoder import MEAN as MEAN
 from .encoder import STD as STD
+from .encoder import LearntHead, Preprocessing
 from .encoder import Model as Model
-from .encoder import Preprocessing
 from .errors import ModelLoadError, SettingsError
 from .families import family_of
 
@@ -54,7 +54,7 @@ def download(name: str, download_root: str | None = None) -> weights_sources.Fou
 
 
 @dataclass(eq=False, kw_only=True)
-class ClipModel(Model):
+class ClipModel(LearntHead, Model):
     """An OpenAI `clip` model: the adapter for the `clip` package's names, bundled models and CLIP .pt files.
 
     `net` is a `clip.model.CLIP` (or anything with its encode_image, encode_text, visual.input_resolution
@@ -83,11 +83,6 @@ class ClipModel(Model):
     def _embed_captions(self, texts: list[str]) -> torch.Tensor:
         tokens = clip_package().tokenize(texts, context_length=self.context_length, truncate=True)
         return self.net.encode_text(tokens.to(self.device))
-
-    @property
-    def logit_scale(self) -> float | None:
-        scale = getattr(self.net, "logit_scale", None)
-        return float(scale.exp()) if scale is not None else None
 
 
 def normalize(pixels: torch.Tensor) -> torch.Tensor:

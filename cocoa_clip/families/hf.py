@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..encoder import Model, Preprocessing
+from ..encoder import LearntHead, Model, Preprocessing
 from ..errors import ModelLoadError
 from ..weights import check_hub
 from . import hub_cached, ready
@@ -30,7 +30,7 @@ _FILTERS = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL's resampling codes
 
 
 @dataclass(eq=False, kw_only=True)
-class HfModel(Model):
+class HfModel(LearntHead, Model):
     """A transformers CLIPModel, SiglipModel or Siglip2Model with its tokenizer."""
 
     net: torch.nn.Module
@@ -68,15 +68,6 @@ class HfModel(Model):
                                 truncation=True, return_tensors="pt")
         inputs = {key: tokens[key].to(self.device) for key in ("input_ids", "attention_mask") if key in tokens}
         return _features(self.net.get_text_features(**inputs))
-
-    @property
-    def logit_scale(self) -> float | None:
-        return float(self.net.logit_scale.exp())
-
-    @property
-    def logit_bias(self) -> float | None:
-        bias = getattr(self.net, "logit_bias", None)
-        return float(bias) if bias is not None else None
 
 
 def _features(output: object) -> torch.Tensor:

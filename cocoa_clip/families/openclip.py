@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..encoder import Model, Preprocessing
+from ..encoder import LearntHead, Model, Preprocessing
 from ..errors import ModelLoadError
 from ..weights import HUB_FILES, check_hub
 from . import hub_cached, ready
@@ -24,7 +24,7 @@ SCHEMAS = ("hf-hub:", "local-dir:")  # open_clip's own ways to name a model with
 
 
 @dataclass(eq=False, kw_only=True)
-class OpenClipModel(Model):
+class OpenClipModel(LearntHead, Model):
     """An open_clip `CLIP` / `CustomTextCLIP` with its tokenizer (SimpleTokenizer or a Hugging Face one)."""
 
     net: torch.nn.Module
@@ -46,15 +46,6 @@ class OpenClipModel(Model):
 
     def _embed_captions(self, texts: list[str]) -> torch.Tensor:
         return self.net.encode_text(self.tokenizer(texts).to(self.device))
-
-    @property
-    def logit_scale(self) -> float | None:
-        return float(self.net.logit_scale.exp())
-
-    @property
-    def logit_bias(self) -> float | None:
-        bias = getattr(self.net, "logit_bias", None)
-        return float(bias) if bias is not None else None
 
 
 def load(rest: str, *, weights: str | os.PathLike | None, device: torch.device, precision: str) -> OpenClipModel:
