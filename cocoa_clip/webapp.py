@@ -358,9 +358,11 @@ class CocoaApp:
         if method != "rise":
             return "Gradient methods: one backward pass per step, a few seconds on a GPU, longer on a CPU."
         try:
-            n_masks = valid.whole(masks, "number of masks", 1, self.max_masks, default=self.default_masks)
+            n_masks = valid.masks(masks, self.max_masks, self.default_masks)
         except gr.Error as error:
             return error.message
+        if n_masks == "auto":
+            return f"Auto: masks are drawn until the map is stable (at most {self.max_masks:,})."
         if not self.masks_per_second:
             return f"{n_masks:,} masks; the first run measures this machine's speed."
         seconds = n_masks / self.masks_per_second
@@ -385,9 +387,8 @@ class CocoaApp:
                      stdev: Any = None) -> dict:
         """What `cc.explain` takes from the method widgets, checked, with progress reports wired in."""
         method = valid.choice(method, "method", cc.METHODS)
-        auto = masks == 0 or (isinstance(masks, str) and masks.strip().lower() == "auto")  # 0 in the box: auto
-        n_masks = "auto" if auto else valid.whole(masks, "number of masks", 1, self.max_masks,
-                                                  default=self.default_masks)
+        n_masks = valid.masks(masks, self.max_masks, self.default_masks)
+        auto = n_masks == "auto"
         paper = GradientSettings()
         gradient = GradientSettings(
             n_steps=valid.whole(steps, "number of Integrated Gradients steps", 1, MAX_GRADIENT_STEPS,
@@ -404,7 +405,7 @@ class CocoaApp:
                                                                                     100.0),
                    "time_budget": self.job_seconds, "cache": self.cache}
         if method == "rise":
-            progress(0.0, desc=self.estimate(method, self.max_masks if auto else n_masks, markdown=False))
+            progress(0.0, desc=self.estimate(method, n_masks, markdown=False))
 
             def on_masks(done: int, total: int) -> None:
                 progress((done, total), desc="RISE: masked pictures through the encoder", unit="masks")

@@ -184,6 +184,17 @@ def whole(value: Any, what: str, low: int, high: int, default: int) -> int:
     return value
 
 
+def masks(value: Any, high: int, default: int) -> int | str:
+    """RISE's mask count from the box: "auto" for 0 (or "auto"), else a whole number from 1 to `high`."""
+    if value == 0 or (isinstance(value, str) and value.strip().lower() == "auto"):
+        return "auto"
+    try:
+        return whole(value, "number of masks", 1, high, default)
+    except gr.Error as error:
+        raise refuse(f"The number of masks must be a whole number from 1 to {high:,}, or 0 for auto (until the map "
+                     f"is stable); got {value!r}.") from error
+
+
 def number(value: Any, what: str, low: float, high: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
         raise refuse(f"The {what} must be a number from {low} to {high}; got {value!r}.")

@@ -207,7 +207,7 @@ BAD_INPUTS = {
     "stray braces": (dict(template="a {} of {0"), "stray braces"),
     "doubled braces": (dict(template="{{}}"), "'{{}}' is a literal '{}', not a place for the caption"),
     "named field": (dict(template="a {name} of {}"), "stray braces"),
-    "masks negative": (dict(masks=-100), "masks must be a whole number from 1 to 20,000"),
+    "masks negative": (dict(masks=-100), "masks must be a whole number from 1 to 20,000, or 0 for auto"),
     "masks too many": (dict(masks=20_001), "masks must be a whole number from 1 to 20,000"),
     "masks fractional": (dict(masks=10.5), "masks must be a whole number"),
     "masks as text": (dict(masks="many"), "masks must be a whole number"),
@@ -481,3 +481,9 @@ def test_gradient_and_baseline_settings_reach_the_answer(web, photo_file):
     assert token_answers[0].details["blur_sigma"] == 2.5 and token_answers[0].details["baseline"] == "blur"
     default = ask(web, str(photo_file), blur_sigma=0)  # what an emptied box sends
     assert web.answers.get(webhost.LOCAL, default["token"])[0].details["blur_sigma"] is None
+
+
+def test_zero_masks_is_auto_in_the_estimate_too(web):
+    """The masks box says 0 means auto: the estimate line says what auto does rather than refusing 0."""
+    assert web.estimate("rise", 0) == f"Auto: masks are drawn until the map is stable (at most {web.max_masks:,})."
+    assert "or 0 for auto" in web.estimate("rise", -3)
