@@ -18,20 +18,24 @@ DOG_CAT = cc.Question(corpus=["dog"], foil=["cat"])
 def test_matches_a_plain_one_mask_at_a_time_reference(tiny, photo):
     """Batching, grid-resolution accumulation and the cache change nothing beyond float error."""
     answer = cc.explain(tiny, photo, DOG_CAT, masks=60, seed=4, estimator="paper", batch_size=16, cache=None)
+    expected = reference_rise(tiny, photo, 60, seed=4, baseline=blur)
+    np.testing.assert_allclose(answer.heatmap, expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
 
-    framed = frame(photo, tiny.n_px)
+
+def reference_rise(model, photo, n_masks: int, seed: int, baseline) -> np.ndarray:
+    """The paper's RISE map, one masked picture per forward pass: masked pixels show baseline(content, n_px)."""
+    framed = frame(photo, model.n_px)
     content = framed.content
-    baseline = blur(content, tiny.n_px)
-    masks = cc.rise.sample_masks(60, tuple(content.shape[1:]), seed=4)
+    behind = baseline(content, model.n_px)
+    masks = cc.rise.sample_masks(n_masks, tuple(content.shape[1:]), seed=seed)
     with torch.no_grad():
-        target = resolve(tiny, DOG_CAT, tiny.encode_images(framed.canvas[None])[0])
+        target = resolve(model, DOG_CAT, model.encode_images(framed.canvas[None])[0])
         total = torch.zeros(content.shape[1:])
         for grid, shift in zip(masks.grids, masks.shifts, strict=True):
             mask = reference_mask(grid, shift, masks.size, masks.cells)
-            pixels = framed.with_content((baseline + mask * (content - baseline))[None])
-            total += target(tiny.encode_images(pixels))[0] * mask
-    expected = cc.images.unframe(total / (60 * 0.5), framed)
-    np.testing.assert_allclose(answer.heatmap, expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
+            pixels = framed.with_content((behind + mask * (content - behind))[None])
+            total += target(model.encode_images(pixels))[0] * mask
+    return cc.images.unframe(total / (n_masks * 0.5), framed)
 
 
 def test_reproducible_with_a_seed_and_independent_of_batch_size(tiny, photo):
@@ -286,16 +290,7 @@ def test_the_baseline_is_what_masked_pixels_show_and_part_of_the_cache_key(tiny,
     black = cc.explain(tiny, photo, DOG_CAT, masks=40, seed=2, estimator="paper", baseline="black", cache=cache)
     assert not black.details["cached"] and black.details["baseline"] == "black"
     assert len(cache) == 2
-    framed = frame(photo, tiny.n_px)
-    content = framed.content
-    masks = cc.rise.sample_masks(40, tuple(content.shape[1:]), seed=2)
-    with torch.no_grad():
-        target = resolve(tiny, DOG_CAT, tiny.encode_images(framed.canvas[None])[0])
-        total = torch.zeros(content.shape[1:])
-        for grid, shift in zip(masks.grids, masks.shifts, strict=True):
-            mask = reference_mask(grid, shift, masks.size, masks.cells)
-            total += target(tiny.encode_images(framed.with_content((mask * content)[None])))[0] * mask
-    expected = cc.images.unframe(total / (40 * 0.5), framed)
+    expected = reference_rise(tiny, photo, 40, seed=2, baseline=lambda content, n_px: torch.zeros_like(content))
     np.testing.assert_allclose(black.heatmap, expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
     assert not np.allclose(blurred.heatmap, black.heatmap)
     sharp = cc.explain(tiny, photo, DOG_CAT, masks=40, seed=2, blur_sigma=1.0, cache=cache)
