@@ -1,4 +1,4 @@
-"""The Hugging Face Space's entry point: the cocoa-clip web app (`cocoa_clip/webapp.py`).
+"""The Hugging Face Space's entry point: the cocoa-clip web app (`cocoa_clip/web/`).
 
     python app.py                          # CLIP ViT-B/32
     python app.py --model shapes-demo      # the small bundled model, offline
@@ -14,7 +14,7 @@ except ImportError:
 import sys
 from typing import Any
 
-from cocoa_clip import webapp
+from cocoa_clip.web import app as webapp
 
 
 def __getattr__(name: str) -> Any:

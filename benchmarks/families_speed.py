@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cocoa_clip as cc  # noqa: E402
-from cocoa_clip.random_models import _clip_tokenizer, _sentencepiece_tokenizer, write_checkpoint  # noqa: E402
+from cocoa_clip.models.random_models import _clip_tokenizer, _sentencepiece_tokenizer, write_checkpoint  # noqa: E402
 
 ASTRONAUT = Path(__file__).resolve().parents[1] / "assets" / "astronaut.jpg"
 QUESTION = cc.Question(corpus=["woman"], foil=["rocket"])

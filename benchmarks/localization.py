@@ -32,9 +32,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cocoa_clip as cc  # noqa: E402
-from cocoa_clip.evaluate import MEASURES, insertion_deletion, pointing_hit, positive_share  # noqa: E402
-from cocoa_clip.random_models import randomised  # noqa: E402
-from cocoa_clip.shapes import two_object_scene  # noqa: E402
+from cocoa_clip.engine.evaluate import MEASURES, insertion_deletion, pointing_hit, positive_share  # noqa: E402
+from cocoa_clip.models.random_models import randomised  # noqa: E402
+from cocoa_clip.models.shapes import two_object_scene  # noqa: E402
 
 TARGETS = ("cocoa", "corpus", "contrastive-label-free", "label-free")
 SEED = 31_337  # held out: training draws scenes from other seeds

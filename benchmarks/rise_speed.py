@@ -31,12 +31,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cocoa_clip as cc  # noqa: E402
-from cocoa_clip.images import blur, frame, load_image  # noqa: E402
-from cocoa_clip.masks import MaskSet, sample_masks  # noqa: E402
+from cocoa_clip.engine.images import blur, frame, load_image  # noqa: E402
+from cocoa_clip.engine.masks import MaskSet, sample_masks  # noqa: E402
+from cocoa_clip.engine.rise import DEFAULT_ESTIMATOR, ESTIMATORS, RiseSettings, estimate, masked_pass, scores, stability  # noqa: E402,E501
+from cocoa_clip.engine.targets import resolve  # noqa: E402
 from cocoa_clip.models import normalize  # noqa: E402
-from cocoa_clip.random_models import ARCHITECTURES, write_checkpoint  # noqa: E402
-from cocoa_clip.rise import DEFAULT_ESTIMATOR, ESTIMATORS, RiseSettings, estimate, masked_pass, scores, stability  # noqa: E402,E501
-from cocoa_clip.targets import resolve  # noqa: E402
+from cocoa_clip.models.random_models import ARCHITECTURES, write_checkpoint  # noqa: E402
 
 ASTRONAUT = Path(__file__).resolve().parents[1] / "assets" / "astronaut.jpg"
 QUESTION = cc.Question(corpus=["woman"], foil=["rocket"])
@@ -122,7 +122,7 @@ def antithetic(masks: MaskSet) -> MaskSet:
 def fidelity(device: torch.device, scenes: int, reference_masks: int, eval_masks: int, threshold: float = 0.97) -> dict:
     """On shapes-demo scenes against a reference-mask paper map: correlation by mask count for each
     estimator and sampler, the stability estimate's bias, "auto" runs (masks, time, real correlation)."""
-    from cocoa_clip.shapes import two_object_scene
+    from cocoa_clip.models.shapes import two_object_scene
 
     model = cc.load("shapes-demo", device=device)
     rng = np.random.default_rng(2023)
@@ -165,7 +165,7 @@ def fidelity(device: torch.device, scenes: int, reference_masks: int, eval_masks
             answer = cc.explain(model, scene.image, question, masks="auto", estimator=estimator, seed=7,
                                 stability=threshold, max_masks=eval_masks, cache=None)
             seconds = time.perf_counter() - started
-            real = correlation(cc.rise.estimate(run.masks[:answer.details["masks"]],
+            real = correlation(cc.engine.rise.estimate(run.masks[:answer.details["masks"]],
                                                 samplers["iid"][1][:answer.details["masks"]], estimator)[0], reference)
             auto.setdefault(estimator, []).append((answer.details["masks"], seconds, answer.details["stability"], real))
     table = {key: np.nanmean(np.array(rows), 0) for key, rows in curves.items()}

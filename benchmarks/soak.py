@@ -1,6 +1,6 @@
 """Soak test of the web app: many requests on distinct pictures through its HTTP API.
 
-Starts the app in its own process (as `python -m cocoa_clip.webapp`), sends `--requests` explain
+Starts the app in its own process (as `python -m cocoa_clip.web.app`), sends `--requests` explain
 requests, half one after another from one client and half from `--clients` clients at once, each on
 a picture never seen before, and prints the server's resident memory and the disk its workspace
 uses as it goes, then latency percentiles, failures, the memory growth after warm-up (the goal:
@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from gradio_client import Client, handle_file  # noqa: E402
 
-from cocoa_clip.random_models import write_checkpoint  # noqa: E402
+from cocoa_clip.models.random_models import write_checkpoint  # noqa: E402
 
 QUESTIONS = [("dog", "cat"), ("red circle", "blue star"), ("car", "tree"), ("sky", "sea"), ("cup", "spoon")]
 
@@ -78,7 +78,7 @@ def start_server(args: argparse.Namespace, tmp: Path) -> tuple[subprocess.Popen,
     port = free_port()
     which = ["--model", args.model] if args.model else ["--weights", write_checkpoint(tmp / "tiny.pt", "tiny")]
     options = [*which, "--device", "cpu", "--port", str(port), "--disk-budget", str(args.disk_budget)]
-    command = [sys.executable, "-m", "cocoa_clip.webapp", *options]
+    command = [sys.executable, "-m", "cocoa_clip.web.app", *options]
     if args.glibc_defaults:  # the comparison: the same app with the allocator left alone
         command = [sys.executable, "-c", "from cocoa_clip import webapp, webhost; webhost.tame_malloc = lambda: False; "
                    f"webhost.trim_memory = lambda: None; webapp.main({options!r})"]

@@ -10,18 +10,17 @@ COCOA (Contrastive Corpus Attribution, Lin et al., ICLR 2023) on CLIP, in four l
 Other models by name prefix, `cc.load("open_clip:ViT-B-32:laion2b_s34b_b79k")` or
 `cc.load("hf:google/siglip-base-patch16-224")`, and any image encoder with `cc.wrap(encoder, n_px=..., ...)`.
 """
-from .compare import Comparison, compare
-from .encoder import Model, Preprocessing
+from .engine.compare import Comparison, compare
+from .engine.evaluate import MEASURES, Curves, insertion_deletion
+from .engine.explain import METHODS, Explanation, explain, score
+from .engine.images import FRAMINGS, load_image
+from .engine.presets import DEFAULT_TEMPLATE, FOIL_PRESETS, class_names
+from .engine.render import overlay, save_heatmap
+from .engine.rise import ESTIMATORS, PassCache, RiseSettings
+from .engine.targets import TARGETS, Question, Target
 from .errors import CocoaError, ImageError, ModelLoadError, QuestionError, SettingsError
-from .evaluate import MEASURES, Curves, insertion_deletion
-from .explain import METHODS, Explanation, explain, score
-from .families.wrapped import wrap
-from .images import FRAMINGS, load_image
-from .models import ClipModel, available_models, load
-from .presets import DEFAULT_TEMPLATE, FOIL_PRESETS, class_names
-from .render import overlay, save_heatmap
-from .rise import ESTIMATORS, PassCache, RiseSettings
-from .targets import TARGETS, Question, Target
+from .models import ClipModel, Model, Preprocessing, available_models, load
+from .models.families.wrapped import wrap
 
 __all__ = [
     "load", "available_models", "ClipModel", "Model", "Preprocessing", "wrap",

@@ -7,7 +7,7 @@ pairs, and saved as an fp16 TorchScript archive that ``cocoa_clip.load`` and ``c
 
 Recipe (see ``--help`` for the knobs):
 
-* data: a pool of seeded scenes from :func:`cocoa_clip.shapes.render_scene`
+* data: a pool of seeded scenes from :func:`cocoa_clip.models.shapes.render_scene`
   (1-4 objects, 64 px), random horizontal/vertical flips;
 * RISE-like occlusion: most training images have part of the scene replaced by
   its Gaussian-blurred copy through a random bilinear-upsampled grid mask (the
@@ -56,9 +56,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import clip  # noqa: E402
 from clip.model import CLIP  # noqa: E402
 
-from cocoa_clip.images import blur  # noqa: E402
-from cocoa_clip.masks import sample_masks  # noqa: E402
-from cocoa_clip.shapes import CLASS_NAMES, render_scene  # noqa: E402
+from cocoa_clip.engine.images import blur  # noqa: E402
+from cocoa_clip.engine.masks import sample_masks  # noqa: E402
+from cocoa_clip.models.shapes import CLASS_NAMES, render_scene  # noqa: E402
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

@@ -12,7 +12,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import cocoa_clip as cc  # noqa: E402
 from cocoa_clip.models import MEAN, STD, ClipModel, clip_package  # noqa: E402
-from cocoa_clip.random_models import write_checkpoint  # noqa: E402
+from cocoa_clip.models.random_models import write_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from cocoa_clip import webapp as app  # noqa: E402
+from cocoa_clip.web import app  # noqa: E402
 
 MASKS = 256  # RISE masks in app tests: a tiny model answers in a fraction of a second
 

@@ -14,9 +14,10 @@ from conftest_app import MASKS, app, served, write_photo
 from PIL import Image
 
 import cocoa_clip as cc
-from cocoa_clip import webhost, webinputs
-from cocoa_clip.explain import FLAT_NOTE
-from cocoa_clip.targets import SAME_NOTE
+from cocoa_clip.engine.explain import FLAT_NOTE
+from cocoa_clip.engine.targets import SAME_NOTE
+from cocoa_clip.web import hosting as webhost
+from cocoa_clip.web import inputs as webinputs
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402

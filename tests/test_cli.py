@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 
 from cocoa_clip.cli import build_parser, main
-from cocoa_clip.evaluate import insertion_deletion
-from cocoa_clip.images import frame, load_image
+from cocoa_clip.engine.evaluate import insertion_deletion
+from cocoa_clip.engine.images import frame, load_image
+from cocoa_clip.engine.targets import Question
 from cocoa_clip.models import clip_package, normalize
-from cocoa_clip.targets import Question
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,10 +6,10 @@ import torch
 from PIL import Image
 
 import cocoa_clip as cc
-from cocoa_clip.compare import MAX_CAPTIONS, UNDECIDED, UNSEEN, compare
-from cocoa_clip.explain import Explanation
+from cocoa_clip.engine.compare import MAX_CAPTIONS, UNDECIDED, UNSEEN, compare
+from cocoa_clip.engine.explain import Explanation
 from cocoa_clip.models import MEAN, STD, ClipModel, clip_package
-from cocoa_clip.shapes import two_object_scene
+from cocoa_clip.models.shapes import two_object_scene
 
 DOG, CAT = (slice(0, 20), slice(0, 20)), (slice(40, 64), slice(40, 64))
 
@@ -73,7 +73,7 @@ def test_pixels_without_a_clear_winner_go_to_no_caption(two_regions, noise_squar
 
 
 def test_caption_colours_avoid_the_colour_words_of_every_caption():
-    from cocoa_clip.render import PALETTE, label_colours
+    from cocoa_clip.engine.render import PALETTE, label_colours
 
     named = {colour: words for words, colour in PALETTE}
     colours = label_colours(["orange cross", "yellow square"])
@@ -107,7 +107,7 @@ def test_each_pixel_goes_to_the_highest_map_by_its_lead_over_the_runner_up(tiny,
         return [Explanation(heatmap, 0.0, picture, q, "rise") for heatmap, q in zip(maps, questions, strict=True)]
 
     # cc.compare is the function; the module that calls explain is the one imported under that name.
-    monkeypatch.setattr(importlib.import_module("cocoa_clip.compare"), "explain", explain)
+    monkeypatch.setattr(importlib.import_module("cocoa_clip.engine.compare"), "explain", explain)
     comparison = compare(tiny, picture, ["dog", "cat", "grass"], tie_margin=0.0)
     np.testing.assert_array_equal(comparison.labels, [[0, 1, UNDECIDED], [UNDECIDED, UNSEEN, 2]])
     np.testing.assert_array_equal(comparison.margin, [[2, 1, 0], [0, 0, 3]])
@@ -165,7 +165,7 @@ def test_the_paper_estimator_is_refused(tiny, photo):
 
 
 def test_the_legend_shows_long_names_in_full_under_a_narrow_picture():
-    from cocoa_clip.render import label_overlay
+    from cocoa_clip.engine.render import label_overlay
 
     narrow = Image.new("RGB", (20, 30), (90, 90, 90))
     names = ["a golden retriever lying on the grass", "sky"]
@@ -176,7 +176,7 @@ def test_the_legend_shows_long_names_in_full_under_a_narrow_picture():
 
 
 def test_unlabelled_pixels_keep_the_photo(tiny):
-    from cocoa_clip.render import label_overlay
+    from cocoa_clip.engine.render import label_overlay
 
     photo = Image.new("RGB", (4, 2), (10, 20, 30))
     labels = np.array([[-1, 0, 0, 1], [-1, 0, 1, 1]])

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import cocoa_clip as cc
-from cocoa_clip.rise import default_batch_size
+from cocoa_clip.engine.rise import default_batch_size
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 DOG_CAT = cc.Question(corpus=["dog"], foil=["cat"])

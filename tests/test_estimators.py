@@ -5,10 +5,10 @@ import torch
 from PIL import Image
 
 import cocoa_clip as cc
-from cocoa_clip.images import frame
-from cocoa_clip.masks import MaskSet, sample_masks
-from cocoa_clip.rise import BLOCKS, RiseSettings, estimate, masked_pass, scores, stability
-from cocoa_clip.targets import resolve
+from cocoa_clip.engine.images import frame
+from cocoa_clip.engine.masks import MaskSet, sample_masks
+from cocoa_clip.engine.rise import BLOCKS, RiseSettings, estimate, masked_pass, scores, stability
+from cocoa_clip.engine.targets import resolve
 
 DOG_CAT = cc.Question(corpus=["dog"], foil=["cat"])
 
@@ -139,7 +139,7 @@ def test_stability_estimates_the_correlation_with_the_exact_map(estimator, n):
 
 def test_stability_estimate_is_honest_against_a_long_run_on_the_demo_model():
     """Split-half stability vs the real correlation with a 3,000-mask map, on a shapes-demo scene."""
-    from cocoa_clip.shapes import two_object_scene
+    from cocoa_clip.models.shapes import two_object_scene
 
     model = cc.load("shapes-demo", device="cpu")
     scene = two_object_scene(np.random.default_rng(11), model.n_px)

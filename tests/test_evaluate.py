@@ -5,10 +5,10 @@ from conftest import PLANTED_REGION
 from PIL import Image
 
 import cocoa_clip as cc
-from cocoa_clip.evaluate import Curves, content_ranking, insertion_deletion, pointing_hit, positive_share
-from cocoa_clip.images import blur, frame
+from cocoa_clip.engine.evaluate import Curves, content_ranking, insertion_deletion, pointing_hit, positive_share
+from cocoa_clip.engine.images import blur, frame
+from cocoa_clip.engine.targets import resolve
 from cocoa_clip.models import clip_package, normalize
-from cocoa_clip.targets import resolve
 
 DOG_CAT = cc.Question(corpus=["dog"], foil=["cat"])
 
@@ -188,7 +188,7 @@ def test_positive_share_counts_only_positive_attribution():
 def test_the_curves_rank_the_map_as_computed(tiny):
     """A gradient answer's AUCs are those of its native (content-box) map, not of the map resampled to the photo
     and back. The photo is twice the content box, so the native map blown up 2 x 2 ranks exactly like it."""
-    from cocoa_clip.evaluate import curves_of
+    from cocoa_clip.engine.evaluate import curves_of
 
     rng = np.random.default_rng(3)
     photo = Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))  # content box 24 x 32 at 32 px
@@ -203,7 +203,7 @@ def test_the_curves_rank_the_map_as_computed(tiny):
 
 def test_the_curves_remove_pixels_to_the_heatmaps_baseline(planted, noise_square):
     """Deletion ends, and insertion starts, at the baseline's score: the blur's, or the answer's own (black)."""
-    from cocoa_clip.evaluate import curves_of
+    from cocoa_clip.engine.evaluate import curves_of
 
     black = noise_square.point(lambda _: 0)
     answer = cc.explain(planted, noise_square, DOG_CAT, masks=100, baseline="black", cache=None)

@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 
 import cocoa_clip as cc
-from cocoa_clip.evaluate import measure_score
-from cocoa_clip.gradients import GradientSettings
-from cocoa_clip.images import frame
-from cocoa_clip.random_models import OPEN_CLIP_TINY, random_state_dict, write_hf_dir, write_open_clip_dir
+from cocoa_clip.engine.evaluate import measure_score
+from cocoa_clip.engine.gradients import GradientSettings
+from cocoa_clip.engine.images import frame
+from cocoa_clip.models.random_models import OPEN_CLIP_TINY, random_state_dict, write_hf_dir, write_open_clip_dir
 
 open_clip = pytest.importorskip("open_clip")
 transformers = pytest.importorskip("transformers")

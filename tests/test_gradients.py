@@ -4,10 +4,10 @@ import torch
 from PIL import Image
 
 import cocoa_clip as cc
-from cocoa_clip.gradients import GradientSettings, attribute
-from cocoa_clip.gradients import precision as gradient_precision
-from cocoa_clip.images import blur, frame
-from cocoa_clip.targets import resolve
+from cocoa_clip.engine.gradients import GradientSettings, attribute
+from cocoa_clip.engine.gradients import precision as gradient_precision
+from cocoa_clip.engine.images import blur, frame
+from cocoa_clip.engine.targets import resolve
 
 DOG_CAT = cc.Question(corpus=["dog"], foil=["cat"])
 

@@ -9,7 +9,7 @@ from PIL import Image
 from torchvision.transforms.functional import gaussian_blur
 
 import cocoa_clip as cc
-from cocoa_clip.images import blur, frame, load_image, unframe
+from cocoa_clip.engine.images import blur, frame, load_image, unframe
 
 
 def save(image: Image.Image, path, **kwargs):
@@ -205,7 +205,7 @@ def test_blur_sigma_5_is_the_papers_kernel_21_at_any_input_size():
 
 
 def test_baselines_mean_and_black():
-    from cocoa_clip.images import baseline
+    from cocoa_clip.engine.images import baseline
     from cocoa_clip.models import MEAN
 
     content = torch.rand(2, 3, 8, 9)

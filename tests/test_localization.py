@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import cocoa_clip as cc
-from cocoa_clip.shapes import CLASS_NAMES, two_object_scene
+from cocoa_clip.models.shapes import CLASS_NAMES, two_object_scene
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import localization  # noqa: E402
@@ -36,7 +36,7 @@ def test_demo_scores_its_own_captions_above_absent_colours(demo):
     for _ in range(20):
         scene = two_object_scene(rng, demo.n_px)
         with torch.no_grad():
-            embedding = demo.encode_images(cc.images.frame(scene.image, demo.n_px).canvas[None])[0]
+            embedding = demo.encode_images(cc.engine.images.frame(scene.image, demo.n_px).canvas[None])[0]
         similarity = texts @ (embedding / embedding.norm())
         colours = {obj.color for obj in scene.objects}
         absent = [i for i, name in enumerate(CLASS_NAMES) if name.split()[0] not in colours]

@@ -1,7 +1,7 @@
 import torch
 import torch.nn.functional as F
 
-from cocoa_clip.masks import MaskSet, sample_masks
+from cocoa_clip.engine.masks import MaskSet, sample_masks
 
 
 def reference_mask(grid: torch.Tensor, shift: torch.Tensor, size: tuple[int, int],

@@ -6,7 +6,7 @@ import torch
 
 import cocoa_clip as cc
 from cocoa_clip.models import BUNDLED, clip_package, normalize, resolve_precision
-from cocoa_clip.random_models import write_checkpoint
+from cocoa_clip.models.random_models import write_checkpoint
 
 
 def test_a_plain_state_dict_loads_through_clips_builder(tiny):
@@ -85,7 +85,7 @@ def test_an_openai_style_jit_archive_loads(tmp_path):
     """OpenAI's downloads are TorchScript archives with fp16 weights; they load and embed as the plain model does."""
     import warnings
 
-    from cocoa_clip.random_models import random_state_dict
+    from cocoa_clip.models.random_models import random_state_dict
 
     clip = clip_package()
     weights = {name: tensor.half().float() for name, tensor in random_state_dict("tiny", seed=3).items()}

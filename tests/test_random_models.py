@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import cocoa_clip as cc
-from cocoa_clip.random_models import random_state_dict, randomised, write_checkpoint
+from cocoa_clip.models.random_models import random_state_dict, randomised, write_checkpoint
 
 
 def test_random_checkpoints_are_seeded(tmp_path):

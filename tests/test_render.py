@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 import cocoa_clip as cc
-from cocoa_clip.render import colorbar_figure, colorize, limits, overlay, save_heatmap
+from cocoa_clip.engine.render import colorbar_figure, colorize, limits, overlay, save_heatmap
 
 
 def test_limits_minmax_and_signed():
@@ -58,7 +58,7 @@ def test_colorbar_figure_follows_the_maps_aspect():
 
 
 def test_label_outlines_do_not_wrap_around_the_picture():
-    from cocoa_clip.render import label_overlay
+    from cocoa_clip.engine.render import label_overlay
 
     labels = np.zeros((600, 600), dtype=int)  # outlines 4 px wide at this size
     labels[1:] = 1  # one change, between the first two rows

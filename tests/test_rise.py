@@ -7,10 +7,10 @@ from PIL import Image
 from test_masks import reference_mask
 
 import cocoa_clip as cc
-from cocoa_clip.images import blur, frame
+from cocoa_clip.engine.images import blur, frame
+from cocoa_clip.engine.rise import PassCache, RiseSettings, masked_pass, saliency
+from cocoa_clip.engine.targets import resolve
 from cocoa_clip.models import MEAN, STD, ClipModel, clip_package
-from cocoa_clip.rise import PassCache, RiseSettings, masked_pass, saliency
-from cocoa_clip.targets import resolve
 
 DOG_CAT = cc.Question(corpus=["dog"], foil=["cat"])
 
@@ -27,7 +27,7 @@ def reference_rise(model, photo, n_masks: int, seed: int, baseline) -> np.ndarra
     framed = frame(photo, model.n_px)
     content = framed.content
     behind = baseline(content, model.n_px)
-    masks = cc.rise.sample_masks(n_masks, tuple(content.shape[1:]), seed=seed)
+    masks = cc.engine.rise.sample_masks(n_masks, tuple(content.shape[1:]), seed=seed)
     with torch.no_grad():
         target = resolve(model, DOG_CAT, model.encode_images(framed.canvas[None])[0])
         total = torch.zeros(content.shape[1:])
@@ -35,7 +35,7 @@ def reference_rise(model, photo, n_masks: int, seed: int, baseline) -> np.ndarra
             mask = reference_mask(grid, shift, masks.size, masks.cells)
             pixels = framed.with_content((behind + mask * (content - behind))[None])
             total += target(model.encode_images(pixels))[0] * mask
-    return cc.images.unframe(total / (n_masks * 0.5), framed)
+    return cc.engine.images.unframe(total / (n_masks * 0.5), framed)
 
 
 def test_reproducible_with_a_seed_and_independent_of_batch_size(tiny, photo):

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 import cocoa_clip as cc
-from cocoa_clip.presets import class_names, preset_foil
-from cocoa_clip.targets import resolve
+from cocoa_clip.engine.presets import class_names, preset_foil
+from cocoa_clip.engine.targets import resolve
 
 
 def test_direction_form_equals_mean_of_pairwise_similarities(tiny, photo):

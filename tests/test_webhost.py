@@ -14,7 +14,7 @@ from pathlib import Path
 
 from conftest_app import REPO, free_port
 
-from cocoa_clip import webhost
+from cocoa_clip.web import hosting as webhost
 
 
 def write(path: Path, size: int, age: float) -> Path:
@@ -99,7 +99,7 @@ def test_the_app_removes_its_workspace_on_sigterm(tiny_checkpoint, tmp_path):
     (stale / webhost.LOCK).touch()
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "cocoa_clip.webapp", "--weights", tiny_checkpoint, "--device", "cpu",
+        [sys.executable, "-m", "cocoa_clip.web.app", "--weights", tiny_checkpoint, "--device", "cpu",
          "--port", str(port)], cwd=REPO, env={**os.environ, "TMPDIR": str(tmp_path), "GRADIO_TEMP_DIR": ""},
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:

@@ -23,9 +23,9 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import cocoa_clip as cc
-from cocoa_clip import cli, weights
-from cocoa_clip.models import clip_package
-from cocoa_clip.random_models import random_state_dict
+from cocoa_clip import cli
+from cocoa_clip.models import clip_package, weights
+from cocoa_clip.models.random_models import random_state_dict
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "ViT-B/32"
@@ -114,7 +114,7 @@ def reference_embeddings(state_dict, pixels, tokens):
 
 def test_dead_url_falls_through_to_the_hub_copy(sources, server, safetensors_bytes, state_dict, caplog):
     server.files[HUB_PATH] = safetensors_bytes
-    caplog.set_level("INFO", logger="cocoa_clip.weights")
+    caplog.set_level("INFO", logger="cocoa_clip.models.weights")
     model = cc.load(NAME, download_root=str(sources), device="cpu", precision="fp32")
 
     assert any(path.endswith("/ViT-B-32.pt") for path in server.requests)  # the package URL was tried: 404
@@ -150,7 +150,7 @@ def test_clip_cache_is_used_only_with_the_right_checksum(sources, server, tiny_c
     sources.mkdir()
     cached = sources / "ViT-B-32.pt"
     cached.write_bytes(Path(tiny_checkpoint).read_bytes())
-    caplog.set_level("INFO", logger="cocoa_clip.weights")
+    caplog.set_level("INFO", logger="cocoa_clip.models.weights")
     with pytest.raises(cc.ModelLoadError) as refused:  # the real ViT-B/32 checksum: this file is not it
         cc.load(NAME, download_root=str(sources), device="cpu")
     assert "wrong SHA-256" in str(refused.value)

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from captum.attr import GradientShap, IntegratedGradients
 
-from .errors import SettingsError, check_seed
+from ..errors import SettingsError, check_seed
+from ..models import Model
 from .images import Framed, check_baseline
 from .images import baseline as baseline_of
-from .models import Model
 from .targets import Target
 
 GRADIENT_METHODS = ("integrated-gradients", "gradient-shap")

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import torch
 
+from ...errors import ModelLoadError
 from ..encoder import LearntHead, Model, Preprocessing
-from ..errors import ModelLoadError
-from ..weights import HUB_FILES, check_hub
-from . import hub_cached, ready
+from ..hub import check_hub, hub_cached
+from ..weights import HUB_FILES
+from . import ready
 
 SCHEMAS = ("hf-hub:", "local-dir:")  # open_clip's own ways to name a model with its weights
 

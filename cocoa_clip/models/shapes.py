@@ -14,7 +14,7 @@ boolean arrays indexed ``[object, row (y), column (x)]``.
 Example
 -------
 >>> import numpy as np
->>> from cocoa_clip.shapes import render_scene, two_object_scene
+>>> from cocoa_clip.models.shapes import render_scene, two_object_scene
 >>> scene = render_scene(np.random.default_rng(0), size=64)
 >>> scene.image.size, scene.masks.shape[1:]
 ((64, 64), (64, 64))

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .encoder import MEAN, Preprocessing
-from .errors import ImageError, SettingsError
+from ..errors import ImageError, SettingsError
+from ..models.encoder import MEAN, Preprocessing
 
 FRAMINGS = ("pad", "model", "squash")
 FRAMING_ALIASES = {"crop": "model"}  # the name before other families came: CLIP's own preprocessing is a crop

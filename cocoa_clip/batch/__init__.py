@@ -36,15 +36,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CocoaError, SettingsError, check_seed
-from .evaluate import insertion_deletion
-from .explain import explain
-from .families import family_of
-from .images import load_image
-from .models import ClipModel, available_models, load
-from .render import save_heatmap
+from ..engine.evaluate import insertion_deletion
+from ..engine.explain import explain
+from ..engine.images import load_image
+from ..engine.render import save_heatmap
+from ..engine.targets import Question
+from ..errors import CocoaError, SettingsError, check_seed
+from ..models import ClipModel, available_models, load
+from ..models.registry import family_of
 from .report import write_report
-from .targets import Question
 
 ENGINES = ("local", "ray")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif")
@@ -358,7 +358,7 @@ def _ray_engine(rows: Sequence[dict], job: Job, *, workers: int = 1, gpus_per_wo
     if started:
         # The workers run this copy of cocoa_clip (a checkout need not be installed on the cluster's nodes).
         ray.init(address=ray_address, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
-                 runtime_env={"py_modules": [str(Path(__file__).parent)]})
+                 runtime_env={"py_modules": [str(Path(__file__).parents[1])]})
     try:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the batch has its own bar

@@ -20,21 +20,21 @@ from pathlib import Path
 
 import numpy as np
 
-from . import families
-from .batch import ENGINES, REPORT, RESULTS, Job, ModelSpec, check_engine, collect, failed_status
-from .batch import run as run_batch
-from .compare import MAX_CAPTIONS, caption_questions, compare
-from .errors import CocoaError, ImageError, check_seed
-from .evaluate import MEASURE_LABELS, MEASURES, check_steps, curves_of, insertion_deletion, measure_of
-from .explain import METHODS, Explanation, explain
-from .gradients import GradientSettings
-from .images import BASELINES, FRAMING_ALIASES, FRAMINGS, ImageSource, check_baseline, load_image
-from .models import DEFAULT_MODEL, PRECISIONS, ClipModel, available_models, download, load, weights_on_disk
-from .presets import DEFAULT_TEMPLATE, FOIL_PRESETS
-from .render import SCALES, check_style, save_npy
-from .rise import AUTO, DEFAULT_ESTIMATOR, ESTIMATORS, RiseSettings
-from .targets import SIMILARITIES, TARGETS, Question
-from .weights import report_sources
+from ..batch import ENGINES, REPORT, RESULTS, Job, ModelSpec, check_engine, collect, failed_status
+from ..batch import run as run_batch
+from ..engine.compare import MAX_CAPTIONS, caption_questions, compare
+from ..engine.evaluate import MEASURE_LABELS, MEASURES, check_steps, curves_of, insertion_deletion, measure_of
+from ..engine.explain import METHODS, Explanation, explain
+from ..engine.gradients import GradientSettings
+from ..engine.images import BASELINES, FRAMING_ALIASES, FRAMINGS, ImageSource, check_baseline, load_image
+from ..engine.presets import DEFAULT_TEMPLATE, FOIL_PRESETS
+from ..engine.render import SCALES, check_style, save_npy
+from ..engine.rise import AUTO, DEFAULT_ESTIMATOR, ESTIMATORS, RiseSettings
+from ..engine.targets import SIMILARITIES, TARGETS, Question
+from ..errors import CocoaError, ImageError, check_seed
+from ..models import DEFAULT_MODEL, PRECISIONS, ClipModel, available_models, download, load, weights_on_disk
+from ..models import registry as families
+from ..models.weights import report_sources
 
 
 class _Help(argparse.HelpFormatter):
@@ -284,7 +284,7 @@ def _models_command(every: bool = False) -> int:
 def _serve(app_args: list[str]) -> int:
     """The web app, as app.py runs it; gradio is an optional dependency."""
     try:
-        from . import webapp
+        from ..web import app as webapp
     except ImportError as error:
         raise CocoaError(f"The web app needs gradio ({error}); install it with: pip install 'cocoa-clip[app]'.") \
             from error

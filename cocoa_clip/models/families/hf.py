@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
+from ...errors import ModelLoadError
 from ..encoder import LearntHead, Model, Preprocessing
-from ..errors import ModelLoadError
-from ..weights import check_hub
-from . import hub_cached, ready
+from ..hub import check_hub, hub_cached
+from . import ready
 
 MODEL_TYPES = ("clip", "siglip", "siglip2")
 _FILTERS = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL's resampling codes, as image processors store them

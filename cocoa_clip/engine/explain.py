@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..errors import SettingsError
+from ..models import Model
 from . import render
-from .errors import SettingsError
 from .gradients import GRADIENT_METHODS, GradientSettings, attribute, precision
 from .images import Framed, ImageSource, frame, load_image, unframe
-from .models import Model
 from .rise import DEFAULT_ESTIMATOR, ESTIMATORS, PassCache, Progress, RiseResult, RiseSettings, run_rise
 from .targets import Question, Target, resolve
 

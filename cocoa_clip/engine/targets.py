@@ -23,9 +23,9 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
-from .errors import QuestionError
+from ..errors import QuestionError
+from ..models import Model, eval_mode
 from .images import ImageSource, frame, load_image
-from .models import Model, eval_mode
 from .presets import DEFAULT_TEMPLATE, PRESET_NAMES, preset_foil, preset_note
 
 TARGETS = ("cocoa", "corpus", "label-free", "contrastive-label-free")

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ...errors import SettingsError
 from ..encoder import MEAN, STD, Model, Preprocessing
-from ..errors import SettingsError
 
 Encoder = Callable[[torch.Tensor], torch.Tensor]
 

@@ -6,8 +6,8 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
-from .encoder import Model
-from .errors import SettingsError
+from ..errors import SettingsError
+from ..models.encoder import Model
 
 
 class ModelShelf:

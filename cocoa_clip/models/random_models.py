@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from .models import ClipModel, clip_package
+from .families.openai import ClipModel
+from .families.openai_package import clip_package
 
 # Sizes as clip.model.CLIP takes them. The text side keeps CLIP's tokenizer (vocabulary 49408,
 # context 77); widths must be multiples of 64 (heads = width // 64).

@@ -4,7 +4,7 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 
-from .errors import QuestionError
+from ..errors import QuestionError
 
 DEFAULT_TEMPLATE = "This is a photo of a {}"  # the paper's caption form
 _DATA = Path(__file__).parent / "data"

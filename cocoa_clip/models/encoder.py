@@ -1,7 +1,7 @@
 """What the explainers need of a model, whatever its family: the one small interface every adapter fills in.
 
-An adapter (OpenAI `clip` in models.py, open_clip, Hugging Face transformers, `wrap` for any
-encoder; see families/) says how the model reads a picture (`Preprocessing`: input size, resize
+An adapter (OpenAI `clip`, open_clip, Hugging Face transformers, `wrap` for any encoder; see
+families/) says how the model reads a picture (`Preprocessing`: input size, resize
 rule, interpolation, mean and std), embeds normalised pixels, reads and embeds captions, and
 what its zero-shot head is (logit scale, and bias for sigmoid models such as SigLIP). RISE,
 gradients, `evaluate`, `compare` and the app use only this interface, so they never ask which
@@ -12,12 +12,12 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
-from .errors import QuestionError
+from ..errors import QuestionError
 
 # OpenAI CLIP's normalisation constants (clip/clip.py, _transform), also open_clip's and most CLIP ports'.
 MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -190,3 +190,13 @@ class LearntHead:
 def _excerpt(text: str, length: int = 60) -> str:
     """The text, or its start and end around an ellipsis (a long caption's own words come last)."""
     return text if len(text) <= length else f"{text[:20]}...{text[-(length - 23):]}"
+
+
+@contextlib.contextmanager
+def eval_mode(model: Model) -> Iterator[None]:
+    """No autograd and the model's batched precision: how every forward-only pass runs.
+
+    no_grad rather than inference_mode, so that results can later serve as constants in a backward pass.
+    """
+    with torch.no_grad(), model.autocast():
+        yield

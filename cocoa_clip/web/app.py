@@ -45,22 +45,22 @@ from PIL import Image
 from starlette.exceptions import HTTPException
 
 import cocoa_clip as cc
-from cocoa_clip import shapes, webhost
-from cocoa_clip import webinputs as valid
-from cocoa_clip.evaluate import MEASURE_LABELS, curves_of
-from cocoa_clip.explain import FLAT_NOTE
-from cocoa_clip.gradients import GradientSettings
-from cocoa_clip.images import BASELINES, default_sigma
-from cocoa_clip.models import BUNDLED, DEFAULT_MODEL
-from cocoa_clip.rise import default_batch_size
-from cocoa_clip.targets import SAME_NOTE
-from cocoa_clip.webinputs import MAX_EXAMPLE_IMAGES, MAX_SEED, MAX_TEMPLATE_CHARS, MAX_TEXT_CHARS, MAX_UPLOAD
-from cocoa_clip.webmodels import ModelShelf
-from cocoa_clip.weights import report_sources
+from cocoa_clip.engine.evaluate import MEASURE_LABELS, curves_of
+from cocoa_clip.engine.explain import FLAT_NOTE
+from cocoa_clip.engine.gradients import GradientSettings
+from cocoa_clip.engine.images import BASELINES, default_sigma
+from cocoa_clip.engine.rise import default_batch_size
+from cocoa_clip.engine.targets import SAME_NOTE
+from cocoa_clip.models import BUNDLED, DEFAULT_MODEL, shapes
+from cocoa_clip.models.weights import report_sources
+from cocoa_clip.web import hosting
+from cocoa_clip.web import inputs as valid
+from cocoa_clip.web.inputs import MAX_EXAMPLE_IMAGES, MAX_SEED, MAX_TEMPLATE_CHARS, MAX_TEXT_CHARS, MAX_UPLOAD
+from cocoa_clip.web.shelf import ModelShelf
 
 log = logging.getLogger("cocoa_clip.app")
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets"  # the repository's example photos (absent once installed)
+ASSETS = Path(__file__).resolve().parents[2] / "assets"  # the repository's example photos (absent once installed)
 FALLBACK_MODEL = "shapes-demo"
 MAX_MASKS = {"cpu": 20_000, "cuda": 50_000}
 
@@ -93,7 +93,7 @@ EXAMPLES = [
     ["coffee.jpg", "cup", "spoon", "none"],
     ["rocket.jpg", "smoke", "rocket", "none"],
 ]
-# (objects drawn, scene seed, corpus, foil): scenes for the bundled shapes-demo model, drawn by cocoa_clip.shapes at
+# (objects drawn, scene seed, corpus, foil): scenes for the bundled shapes-demo model, drawn by models/shapes.py at
 # start-up (so the installed package has them too); together they use every colour and shape the model knows.
 SHAPE_EXAMPLES = [
     ([("orange", "cross"), ("yellow", "square")], 0, "orange cross", "yellow square"),
@@ -177,7 +177,7 @@ class CocoaApp:
                  disk_budget_mb: float = DISK_BUDGET_MB, shelf: ModelShelf | None = None):
         """max_masks, job_seconds: a deployment's caps (default per device: MAX_MASKS, TIME_BUDGET_S).
         disk_budget_mb: bound on everything this process writes for visitors (oldest files go first)."""
-        webhost.tame_malloc()
+        hosting.tame_malloc()
         self.model = model
         self.shelf = shelf  # --models: the models a visitor may choose, loaded on first use
         self.notice = notice
@@ -187,12 +187,12 @@ class CocoaApp:
         self.default_masks = min(cc.RiseSettings().masks_for(model.device), self.max_masks)
         self.job_seconds = job_seconds or TIME_BUDGET_S.get(self.device, TIME_BUDGET_S["cpu"])
         self.masks_per_second: float | None = None  # measured: by calibrate(), then by every fresh pass
-        self.answers = webhost.AnswerStore()
-        self.admission: webhost.Admission | None = None  # set by build_demo, which has the queue
-        workspace = webhost.workspace()
+        self.answers = hosting.AnswerStore()
+        self.admission: hosting.Admission | None = None  # set by build_demo, which has the queue
+        workspace = hosting.workspace()
         # Inside Gradio's folder, so that Gradio serves the downloads without copying them.
         self._outputs = Path(tempfile.mkdtemp(prefix="outputs-", dir=workspace.gradio))
-        self.disk = webhost.DiskBudget(workspace.root, int(disk_budget_mb * (1 << 20)))
+        self.disk = hosting.DiskBudget(workspace.root, int(disk_budget_mb * (1 << 20)))
 
     # ---------------------------------------------------------------- events
 
@@ -254,7 +254,7 @@ class CocoaApp:
             answers = cc.explain(self._model(model_name), picture, questions, on_update=on_update, **options)
             self._measured(answers[0])
             answers = _noted(answers, size_note)
-            return self._present(answers, style, webhost.visitor(request))
+            return self._present(answers, style, hosting.visitor(request))
 
     def explain_live(self, *inputs: Any) -> Iterator[tuple]:
         """`explain` (same inputs), showing the map as it forms: a frame after the first batch of masks, then
@@ -336,7 +336,7 @@ class CocoaApp:
     def check(self, token: Any, measure: Any = "similarity", progress: gr.Progress = gr.Progress(),
               request: gr.Request = None) -> tuple:
         """Insertion and deletion curves of the visitor's latest answer, recording `measure`: (plot, areas in words)."""
-        answers = self.answers.get(webhost.visitor(request), token)
+        answers = self.answers.get(hosting.visitor(request), token)
         if answers is None:
             raise valid.refuse("Explain a picture first (or again: each visitor's latest answer is kept for a while).")
         answer = answers[0]
@@ -451,8 +451,8 @@ class CocoaApp:
 
     def after_job(self, request: gr.Request | None) -> None:
         if self.admission is not None:
-            self.admission.finished(webhost.visitor(request))
-        webhost.trim_memory()
+            self.admission.finished(hosting.visitor(request))
+        hosting.trim_memory()
         self.disk.enforce()
 
     def admit(self, event: Callable, inputs: int, where: int = 0) -> Callable:
@@ -460,7 +460,7 @@ class CocoaApp:
         visitor's second job, and every job while the queue is full, with a sentence on input number `where`."""
         @functools.wraps(event)  # the event's signature, so that Gradio passes the gr.Request here too
         def validator(*args: Any) -> list[dict]:
-            refusal = self.admission.refusal(webhost.visitor(_request(args, {}))) if self.admission else None
+            refusal = self.admission.refusal(hosting.visitor(_request(args, {}))) if self.admission else None
             return [gr.validate(refusal is None or index != where, refusal or "") for index in range(inputs)]
         return validator
 
@@ -695,7 +695,7 @@ def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True,
                            preprocess=False)
     # Our door (app.admit) refuses at QUEUE_SIZE waiting jobs with a sentence; Gradio's own limit is the backstop.
     demo.queue(max_size=2 * QUEUE_SIZE, api_open=False)
-    app.admission = webhost.Admission(lambda: webhost.queued_jobs(demo, "model"), max_waiting=QUEUE_SIZE)
+    app.admission = hosting.Admission(lambda: hosting.queued_jobs(demo, "model"), max_waiting=QUEUE_SIZE)
     app.disk.keep_present()  # the examples Gradio has just copied in stay, however old
     app.disk.watch()
     demo.cocoa_app = app  # for tests and scripts
@@ -823,7 +823,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     except cc.CocoaError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    webhost.remove_on_signals()  # SIGTERM too ends through atexit, which removes visitors' files
+    hosting.remove_on_signals()  # SIGTERM too ends through atexit, which removes visitors' files
     shelf = ModelShelf(names, lambda name: cc.load(name, device=args.device), loaded=model) if names else None
     demo = build_demo(model, notice=notice, max_masks=args.max_masks, job_seconds=args.job_seconds,
                       disk_budget_mb=args.disk_budget, shelf=shelf)

@@ -7,7 +7,7 @@
     4. the Hugging Face hub copy, downloaded into the hub's cache (honours HF_HOME, HF_ENDPOINT
        for a mirror, HF_HUB_OFFLINE).
 
-(`--weights PATH` comes before all of them; `models.load` handles it.) The hub copies are the
+(`--weights PATH` comes before all of them; `load` handles it.) The hub copies are the
 same OpenAI weights in open_clip's format, what open_clip's own `openai` tags download: their
 state dict has the keys and shapes of OpenAI's checkpoint, so `clip.model.build_model` reads
 them unchanged. The two local caches are looked at before any network, so a machine that has
@@ -18,18 +18,19 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import socket
 import sys
 import tempfile
 import urllib.error
-import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ModelLoadError
+from ..errors import ModelLoadError
+from .families.openai_package import clip_package
+from .hub import hub_offline, reachable
+from .registry import BUNDLED
 
-log = logging.getLogger("cocoa_clip.weights")
+log = logging.getLogger(__name__)
 
 URL_TIMEOUT_S = 20.0
 # open_clip's file names: the safetensors file first (no pickle), the PyTorch one where only it exists.
@@ -81,8 +82,6 @@ def default_root() -> Path:
 
 
 def package_url(name: str) -> str:
-    from .models import clip_package
-
     return clip_package().clip._MODELS[name]
 
 
@@ -184,39 +183,6 @@ def _from_hub(name: str, cached_only: bool) -> Path:
     raise FileNotFoundError(f"{repo}: {'not in the hub cache' if cached_only else 'no weights file on the hub'}")
 
 
-def reachable(url: str, timeout: float = 5.0) -> None:
-    """Raise OSError unless a TCP connection to the URL's host (or its proxy) opens within `timeout` seconds."""
-    parts = urllib.parse.urlsplit(url)
-    proxy = urllib.request.getproxies().get(parts.scheme)
-    if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):
-        parts = urllib.parse.urlsplit(proxy)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        socket.create_connection((parts.hostname, port), timeout=timeout).close()
-    except OSError as error:
-        raise ConnectionError(f"cannot reach {parts.hostname} ({error.strerror or error})") from error
-
-
-def check_hub(name: str) -> None:
-    """Refuse in seconds when model `name` must come from the Hugging Face hub and the hub cannot be reached
-    (the hub client alone retries for about a minute). With HF_HUB_OFFLINE the client itself fails at once."""
-    if hub_offline():
-        return
-    from huggingface_hub import constants
-
-    try:
-        reachable(constants.ENDPOINT)
-    except OSError as error:
-        raise ModelLoadError(f"Could not get {name}: {error}. Connect to the internet once (or run `cocoa-clip "
-                             f"download {name}` where you can), or point HF_ENDPOINT at a mirror.") from error
-
-
-def hub_offline() -> bool:
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE)
-
-
 def _refuse_offline() -> Path:
     raise ConnectionError("skipped: HF_HUB_OFFLINE is set")
 
@@ -238,8 +204,6 @@ def _reason(error: BaseException) -> str:
 
 
 def _advice(name: str, root: str | os.PathLike | None, tried: dict[str, str]) -> str:
-    from .models import BUNDLED
-
     bundled = ", ".join(n for n, p in BUNDLED.items() if p.is_file())
     return (
         f"Could not get the {name} weights. Tried: {'; '.join(f'{s} ({why})' for s, why in tried.items())}. "

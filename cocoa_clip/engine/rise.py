@@ -42,11 +42,11 @@ from threading import Lock
 
 import torch
 
-from .errors import SettingsError, check_seed
+from ..errors import SettingsError, check_seed
+from ..models import ClipModel, eval_mode
 from .images import Framed, check_baseline, digest
 from .images import baseline as baseline_of
 from .masks import MaskSet, sample_masks
-from .models import ClipModel, eval_mode
 from .targets import Target
 
 ESTIMATORS = ("regression", "centered", "paper")

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from ..errors import QuestionError, SettingsError
+from ..models import Model, clip_text
 from . import render
-from .errors import QuestionError, SettingsError
 from .explain import Explanation, explain
 from .images import ImageSource
-from .models import Model, clip_text
 from .presets import DEFAULT_TEMPLATE
 from .rise import COMPARABLE, DEFAULT_ESTIMATOR
 from .targets import Question, clean_caption

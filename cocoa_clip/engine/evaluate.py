@@ -28,10 +28,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-from .errors import QuestionError, SettingsError, check_seed
+from ..errors import QuestionError, SettingsError, check_seed
+from ..models import Model, eval_mode
 from .images import Framed, ImageSource, check_baseline, frame, load_image
 from .images import baseline as baseline_of
-from .models import Model, eval_mode
 from .targets import Question, members, resolve
 
 MEASURES = ("similarity", "probability")

@@ -19,7 +19,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 
-from .errors import SettingsError
+from ..errors import SettingsError
 
 SCALES = ("minmax", "signed")
 DEFAULT_CMAPS = {"minmax": "jet", "signed": "bwr"}

@@ -1,0 +1,136 @@
+"""The adapter for OpenAI's `clip` package: its model names, the bundled models and CLIP checkpoint files."""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ...errors import ModelLoadError
+from .. import weights as weights_sources
+from ..encoder import LearntHead, Model, Preprocessing
+from ..registry import BUNDLED
+from .openai_package import clip_package
+
+
+def available() -> list[str]:
+    """The `clip` package's model names, then the bundled ones that are present."""
+    return list(clip_package().available_models()) + [name for name, path in BUNDLED.items() if path.is_file()]
+
+
+def load(name: str, *, weights: str | os.PathLike | None, device: torch.device, precision: str,
+         download_root: str | None = None) -> ClipModel:
+    """OpenAI CLIP by `clip` package name or bundled name, or from a checkpoint file (`weights` wins over `name`).
+
+    A package name's weights come from the first source that works (weights.py); `download_root` is
+    the clip package's cache folder.
+    """
+    if weights is not None:
+        source, label = Path(weights), str(weights)
+        if not source.is_file():
+            raise ModelLoadError(f"No checkpoint file at {label}; pass --weights with the path of a CLIP .pt file.")
+    elif name in BUNDLED:
+        source, label = BUNDLED[name], name
+        if not source.is_file():
+            raise ModelLoadError(f"The bundled model {name!r} is missing at {source}; reinstall cocoa-clip.")
+    elif name in clip_package().available_models():
+        source, label = weights_sources.find(name, download_root).path, name
+    else:
+        raise ModelLoadError(f"Unknown model {name!r}; choose one of: {', '.join(available())}.")
+    try:
+        net = _build(source, device)
+    except Exception as error:  # zip, pickle and shape errors all mean "no usable weights"
+        raise ModelLoadError(_load_advice(name, weights, source, error)) from error
+    if precision != "fp16" and device.type == "cuda":  # bf16 autocast runs over fp32 weights, as its label says
+        net = net.float()
+    net.eval().requires_grad_(False)
+    return ClipModel(net=net, name=label, device=device, precision=precision)
+
+
+def on_disk(name: str, download_root: str | None = None) -> weights_sources.Found | None:
+    """Where the weights of `name` are on this machine (so it loads offline), or None."""
+    if name in BUNDLED:
+        return weights_sources.Found(BUNDLED[name], "bundled") if BUNDLED[name].is_file() else None
+    return weights_sources.on_disk(name, download_root)
+
+
+def download(name: str, download_root: str | None = None) -> weights_sources.Found:
+    """Fetch the weights of `name` ahead of time, to where the next `load` finds them offline."""
+    if name in BUNDLED:
+        return on_disk(name) or weights_sources.Found(BUNDLED[name], "bundled (missing)")
+    if name not in clip_package().available_models():
+        raise ModelLoadError(f"Unknown model {name!r}; choose one of: {', '.join(available())}.")
+    return weights_sources.find(name, download_root)
+
+
+@dataclass(eq=False, kw_only=True)
+class ClipModel(LearntHead, Model):
+    """An OpenAI `clip` model: the adapter for the `clip` package's names, bundled models and CLIP .pt files.
+
+    `net` is a `clip.model.CLIP` (or anything with its encode_image, encode_text, visual.input_resolution
+    and context_length); pictures go through CLIP's own preprocessing constants. `precision` is what batched
+    forward passes use ("fp32"; "bf16" autocast over fp32 weights; or "fp16" weights on CUDA).
+    """
+
+    net: torch.nn.Module
+    family: str = "clip"
+
+    def __post_init__(self) -> None:
+        self.preprocessing = self.preprocessing or Preprocessing(int(self.net.visual.input_resolution))
+        super().__post_init__()
+
+    @property
+    def context_length(self) -> int:
+        return int(self.net.context_length)
+
+    def encode_normalised(self, normalised: torch.Tensor) -> torch.Tensor:
+        return self.net.encode_image(normalised)
+
+    def token_ids(self, text: str) -> tuple[int, ...]:
+        tokenizer = clip_package().clip._tokenizer
+        return (tokenizer.encoder["<|startoftext|>"], *tokenizer.encode(text), tokenizer.encoder["<|endoftext|>"])
+
+    def _embed_captions(self, texts: list[str]) -> torch.Tensor:
+        tokens = clip_package().tokenize(texts, context_length=self.context_length, truncate=True)
+        return self.net.encode_text(tokens.to(self.device))
+
+
+def normalize(pixels: torch.Tensor) -> torch.Tensor:
+    """CLIP's input normalisation: (B, 3, H, W) RGB in [0, 1] -> what the image encoder takes."""
+    return Preprocessing(1).normalize(pixels)
+
+
+def _build(path: Path, device: torch.device) -> torch.nn.Module:
+    """What `clip.load(path, jit=False)` does, reading JIT archives and plain state dicts alike.
+
+    (clip.load reads a state dict from where the failed JIT attempt left the file, which recent
+    torch versions leave at its end, so plain state dicts no longer load through it.)
+    """
+    build_model = clip_package().model.build_model
+    if Path(path).suffix == ".safetensors":  # the hub copies in open_clip's format
+        from safetensors.torch import load_file
+
+        state_dict = load_file(str(path), device="cpu")
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit.load's deprecation notice
+            try:
+                state_dict = torch.jit.load(str(path), map_location="cpu").state_dict()
+            except RuntimeError:
+                state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state_dict, dict) and isinstance(state_dict.get("state_dict"), dict):
+        state_dict = state_dict["state_dict"]
+    net = build_model(dict(state_dict)).to(device)
+    return net.float() if device.type == "cpu" else net
+
+
+def _load_advice(name: str, weights: object, path: Path, error: Exception) -> str:
+    if weights is not None:
+        return (f"Could not read {weights} as a CLIP checkpoint ({type(error).__name__}); "
+                "is it a complete OpenAI CLIP .pt file (or a state dict with its keys)?")
+    if name in BUNDLED:
+        return f"The bundled model {name!r} could not be read ({type(error).__name__}); reinstall cocoa-clip."
+    return (f"The {name} weights at {path} could not be read ({type(error).__name__}); delete that file so that "
+            "the next load fetches them again, or pass --weights PATH.")

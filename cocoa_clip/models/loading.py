@@ -1,0 +1,116 @@
+"""Loading a model by name: the device and precision settled, then the name's family adapter (registry.py)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from ..errors import ModelLoadError, SettingsError
+from .encoder import Model
+from .hub import check_hub, hub_offline
+from .registry import OPENAI, resolve
+from .weights import Found
+
+DEFAULT_MODEL = "ViT-B/32"
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def available_models() -> list[str]:
+    """Names `load` accepts without a prefix: the `clip` package's models, then the bundled ones that are present."""
+    return OPENAI.adapter().available()
+
+
+def weights_on_disk(name: str, download_root: str | None = None) -> Found | None:
+    """Where the weights of model `name` are on this machine (so it loads offline), or None."""
+    family, rest = resolve(name)
+    if family is OPENAI:
+        return family.adapter().on_disk(rest, download_root)
+    path = family.adapter().on_disk(rest)
+    return Found(Path(path), "hub cache") if path else None
+
+
+def download(name: str, download_root: str | None = None) -> Found:
+    """Fetch model `name`'s weights ahead of time, to where the next `load` finds them offline.
+
+    For a family model, loading it is what fetches exactly the files a later load needs (weights,
+    tokenizer, processor), through the library's own hub client; the hub's reachability is checked
+    first, so that an offline machine gets its sentence in seconds rather than after the client's retries.
+    """
+    family, rest = resolve(name)
+    if family is OPENAI:
+        return family.adapter().download(rest, download_root)
+    if (found := weights_on_disk(name)) is not None:
+        return Found(found.path, "on disk")
+    if hub_offline():
+        raise ModelLoadError(f"{name} is not in the Hugging Face hub cache and HF_HUB_OFFLINE is set; "
+                             "fetch it where the hub can be reached (HF_HUB_OFFLINE unset).")
+    check_hub(name)
+    load(name, device="cpu", precision="fp32")
+    found = weights_on_disk(name)
+    return Found(found.path if found else Path("the library's cache"), "hub")
+
+
+def load(
+    name: str = DEFAULT_MODEL,
+    *,
+    weights: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+    precision: str = "auto",
+    download_root: str | None = None,
+) -> Model:
+    """Load a model by name, or OpenAI CLIP from a local checkpoint.
+
+    Names with a family prefix go to that family's adapter (registry.py): `open_clip:ARCH[:TAG]`
+    (with `weights`, a checkpoint for ARCH) and `hf:REPO_ID` or `hf:DIR`. For other names `weights`
+    is a path to an OpenAI JIT archive, a plain CLIP state dict or an open_clip-format safetensors
+    file; it wins over `name`. A name's weights come from the first source that works (the clip
+    package's cache and URL, the Hugging Face hub copy: see weights.py); `download_root` is the clip
+    package's cache folder. Raises ModelLoadError with what to do when the weights cannot be had.
+
+    >>> model = load("shapes-demo")                                     # doctest: +SKIP
+    >>> model = load(weights="ViT-B-32.pt")                             # doctest: +SKIP
+    >>> model = load("open_clip:ViT-B-16-SigLIP-256:webli")             # doctest: +SKIP
+    >>> model = load("hf:openai/clip-vit-base-patch32")                 # doctest: +SKIP
+    """
+    device = _device(device)
+    precision = _precision(precision, device)
+    family, rest = resolve(name)
+    options = {"download_root": download_root} if family is OPENAI else {}
+    return family.adapter().load(rest, weights=weights, device=device, precision=precision, **options)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto`: fp16 on CUDA (the weights `clip.load` gives there), bf16 autocast on CPUs with bf16 units, else fp32."""
+    if precision not in PRECISIONS:
+        raise SettingsError(f"Unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}.")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "fp16"
+    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+
+
+def _precision(precision: str, device: torch.device) -> str:
+    precision = resolve_precision(precision, device)
+    if precision == "fp16" and device.type != "cuda":
+        raise SettingsError("fp16 runs on CUDA only; use fp32 or bf16 on the CPU.")
+    return precision
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return default_device()
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise SettingsError(f"Unknown device {device!r}; use cpu or cuda.") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SettingsError("CUDA was asked for but no GPU is available here; use --device cpu.")
+    if device.type not in ("cpu", "cuda"):
+        raise SettingsError(f"Unsupported device {device.type!r}; use cpu or cuda.")
+    return device
