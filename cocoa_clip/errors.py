@@ -18,6 +18,10 @@ class ModelLoadError(CocoaError):
         self.tried = tuple(tried)
 
 
+class UnsafeCheckpointError(ModelLoadError):
+    """A weights file would run code when loaded (a pickle with more than tensors, an unknown TorchScript archive)."""
+
+
 class QuestionError(CocoaError):
     """Corpus, foil, template or target do not make a question."""
 

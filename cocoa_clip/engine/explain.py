@@ -188,7 +188,8 @@ def _answers(maps: Sequence[torch.Tensor], targets: Sequence[Target], framed: Fr
              blur_sigma: float | None = None) -> list[Explanation]:
     """One Explanation per map and target, with the shared details (and each answer's own, if given)."""
     details = {"precision": model.precision, **details, "device": str(model.device), "framing": framing,
-               "model": model.name, "baseline": baseline, "blur_sigma": blur_sigma,
+               "model": model.name, "provenance": dataclasses.asdict(model.provenance) if model.provenance else None,
+               "baseline": baseline, "blur_sigma": blur_sigma,
                "seconds": time.perf_counter() - started}
     return [
         Explanation(heatmap=unframe(heat, framed), score=float(target(image_embedding[None])[0]), image=picture,
