@@ -34,7 +34,8 @@ from ..engine.targets import SIMILARITIES, TARGETS, Question
 from ..errors import CocoaError, ImageError, check_seed
 from ..models import DEFAULT_MODEL, PRECISIONS, ClipModel, available_models, download, load, weights_on_disk
 from ..models import registry as families
-from ..models.weights import report_sources
+from ..models.trust import TRUST_HELP, commit_of
+from ..models.weights import Found, report_sources
 
 
 class _Help(argparse.HelpFormatter):
@@ -123,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "cache (from its URL) or the Hugging Face hub's cache (HF_HOME; HF_ENDPOINT for a mirror).")
     download_parser.add_argument("name", metavar="NAME", help="a model name (see `models`), e.g. ViT-B/32, "
                                  "open_clip:ViT-B-32:laion2b_s34b_b79k or hf:google/siglip-base-patch16-224")
+    _trust_options(download_parser)
     _batch_parser(commands)
     # `serve` hands its arguments to the web app's own parser (main() routes them before this one).
     commands.add_parser("serve", help="the web app and its HTTP API, as app.py serves it (options: serve --help; "
@@ -224,11 +226,19 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
                        help="an OpenAI CLIP name (ViT-B/32 ...), open_clip:ARCH[:TAG] or hf:REPO_OR_DIR (see `models`)")
     model.add_argument("--weights", metavar="PATH", help="local checkpoint: an OpenAI CLIP .pt (JIT archive or state "
                        "dict), or with --model open_clip:ARCH one for that architecture")
+    _trust_options(model)
     model.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     model.add_argument("--precision", choices=PRECISIONS, default="auto",
                        help="auto: fp16 on CUDA, bf16 autocast on CPUs that have it, else fp32")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, no line per weights source tried")
+
+
+def _trust_options(group: argparse._ActionsContainer) -> None:
+    """--revision and --trust-checkpoint: where every command that loads a model takes them."""
+    group.add_argument("--revision", metavar="REV", help="hub revision (branch, tag or commit) to pin; same as "
+                       "NAME@REV")
+    group.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -242,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "models":
             return _models_command(args.all)
         if args.command == "download":
-            found = download(args.name)
+            found = download(args.name, revision=args.revision, trust_checkpoint=args.trust_checkpoint)
             print(f"{args.name}: {found.path} ({found.source})")
             return 0
         return _run(args)
@@ -264,8 +274,8 @@ def _models_command(every: bool = False) -> int:
     width = max(map(len, names))
     for name in names:
         found = weights_on_disk(name)
-        where = f"on disk ({found.source}): {found.path}" if found else "not on disk: fetched on first use " \
-            f"(or now: cocoa-clip download {name})"
+        where = f"on disk ({found.source}): {found.path}{_pins(found)}" if found else \
+            f"not on disk: fetched on first use (or now: cocoa-clip download {name})"
         print(f"{name:{width}s}  {where}")
     cached = families.cached_names()
     for family in families.FAMILIES:
@@ -279,6 +289,12 @@ def _models_command(every: bool = False) -> int:
         on_disk = [(name, path) for name, path in cached if name.startswith(family.prefix + ":")]
         print("\n".join(f"  on disk: {name}  {path}" for name, path in on_disk) or "  none on disk yet")
     return 0
+
+
+def _pins(found: Found) -> str:
+    """What pins a file on disk, where it is known without reading it again: its hub commit, its SHA-256."""
+    commit, digest = commit_of(found.path), found.sha256
+    return (f"  commit {commit}" if commit else "") + (f"  sha256 {digest}" if digest else "")
 
 
 def _serve(app_args: list[str]) -> int:
@@ -404,7 +420,8 @@ def _batch_command(args: argparse.Namespace) -> int:
     if _gradient(args) != GradientSettings():  # the job's settings are stored as JSON, which holds no dataclass
         raise CocoaError("batch runs gradient methods with the paper's settings; leave out --steps, --samples "
                          "and --stdev (or use explain).")
-    job = Job(out_dir=args.out_dir, model=ModelSpec(args.model, args.weights, args.device, args.precision),
+    job = Job(out_dir=args.out_dir, model=ModelSpec(args.model, args.weights, args.device, args.precision,
+                                                    args.revision, args.trust_checkpoint),
               question=question, options={**options, "estimator": args.estimator}, seed=args.seed,
               evaluate=args.evaluate, overlays=args.overlays)
     rows = collect(args.input, job)
@@ -495,7 +512,8 @@ def _explain(model: ClipModel, question: Question, image: ImageSource, args: arg
 
 
 def _load(args: argparse.Namespace) -> ClipModel:
-    return load(args.model, weights=args.weights, device=args.device, precision=args.precision)
+    return load(args.model, weights=args.weights, device=args.device, precision=args.precision,
+                revision=args.revision, trust_checkpoint=args.trust_checkpoint)
 
 
 def _method(args: argparse.Namespace) -> dict:

@@ -46,24 +46,26 @@ def weights_on_disk(name: str, download_root: str | None = None) -> Found | None
     return Found(Path(path), "hub cache", revision) if path else None
 
 
-def download(name: str, download_root: str | None = None, *, trust_checkpoint: bool = False) -> Found:
+def download(name: str, download_root: str | None = None, *, revision: str | None = None,
+             trust_checkpoint: bool = False) -> Found:
     """Fetch model `name`'s weights ahead of time, to where the next `load` finds them offline.
 
     For a family model, loading it is what fetches exactly the files a later load needs (weights,
     tokenizer, processor), through the library's own hub client; the hub's reachability is checked
     first, so that an offline machine gets its sentence in seconds rather than after the client's retries.
     """
-    bare, revision = split_revision(name)
+    bare, revision = split_revision(name, revision)
     family, rest = resolve(bare)
     if family is OPENAI:
         return family.adapter().download(rest, download_root, revision)
+    name = f"{bare}@{revision}" if revision else bare
     if (found := weights_on_disk(name)) is not None:
         return Found(found.path, "on disk")
     if hub_offline():
         raise ModelLoadError(f"{name} is not in the Hugging Face hub cache and HF_HUB_OFFLINE is set; "
                              "fetch it where the hub can be reached (HF_HUB_OFFLINE unset).")
     check_hub(name)
-    load(name, device="cpu", precision="fp32", trust_checkpoint=trust_checkpoint)  # a refused file is not kept
+    load(name, device="cpu", precision="fp32", trust_checkpoint=trust_checkpoint)
     found = weights_on_disk(name)
     return Found(found.path if found else Path("the library's cache"), "hub")
 

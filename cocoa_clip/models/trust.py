@@ -35,6 +35,8 @@ from .families.openai_package import clip_package
 # The bundled checkpoints are TorchScript archives (scripts/train_shapes_demo.py); pinned so they open as OpenAI's do.
 BUNDLED_SHA256 = {"shapes-demo": "336e9d6cd49304a69d0b9097af48e9c88818a987238e458f072621a138a211be"}
 TRUST_HINT = "pass --trust-checkpoint (trust_checkpoint=True) only if you trust whoever made it, as its code then runs"
+TRUST_HELP = ("UNSAFE: also open weights files that can run code (pickles with more than tensors, TorchScript "
+              "archives that are not OpenAI's); only for files whose maker you trust")
 
 
 def known_archives() -> set[str]:

@@ -52,6 +52,7 @@ from cocoa_clip.engine.images import BASELINES, default_sigma
 from cocoa_clip.engine.rise import default_batch_size
 from cocoa_clip.engine.targets import SAME_NOTE
 from cocoa_clip.models import BUNDLED, DEFAULT_MODEL, shapes
+from cocoa_clip.models.trust import TRUST_HELP
 from cocoa_clip.models.weights import report_sources
 from cocoa_clip.web import hosting
 from cocoa_clip.web import inputs as valid
@@ -739,7 +740,8 @@ def _examples(app: CocoaApp, knows_shapes: bool) -> tuple[list[list[str]], str]:
 
 
 def launch_options() -> dict:
-    """Safe launch settings (see the README); `run_history` only where this Gradio accepts it."""
+    """Safe launch settings (docs/security.md says what each guards against); `run_history` only where this
+    Gradio accepts it."""
     options = dict(ssr_mode=False, enable_monitoring=False, share=False, show_error=False,
                    max_file_size=MAX_UPLOAD, run_history=False, theme=gr.themes.Soft(), css=CSS,
                    app_kwargs={"exception_handlers": {HTTPException: valid.gradio_refusal}})
@@ -751,14 +753,16 @@ def launch_options() -> dict:
 
 
 def load_model(name: str | None = None, weights: str | None = None, device: str | None = None,
-               say: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> tuple[cc.ClipModel, str]:
+               say: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
+               trust_checkpoint: bool = False) -> tuple[cc.ClipModel, str]:
     """The model to serve, and a notice for the banner when it is not the one asked for.
 
     A model the user named (--model, --weights) must load. With nothing named, ViT-B/32 is tried and,
     when its weights cannot be had (offline), the bundled shapes-demo model runs instead, if present.
+    trust_checkpoint: --trust-checkpoint, which lets a weights file run code (cc.load's, unsafe).
     """
     if name is not None or weights is not None:
-        return cc.load(name or DEFAULT_MODEL, weights=weights, device=device), ""
+        return cc.load(name or DEFAULT_MODEL, weights=weights, device=device, trust_checkpoint=trust_checkpoint), ""
     try:
         return cc.load(DEFAULT_MODEL, device=device), ""
     except cc.ModelLoadError as error:
@@ -785,6 +789,7 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
                        "the others on first use, at most two in memory)")
     parser.add_argument("--weights", metavar="PATH", help="local checkpoint: OpenAI CLIP .pt, or one for --model "
                         "open_clip:ARCH")
+    parser.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                         help="address to listen on (0.0.0.0 serves other machines)")
@@ -819,12 +824,14 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     report_sources()  # one console line per weights source tried
     try:
         names = [name.strip() for name in (args.models or "").split(",") if name.strip()]
-        model, notice = load_model(names[0] if names else args.model, args.weights, args.device)
+        model, notice = load_model(names[0] if names else args.model, args.weights, args.device,
+                                   trust_checkpoint=args.trust_checkpoint)
     except cc.CocoaError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     hosting.remove_on_signals()  # SIGTERM too ends through atexit, which removes visitors' files
-    shelf = ModelShelf(names, lambda name: cc.load(name, device=args.device), loaded=model) if names else None
+    shelf = ModelShelf(names, lambda name: cc.load(name, device=args.device, trust_checkpoint=args.trust_checkpoint),
+                       loaded=model) if names else None
     demo = build_demo(model, notice=notice, max_masks=args.max_masks, job_seconds=args.job_seconds,
                       disk_budget_mb=args.disk_budget, shelf=shelf)
     globals()["demo"] = demo

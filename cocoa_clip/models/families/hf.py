@@ -107,9 +107,10 @@ def load(source: str, *, weights: str | os.PathLike | None, device: torch.device
             if config.model_type not in MODEL_TYPES:
                 raise ModelLoadError(f"{name} is a {config.model_type!r} model; cocoa-clip reads CLIP, SigLIP and "
                                      "SigLIP 2 models from transformers.")
-            # No remote code (its default, said aloud); safetensors first; a .bin read as tensors only unless trusted.
-            net = transformers.AutoModel.from_pretrained(source, revision=revision, trust_remote_code=False,
-                                                         weights_only=not trust)
+            # No remote code (its default, said aloud). transformers reads safetensors first and a .bin with
+            # weights_only=True by default (5.x: from_pretrained's weights_only); only trust asks otherwise.
+            unsafe = {"weights_only": False} if trust else {}
+            net = transformers.AutoModel.from_pretrained(source, revision=revision, trust_remote_code=False, **unsafe)
             processor = transformers.AutoImageProcessor.from_pretrained(source, revision=revision)
             tokenizer = transformers.AutoTokenizer.from_pretrained(source, revision=revision)
     except ModelLoadError:
