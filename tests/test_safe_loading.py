@@ -93,12 +93,13 @@ def tiny_arch(tmp_path_factory) -> str:
     return "open_clip:cocoa-tiny"
 
 
-def assert_refused(refused: pytest.ExceptionInfo, path: object, marker: pathlib.Path) -> None:
+def assert_refused(refused: pytest.ExceptionInfo, path: object, marker: pathlib.Path, trust_helps: bool = True) -> None:
     """One sentence naming the file and what to do, and no payload ran."""
     message = str(refused.value)
     assert isinstance(refused.value, UnsafeCheckpointError)
     assert message.startswith(f"Refused {path}: ") and message.endswith(".") and message.count(". ") == 0
-    assert "\n" not in message and "convert it to safetensors" in message and "--trust-checkpoint" in message
+    assert "\n" not in message and "convert it to safetensors" in message
+    assert ("--trust-checkpoint" in message) == trust_helps
     assert not marker.exists()
 
 
@@ -151,15 +152,17 @@ def test_an_open_clip_folder_with_a_payload_is_refused(tmp_path, marker):
 
 
 def test_a_transformers_folder_with_a_payload_is_refused(tmp_path, marker):
-    """A save_pretrained folder with only pytorch_model.bin: transformers reads it with weights_only=True."""
+    """A save_pretrained folder with only pytorch_model.bin: transformers reads it with weights_only=True, even
+    when trusted (so the sentence does not offer --trust-checkpoint)."""
     transformers = pytest.importorskip("transformers")
     folder = pathlib.Path(write_hf_dir(tmp_path / "hf", "clip"))
     state = transformers.CLIPModel.from_pretrained(folder).state_dict()
     (folder / "model.safetensors").unlink()
     torch.save({**state, "extra": Payload(marker)}, folder / "pytorch_model.bin")
-    with pytest.raises(UnsafeCheckpointError) as refused:
-        cc.load(f"hf:{folder}", device="cpu", precision="fp32")
-    assert_refused(refused, folder / "pytorch_model.bin", marker)
+    for trusted in (False, True):
+        with pytest.raises(UnsafeCheckpointError) as refused:
+            cc.load(f"hf:{folder}", device="cpu", precision="fp32", trust_checkpoint=trusted)
+        assert_refused(refused, folder / "pytorch_model.bin", marker, trust_helps=False)
 
 
 def test_a_hub_bin_with_a_payload_is_refused(sources, server, evil_pickle, marker):  # noqa: F811 (fixtures)
@@ -171,6 +174,28 @@ def test_a_hub_bin_with_a_payload_is_refused(sources, server, evil_pickle, marke
     assert str(refused.value).startswith("Refused ") and str(refused.value).endswith(".")
     assert "open_clip_pytorch_model.bin" in str(refused.value) and "--trust-checkpoint" in str(refused.value)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("payload", [False, True])
+def test_open_clip_hub_files_at_a_revision(payload, sources, server, tmp_path, marker):  # noqa: F811 (fixtures)
+    """open_clip:hf-hub:REPO@REV fetches its files at that revision (served on 127.0.0.1) and reads its .bin as
+    tensors only: a clean one loads and names its commit, one with a payload is refused."""
+    folder = pathlib.Path(write_open_clip_dir(tmp_path / "oc"))
+    weights = folder / "open_clip_pytorch_model.bin"
+    if payload:
+        torch.save({**torch.load(weights, weights_only=True), "extra": Payload(marker)}, weights)
+    for file in folder.iterdir():
+        server.files[f"/org/tiny/resolve/v1/{file.name}"] = file.read_bytes()
+    if payload:
+        with pytest.raises(UnsafeCheckpointError) as refused:
+            cc.load("open_clip:hf-hub:org/tiny@v1", device="cpu", precision="fp32")
+        assert "open_clip_pytorch_model.bin: it is a pickle" in str(refused.value) and not marker.exists()
+    else:
+        loaded = cc.load("open_clip:hf-hub:org/tiny@v1", device="cpu", precision="fp32").provenance
+        assert (loaded.source, loaded.revision, loaded.commit) == ("hub", "v1", "0" * 40)
+        assert loaded.sha256 == hashlib.sha256(weights.read_bytes()).hexdigest()
+    files = [path for path in server.requests if "/resolve/" in path]
+    assert files and all("/resolve/v1/" in path for path in files)
 
 
 @pytest.mark.parametrize("payload", ["evil_pickle", "evil_jit"])
@@ -223,6 +248,11 @@ def test_trust_checkpoint_opens_an_unknown_archive(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(model.encode_images(pixels), reference.encode_image(normalize(pixels)),
                                    atol=1e-5, rtol=1e-4)
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), "red").save(tmp_path / "picture.png")
+    assert cli.main(["explain", str(tmp_path / "picture.png"), "--corpus", "dog", "--foil", "cat", "--weights",
+                     str(path), "--trust-checkpoint", "--masks", "16", "--device", "cpu", "--quiet"]) == 0
 
 
 def test_the_bundled_model_is_pinned():

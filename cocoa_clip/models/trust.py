@@ -97,7 +97,7 @@ def refused_by_torch(error: BaseException) -> bool:
     """Whether a library's load failed because torch.load(weights_only=True) would not run a file's code
     (a pickle with more than tensors, or a TorchScript archive), anywhere in the error's chain."""
     while error is not None:
-        if isinstance(error, pickle.UnpicklingError) or "weights_only" in str(error):
+        if isinstance(error, pickle.UnpicklingError) or "with TorchScript archives" in str(error):
             return True
         error = error.__cause__ or error.__context__
     return False

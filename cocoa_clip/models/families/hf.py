@@ -9,8 +9,9 @@ and lower-cased for SigLIP 2, as its model card asks.
 Siglip2Model (NaFlex) takes a variable grid of patches; here it sees a square of
 sqrt(max_num_patches) x sqrt(max_num_patches) patches, which is what its processor gives square pictures.
 
-`hf:REPO_ID@REVISION` pins the hub revision. No weights file runs code (trust.py): transformers reads
-safetensors first and a .bin with torch.load(weights_only=True); a .bin that needs more is refused in a sentence.
+`hf:REPO_ID@REVISION` pins the hub revision. No weights file runs code: transformers reads safetensors
+first and a .bin with torch.load(weights_only=True), even with --trust-checkpoint; a .bin that needs more
+is refused in trust.py's sentence, which then says to convert it.
 """
 from __future__ import annotations
 
@@ -83,7 +84,7 @@ def _features(output: object) -> torch.Tensor:
 def load(source: str, *, weights: str | os.PathLike | None, device: torch.device, precision: str,
          revision: str | None = None, trust: bool = False) -> HfModel:
     """source: a hub repository id ("google/siglip-base-patch16-224") or a save_pretrained folder; revision: the
-    repository's branch, tag or commit; trust: let a .bin's pickle hold more than tensors (unsafe)."""
+    repository's branch, tag or commit. trust changes nothing: transformers reads tensors only (see below)."""
     name = f"hf:{source}"
     if weights is not None:
         raise ModelLoadError(f"{name} reads its weights from the repository or folder; drop --weights "
@@ -107,10 +108,10 @@ def load(source: str, *, weights: str | os.PathLike | None, device: torch.device
             if config.model_type not in MODEL_TYPES:
                 raise ModelLoadError(f"{name} is a {config.model_type!r} model; cocoa-clip reads CLIP, SigLIP and "
                                      "SigLIP 2 models from transformers.")
-            # No remote code (its default, said aloud). transformers reads safetensors first and a .bin with
-            # weights_only=True by default (5.x: from_pretrained's weights_only); only trust asks otherwise.
-            unsafe = {"weights_only": False} if trust else {}
-            net = transformers.AutoModel.from_pretrained(source, revision=revision, trust_remote_code=False, **unsafe)
+            # No remote code (its default, said aloud). transformers reads safetensors first, and a .bin with
+            # torch.load(weights_only=True) whatever it is asked (5.25.0's _load_pretrained_model), so `trust`
+            # cannot open more here.
+            net = transformers.AutoModel.from_pretrained(source, revision=revision, trust_remote_code=False)
             processor = transformers.AutoImageProcessor.from_pretrained(source, revision=revision)
             tokenizer = transformers.AutoTokenizer.from_pretrained(source, revision=revision)
     except ModelLoadError:
@@ -119,7 +120,7 @@ def load(source: str, *, weights: str | os.PathLike | None, device: torch.device
         if refused_by_torch(error):
             file = _weights_file(source, revision) or name
             raise refusal(file, "a TorchScript archive" if is_torchscript(file) else
-                          "a pickle that holds more than tensors") from error
+                          "a pickle that holds more than tensors", trust_helps=False) from error
         raise ModelLoadError(_advice(name, source, error)) from error
     patch_size = None
     if config.model_type == "siglip2":
