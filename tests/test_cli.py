@@ -172,6 +172,19 @@ def test_json_output_and_gradient_method(tiny_checkpoint, picture, tmp_path, cap
     answer = json.loads(capsys.readouterr().out)
     assert answer["method"] == "integrated-gradients" and isinstance(answer["score"], float)
     assert answer["question"] == '"dog" rather than the CIFAR-100 classes'
+    words = answer["zero_shot"]  # "dog" against the top 3 of the 100 CIFAR-100 classes (none is a dog), the rest summed
+    assert "dog" in words["labels"] and words["others"] == 100 - 3 and words["text"].startswith(words["pick"])
+    assert sum(words["probabilities"]) + words["others_probability"] == pytest.approx(1, abs=1e-3)
+
+
+def test_the_text_answer_gives_the_zero_shot_answer_in_words_below_the_score(tiny_checkpoint, picture, tmp_path,
+                                                                                capsys):
+    assert main(["explain", picture, "--corpus", "dog", "--foil", "cat", "--weights", tiny_checkpoint, "--masks", "16",
+                 "--out", str(tmp_path / "o.png"), "--quiet"]) == 0
+    score, words = capsys.readouterr().out.splitlines()[:2]
+    assert score.startswith("score ") and words.startswith("zero-shot answer: ")
+    assert sorted(part.rsplit(" ", 1)[0] for part in words.removeprefix("zero-shot answer: ").split(", ")) == [
+        "cat", "dog"]
 
 
 def test_auto_masks_report_masks_and_stability(tiny_checkpoint, picture, tmp_path, capsys):

@@ -546,16 +546,18 @@ def _report_explanation(answer: Explanation, image: str, paths: dict[str, str | 
         print(json.dumps({"image": image, "score": answer.score, "question": answer.question.describe(),
                           "target": args.target, "method": answer.method, "overlay": paths["out"],
                           "heatmap": paths["heatmap"], "colorbar": paths["colorbar"],
+                          "zero_shot": answer.zero_shot.to_dict() if answer.zero_shot else None,
                           "details": answer.details, "notes": list(answer.notes)}), flush=True)
         return
     indent = "  " if several else ""
     label = "contrastive corpus similarity" if args.target == "cocoa" else f"{args.target} score"
     details = answer.details
-    lines = [f"score {answer.score:+.4f}  ({label}: {answer.question.describe()})",
-             f"{answer.method}, {details['precision']} on {details['device']}, {details['seconds']:.1f} s"
-             + (f", {details['masks']} masks" if answer.method == "rise" else "")
-             + (f", stability {details['stability']:.3f}" if details.get("stability") is not None else "")
-             + ("" if details.get("complete", True) else " (the time budget ran out first)")]
+    lines = [f"score {answer.score:+.4f}  ({label}: {answer.question.describe()})"]
+    lines += [f"zero-shot answer: {answer.zero_shot.text}"] if answer.zero_shot else []
+    lines += [f"{answer.method}, {details['precision']} on {details['device']}, {details['seconds']:.1f} s"
+              + (f", {details['masks']} masks" if answer.method == "rise" else "")
+              + (f", stability {details['stability']:.3f}" if details.get("stability") is not None else "")
+              + ("" if details.get("complete", True) else " (the time budget ran out first)")]
     lines += [f"{name} -> {path}" for name, path in (("overlay", paths["out"]), ("heatmap", paths["heatmap"]),
                                                     ("colour bar", paths["colorbar"])) if path]
     print("\n".join(([image] if several else []) + [indent + line for line in lines]), flush=True)

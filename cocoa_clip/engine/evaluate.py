@@ -118,11 +118,16 @@ class CorpusProbability:
 
     def __call__(self, embeddings: torch.Tensor) -> torch.Tensor:
         """(B, D) raw image embeddings -> (B,) probabilities in [0, 1]."""
+        return self.distribution(embeddings)[:, 0]
+
+    def distribution(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """(B, D) raw image embeddings -> (B, 1 + F) probabilities of every class, the corpus first: a softmax
+        (each row sums to 1), or for sigmoid heads each class's own probability."""
         units = embeddings.float() / embeddings.float().norm(dim=-1, keepdim=True)
         logits = self.scale * units @ self.classes.T
         if self.bias is not None:
-            return torch.sigmoid(logits[:, 0] + self.bias)
-        return torch.softmax(logits, dim=-1)[:, 0]
+            return torch.sigmoid(logits + self.bias)
+        return torch.softmax(logits, dim=-1)
 
 
 def measure_of(question: Question) -> Question:
