@@ -30,6 +30,7 @@ from PIL import Image
 
 from ..errors import QuestionError, SettingsError, check_seed
 from ..models import Model, eval_mode
+from . import fonts
 from .images import Framed, ImageSource, check_baseline, frame, load_image
 from .images import baseline as baseline_of
 from .targets import Question, members, resolve
@@ -90,7 +91,7 @@ class Curves:
             axes.set_ylabel(MEASURE_LABELS[self.measure])
             axes.legend(fontsize=8)
         if title:
-            figure.suptitle(title, fontsize=10)
+            figure.suptitle(fonts.drawable(title), fontsize=10, fontfamily=fonts.families())
         figure.tight_layout()
         figure.canvas.draw()
         return Image.fromarray(np.asarray(figure.canvas.buffer_rgba())[..., :3].copy())
