@@ -34,7 +34,9 @@ def installed(tmp_path_factory) -> Path:
     python = venv / "bin" / "python"
     own = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
                          capture_output=True, text=True, check=True, timeout=60).stdout.strip()
-    (Path(own) / "running-python.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    # addsitedir, not bare paths: the .pth files in those folders (a venv's own, editable installs) run too.
+    additions = "; ".join(f"site.addsitedir({folder!r})" for folder in site.getsitepackages())
+    (Path(own) / "running-python.pth").write_text(f"import site; {additions}\n")
     pip = [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
            "--no-build-isolation", "--disable-pip-version-check", str(source)]
     result = subprocess.run(pip, capture_output=True, text=True, timeout=300)
