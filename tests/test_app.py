@@ -60,6 +60,8 @@ def test_overlay_covers_the_uploaded_picture_at_its_size(web, tiny, photo_file):
     expected = cc.explain(tiny, photo_file, cc.Question(corpus=["dog"], foil=["cat"]), masks=MASKS, cache=None)
     assert answer["score"] == f"{expected.score:+.4f}" and answer["score"] in answer["reading"]
     assert '"dog"' in answer["reading"] and '"cat"' in answer["reading"]
+    # The answer first, the map second: the model's own zero-shot answer heads the reading, above the score.
+    assert answer["reading"].startswith(f"**The model's own answer:** {expected.zero_shot.text}\n\nScore ")
     assert answer["status"].startswith(f"RISE: {MASKS} masks")
     overlay_png, heatmap_npy = map(Path, answer["files"])
     assert Image.open(overlay_png).format == "PNG" and Image.open(overlay_png).size == (70, 45)

@@ -347,6 +347,7 @@ class CocoaApp:
                          nbytes=picture.width * picture.height * 3 + sum(a.heatmap.nbytes for a in answers))
         first = answers[0]
         reading = words.reading(first) + ("" if len(answers) == 1 else f" Reverse question: {answers[1].score:+.4f}.")
+        reading = "\n\n".join(filter(None, [words.in_words(first), reading]))  # the answer first, the map second
         return (overlays[0], overlays[1] if len(answers) > 1 else None, first.colorbar(scale=scale),
                 f"{first.score:+.4f}", reading, words.status(first), files, token)
 
