@@ -26,6 +26,12 @@ class SettingsError(CocoaError):
     """A method setting (masks, seed, device, ...) is out of range."""
 
 
+def shown(value: object) -> str:
+    """A refused value as a message shows it: a whole number with thousands separators, like the limits beside it
+    ("from 1 to 100,000; got 1,000,000,000"), anything else as Python writes it."""
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else repr(value)
+
+
 def check_seed(seed: object) -> None:
     """Refuse a seed that is not a whole number from 0 to 2**63 - 1 (what torch's generators take)."""
     if isinstance(seed, bool) or not (isinstance(seed, int) and 0 <= seed < 2 ** 63):

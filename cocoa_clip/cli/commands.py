@@ -121,7 +121,7 @@ def _evaluate_command(args: argparse.Namespace) -> int:
         _make_folders([args.plot])
         curves.plot(question.describe()).save(args.plot, format="PNG")
     if args.json:
-        print(json.dumps({**curves.to_dict(), "question": question.describe(), "target": args.target,
+        print(to_json({**curves.to_dict(), "question": question.describe(), "target": args.target,
                           "method": args.method}))
     else:
         for name, value in curves.aucs().items():
@@ -150,7 +150,7 @@ def _compare_command(args: argparse.Namespace) -> int:
               "score": answer.score}
              for (caption, share), answer in zip(comparison.shares.items(), comparison.answers, strict=True)]
     if args.json:
-        print(json.dumps({"image": args.image, "captions": parts, "undecided_share": comparison.undecided_share,
+        print(to_json({"image": args.image, "captions": parts, "undecided_share": comparison.undecided_share,
                           "tie_margin": comparison.tie_margin, "overlay": paths["out"], "labels": paths["labels"],
                           "details": comparison.answers[0].details}))
         return 0
@@ -184,7 +184,7 @@ def _batch_command(args: argparse.Namespace) -> int:
                             resume=args.resume, on_result=progress)
     out = summary.out_dir
     if args.json:
-        print(json.dumps({**dataclasses.asdict(summary), "out_dir": str(out), "results": str(out / RESULTS),
+        print(to_json({**dataclasses.asdict(summary), "out_dir": str(out), "results": str(out / RESULTS),
                           "report": str(out / REPORT)}))
     else:
         print(f"{summary.rows} rows: {summary.explained} explained now, {summary.skipped} done before, "
@@ -308,7 +308,7 @@ def _report_explanation(answer: Explanation, image: str, paths: dict[str, str | 
     for note in answer.notes:
         print(f"note: {note}", file=sys.stderr)
     if args.json:
-        print(json.dumps({"image": image, "score": answer.score, "question": answer.question.describe(),
+        print(to_json({"image": image, "score": answer.score, "question": answer.question.describe(),
                           "target": args.target, "method": answer.method, "overlay": paths["out"],
                           "heatmap": paths["heatmap"], "colorbar": paths["colorbar"],
                           "zero_shot": answer.zero_shot.to_dict() if answer.zero_shot else None,
@@ -342,3 +342,19 @@ def _read_heatmap(path: str) -> np.ndarray:
     if heatmap.ndim != 2:
         raise CocoaError(f"{path} holds a {heatmap.ndim}-d array; a heatmap is 2-d (H x W).")
     return heatmap.astype(np.float32)
+
+
+def to_json(payload: object) -> str:
+    """One JSON line with every float at 7 significant digits: what float32 results carry, and no
+    0.7000000000000001 from float64 arithmetic on the way."""
+    return json.dumps(_rounded(payload))
+
+
+def _rounded(value: object) -> object:
+    if isinstance(value, float):
+        return float(f"{value:.7g}")
+    if isinstance(value, dict):
+        return {key: _rounded(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_rounded(item) for item in value]
+    return value
