@@ -34,6 +34,7 @@ import gradio as gr
 from starlette.exceptions import HTTPException
 
 import cocoa_clip as cc
+from cocoa_clip.errors import AUDIENCE
 from cocoa_clip.models import BUNDLED, DEFAULT_MODEL
 from cocoa_clip.models.weights import report_sources
 from cocoa_clip.web import hosting
@@ -125,12 +126,15 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Serve the app: `python app.py [options]` or `cocoa-clip serve [options]` (prog names the command in --help)."""
     args = parse_args(argv, prog)
     report_sources()  # one console line per weights source tried
+    audience = AUDIENCE.set("cli")  # the console's advice names this command's flags, not Python calls
     try:
         names = [name.strip() for name in (args.models or "").split(",") if name.strip()]
         model, notice = load_model(names[0] if names else args.model, args.weights, args.device)
     except cc.CocoaError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    finally:
+        AUDIENCE.reset(audience)
     hosting.remove_on_signals()  # SIGTERM too ends through atexit, which removes visitors' files
     shelf = ModelShelf(names, lambda name: cc.load(name, device=args.device), loaded=model) if names else None
     demo = build_demo(model, notice=notice, max_masks=args.max_masks, job_seconds=args.job_seconds,
