@@ -491,3 +491,11 @@ def test_zero_masks_is_auto_in_the_estimate_too(web):
     """The masks box says 0 means auto: the estimate line says what auto does rather than refusing 0."""
     assert web.estimate("rise", 0) == f"Auto: masks are drawn until the map is stable (at most {web.max_masks:,})."
     assert "or 0 for auto" in web.estimate("rise", -3)
+
+
+def test_the_servers_help_gives_each_option_a_sentence_and_no_none_default(capsys):
+    with pytest.raises(SystemExit):
+        app.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps to the terminal's width
+    assert "(default: None)" not in text and "(default 1,024)" in text
+    assert "--port PORT port to listen on (default: GRADIO_SERVER_PORT if set, else 7860)" in text
