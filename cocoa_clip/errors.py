@@ -1,6 +1,18 @@
 """The exceptions cocoa_clip raises for bad input: one sentence a person can act on."""
 from __future__ import annotations
 
+import contextvars
+
+# Who reads the messages raised in this context, so that advice names what they would type: "python" (the
+# library's callers: the default), "cli" (a command line: cocoa-clip, app.py) or "download" (`cocoa-clip download`,
+# which must not advise running itself). A surface sets it around its work and resets it after.
+AUDIENCE: contextvars.ContextVar[str] = contextvars.ContextVar("audience", default="python")
+
+
+def spelled(python: str, cli: str) -> str:
+    """A step of advice as its reader types it: a Python call for the library, flags and commands otherwise."""
+    return python if AUDIENCE.get() == "python" else cli
+
 
 class CocoaError(ValueError):
     """Base class: the message is meant for the user, not a traceback."""
@@ -28,6 +40,12 @@ class QuestionError(CocoaError):
 
 class SettingsError(CocoaError):
     """A method setting (masks, seed, device, ...) is out of range."""
+
+
+def shown(value: object) -> str:
+    """A refused value as a message shows it: a whole number with thousands separators, like the limits beside it
+    ("from 1 to 100,000; got 1,000,000,000"), anything else as Python writes it."""
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else repr(value)
 
 
 def check_seed(seed: object) -> None:

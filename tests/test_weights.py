@@ -186,10 +186,33 @@ def test_offline_gives_one_message_with_what_to_do(sources, server, monkeypatch)
         cc.load(NAME, download_root=str(sources), device="cpu")
     message = str(refused.value)
     assert server.requests == []  # nothing went to the network
-    for advice in ("HF_HUB_OFFLINE", str(sources / "ViT-B-32.pt"), "--weights PATH", "HF_ENDPOINT",
-                   "cocoa-clip download ViT-B/32", "--model shapes-demo"):
+    # From Python, the advice is Python: what a caller of cc.load would type.
+    for advice in ("HF_HUB_OFFLINE", str(sources / "ViT-B-32.pt"), "weights=PATH", "HF_ENDPOINT",
+                   'cocoa_clip.models.download("ViT-B/32")', 'cc.load("shapes-demo")'):
         assert advice in message
+    assert "--" not in message and "cocoa-clip " not in message
     assert "\n" not in message and "Traceback" not in message
+
+
+@pytest.mark.parametrize(("command", "fits", "does_not_fit"), [
+    (["explain", "photo.jpg", "--corpus", "dog", "--foil", "cat"],
+     ("--weights PATH", "cocoa-clip download ViT-B/32", "--model shapes-demo"), ("cc.load", "weights=PATH")),
+    (["download"], ("connect this machine to the internet", "HF_ENDPOINT"),
+     ("cocoa-clip download", "--model shapes-demo", "--weights", "cc.load")),
+])
+def test_offline_advice_fits_the_command(sources, server, monkeypatch, capsys, tmp_path, command, fits,
+                                        does_not_fit):
+    """The command line advises commands and flags; `download` offline does not advise `download`."""
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(weights, "default_root", lambda: sources)
+    Image.new("RGB", (8, 8)).save(tmp_path / "photo.jpg")
+    command = [part.replace("photo.jpg", str(tmp_path / "photo.jpg")) for part in command]
+    assert cli.main([*command, NAME] if command == ["download"] else [*command, "--model", NAME, "--quiet"]) == 2
+    error = capsys.readouterr().err
+    assert all(advice in error for advice in fits), error
+    assert not any(advice in error for advice in does_not_fit), error
+    with pytest.raises(cc.ModelLoadError, match=r'cc\.load\("shapes-demo"\)'):  # Python again once the command ends
+        cc.load(NAME, download_root=str(sources), device="cpu")
 
 
 def test_download_then_load_offline(sources, server, safetensors_bytes, state_dict, monkeypatch, capsys):

@@ -13,7 +13,8 @@ from pathlib import Path
 
 # (column key, header, kind): "number" columns sort numerically, with empty cells last either way.
 COLUMNS = (("index", "#", "number"), ("thumbnail", "overlay", "none"), ("image", "image", "text"),
-           ("question", "question", "text"), ("score", "score", "number"), ("top10_share", "top 10% share", "number"),
+           ("question", "question", "text"), ("zero_shot", "zero-shot answer", "text"), ("score", "score", "number"),
+           ("top10_share", "top 10% share", "number"),
            ("peak", "peak (x, y)", "none"), ("insertion_auc", "insertion AUC", "number"),
            ("deletion_auc", "deletion AUC", "number"), ("seconds", "seconds", "number"), ("error", "error", "text"))
 
@@ -65,7 +66,7 @@ def write_report(path: Path, table: Sequence[dict], manifest: dict) -> None:
     counts = manifest.get("counts", {})
     settings = manifest["settings"]
     facts = {"model": settings["model"]["weights"] or settings["model"]["name"],
-             "settings": ", ".join(f"{k} {v}" for k, v in settings["explain"].items() if v is not None),
+             "settings": ", ".join(f"{k} {v}" for k, v in _explain_settings(settings["explain"]).items()),
              "rows": counts.get("rows", len(table)),
              "failed": counts.get("failed", "?"), "engine": manifest.get("engine", "?"),
              "finished": manifest.get("finished", "?")}
@@ -85,6 +86,12 @@ def write_report(path: Path, table: Sequence[dict], manifest: dict) -> None:
 <script>{SCRIPT}</script>
 </body></html>
 """, encoding="utf-8")
+
+
+def _explain_settings(options: dict) -> dict:
+    """The explain settings that shaped the maps: those given, and the stopping rule only where masks were auto."""
+    auto_only = ("stability", "max_masks") if options.get("masks") != "auto" else ()
+    return {key: value for key, value in options.items() if value is not None and key not in auto_only}
 
 
 def _initial_sort(key: str) -> str:

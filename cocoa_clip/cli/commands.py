@@ -129,7 +129,7 @@ def _evaluate_command(args: argparse.Namespace) -> int:
         _make_folders([args.plot])
         curves.plot(question.describe()).save(args.plot, format="PNG")
     if args.json:
-        print(json.dumps({**curves.to_dict(), "question": question.describe(), "target": args.target,
+        print(to_json({**curves.to_dict(), "question": question.describe(), "target": args.target,
                           "method": args.method}))
     else:
         for name, value in curves.aucs().items():
@@ -158,7 +158,7 @@ def _compare_command(args: argparse.Namespace) -> int:
               "score": answer.score}
              for (caption, share), answer in zip(comparison.shares.items(), comparison.answers, strict=True)]
     if args.json:
-        print(json.dumps({"image": args.image, "captions": parts, "undecided_share": comparison.undecided_share,
+        print(to_json({"image": args.image, "captions": parts, "undecided_share": comparison.undecided_share,
                           "tie_margin": comparison.tie_margin, "overlay": paths["out"], "labels": paths["labels"],
                           "details": comparison.answers[0].details}))
         return 0
@@ -193,7 +193,7 @@ def _batch_command(args: argparse.Namespace) -> int:
                             resume=args.resume, on_result=progress)
     out = summary.out_dir
     if args.json:
-        print(json.dumps({**dataclasses.asdict(summary), "out_dir": str(out), "results": str(out / RESULTS),
+        print(to_json({**dataclasses.asdict(summary), "out_dir": str(out), "results": str(out / RESULTS),
                           "report": str(out / REPORT)}))
     else:
         print(f"{summary.rows} rows: {summary.explained} explained now, {summary.skipped} done before, "
@@ -318,19 +318,21 @@ def _report_explanation(answer: Explanation, image: str, paths: dict[str, str | 
     for note in answer.notes:
         print(f"note: {note}", file=sys.stderr)
     if args.json:
-        print(json.dumps({"image": image, "score": answer.score, "question": answer.question.describe(),
+        print(to_json({"image": image, "score": answer.score, "question": answer.question.describe(),
                           "target": args.target, "method": answer.method, "overlay": paths["out"],
                           "heatmap": paths["heatmap"], "colorbar": paths["colorbar"],
+                          "zero_shot": answer.zero_shot.to_dict() if answer.zero_shot else None,
                           "details": answer.details, "notes": list(answer.notes)}), flush=True)
         return
     indent = "  " if several else ""
     label = "contrastive corpus similarity" if args.target == "cocoa" else f"{args.target} score"
     details = answer.details
-    lines = [f"score {answer.score:+.4f}  ({label}: {answer.question.describe()})",
-             f"{answer.method}, {details['precision']} on {details['device']}, {details['seconds']:.1f} s"
-             + (f", {details['masks']} masks" if answer.method == "rise" else "")
-             + (f", stability {details['stability']:.3f}" if details.get("stability") is not None else "")
-             + ("" if details.get("complete", True) else " (the time budget ran out first)")]
+    lines = [f"score {answer.score:+.4f}  ({label}: {answer.question.describe()})"]
+    lines += [f"zero-shot answer: {answer.zero_shot.text}"] if answer.zero_shot else []
+    lines += [f"{answer.method}, {details['precision']} on {details['device']}, {details['seconds']:.1f} s"
+              + (f", {details['masks']} masks" if answer.method == "rise" else "")
+              + (f", stability {details['stability']:.3f}" if details.get("stability") is not None else "")
+              + ("" if details.get("complete", True) else " (the time budget ran out first)")]
     lines += [f"{name} -> {path}" for name, path in (("overlay", paths["out"]), ("heatmap", paths["heatmap"]),
                                                     ("colour bar", paths["colorbar"])) if path]
     print("\n".join(([image] if several else []) + [indent + line for line in lines]), flush=True)
@@ -350,3 +352,19 @@ def _read_heatmap(path: str) -> np.ndarray:
     if heatmap.ndim != 2:
         raise CocoaError(f"{path} holds a {heatmap.ndim}-d array; a heatmap is 2-d (H x W).")
     return heatmap.astype(np.float32)
+
+
+def to_json(payload: object) -> str:
+    """One JSON line with every float at 7 significant digits: what float32 results carry, and no
+    0.7000000000000001 from float64 arithmetic on the way."""
+    return json.dumps(_rounded(payload))
+
+
+def _rounded(value: object) -> object:
+    if isinstance(value, float):
+        return float(f"{value:.7g}")
+    if isinstance(value, dict):
+        return {key: _rounded(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_rounded(item) for item in value]
+    return value

@@ -24,6 +24,7 @@ from .gradients import GRADIENT_METHODS, GradientSettings, attribute, precision
 from .images import Framed, ImageSource, frame, load_image, unframe
 from .rise import DEFAULT_ESTIMATOR, ESTIMATORS, PassCache, Progress, RiseResult, RiseSettings, run_rise
 from .targets import Question, Target, resolve
+from .zeroshot import ZeroShot, zero_shot
 
 METHODS = ("rise",) + GRADIENT_METHODS
 FLAT_NOTE = ("The map is flat (its range is below numerical noise): no region of the picture changes the score, "
@@ -42,6 +43,8 @@ class Explanation:
     notes: things the user should know (e.g. a caption was truncated).
     content_map: (h, w) float32, the map as computed, over the picture's content box at the model's
         input (images.Framed.box); insertion and deletion rank it. None for a map read from a file.
+    zero_shot: the model's own answer to the question in words (`zero_shot.text`, e.g. "rocket 87%, woman 13%"),
+        from its zero-shot head over the corpus and the foil classes; None without a corpus and a foil, or a head.
     """
 
     heatmap: np.ndarray
@@ -52,6 +55,7 @@ class Explanation:
     details: dict = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     content_map: np.ndarray | None = None
+    zero_shot: ZeroShot | None = None
 
     def __post_init__(self) -> None:
         if render.is_flat(self.heatmap) and FLAT_NOTE not in self.notes:
@@ -143,6 +147,7 @@ def explain(
         cached = cache.get(key) if cache is not None else None
         image_embedding = cached.image_embedding if cached is not None else model.encode_canvas(framed.canvas)
         targets = [resolve(model, q, image_embedding, framing) for q in questions]  # bad questions fail before the pass
+        words = [zero_shot(model, q, image_embedding, framing) for q in questions]  # once, not at every frame
 
         def answers_of(result: RiseResult) -> list[Explanation]:
             run = result.run
@@ -151,8 +156,8 @@ def explain(
             if settings.auto:
                 details.update(auto=True, stability_target=settings.stability)
             per_answer = [{"stability": _rounded(value)} for value in result.stability.tolist()]
-            return _answers(result.maps, targets, framed, picture, image_embedding, method, model, framing, details,
-                            started, per_answer, baseline=baseline, blur_sigma=blur_sigma)
+            return _answers(result.maps, targets, words, framed, picture, image_embedding, method, model, framing,
+                            details, started, per_answer, baseline=baseline, blur_sigma=blur_sigma)
 
         on_frame = None
         if on_update is not None:
@@ -173,20 +178,22 @@ def explain(
         with torch.no_grad():  # in the precision the gradients use, so that the score and the map agree
             image_embedding = model.encode_images(framed.canvas[None].to(model.device))[0]
         targets = [resolve(model, q, image_embedding, framing) for q in questions]
+        words = [zero_shot(model, q, image_embedding, framing) for q in questions]
         results = [attribute(model, framed, t, method, settings) for t in targets]
         own = {"steps": settings.n_steps} if method == "integrated-gradients" else {
             "samples": settings.n_samples, "stdev": settings.stdev}
         details = {"convergence_delta": [d for _, d in results], "seed": seed, "precision": precision(model), **own}
-        answers = _answers([m for m, _ in results], targets, framed, picture, image_embedding, method, model, framing,
-                           details, started, baseline=baseline, blur_sigma=blur_sigma)
+        answers = _answers([m for m, _ in results], targets, words, framed, picture, image_embedding, method, model,
+                           framing, details, started, baseline=baseline, blur_sigma=blur_sigma)
     return answers[0] if single else answers
 
 
-def _answers(maps: Sequence[torch.Tensor], targets: Sequence[Target], framed: Framed, picture: Image.Image,
-             image_embedding: torch.Tensor, method: str, model: Model, framing: str, details: dict,
-             started: float, per_answer: Sequence[dict] | None = None, *, baseline: str = "blur",
-             blur_sigma: float | None = None) -> list[Explanation]:
-    """One Explanation per map and target, with the shared details (and each answer's own, if given)."""
+def _answers(maps: Sequence[torch.Tensor], targets: Sequence[Target], words: Sequence[ZeroShot | None],
+             framed: Framed, picture: Image.Image, image_embedding: torch.Tensor, method: str, model: Model,
+             framing: str, details: dict, started: float, per_answer: Sequence[dict] | None = None, *,
+             baseline: str = "blur", blur_sigma: float | None = None) -> list[Explanation]:
+    """One Explanation per map and target (with its zero-shot answer in words), with the shared details (and each
+    answer's own, if given)."""
     details = {"precision": model.precision, **details, "device": str(model.device), "framing": framing,
                "model": model.name, "provenance": dataclasses.asdict(model.provenance) if model.provenance else None,
                "baseline": baseline, "blur_sigma": blur_sigma,
@@ -195,8 +202,8 @@ def _answers(maps: Sequence[torch.Tensor], targets: Sequence[Target], framed: Fr
         Explanation(heatmap=unframe(heat, framed), score=float(target(image_embedding[None])[0]), image=picture,
                     question=target.question, method=method, notes=target.notes,
                     details={**details, **(per_answer[index] if per_answer else {})},
-                    content_map=heat.float().cpu().numpy())
-        for index, (heat, target) in enumerate(zip(maps, targets, strict=True))
+                    content_map=heat.float().cpu().numpy(), zero_shot=said)
+        for index, (heat, target, said) in enumerate(zip(maps, targets, words, strict=True))
     ]
 
 

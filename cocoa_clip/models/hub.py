@@ -5,7 +5,7 @@ import socket
 import urllib.parse
 import urllib.request
 
-from ..errors import ModelLoadError
+from ..errors import AUDIENCE, ModelLoadError, spelled
 
 
 def reachable(url: str, timeout: float = 5.0) -> None:
@@ -31,8 +31,11 @@ def check_hub(name: str) -> None:
     try:
         reachable(constants.ENDPOINT)
     except OSError as error:
-        raise ModelLoadError(f"Could not get {name}: {error}. Connect to the internet once (or run `cocoa-clip "
-                             f"download {name}` where you can), or point HF_ENDPOINT at a mirror.") from error
+        elsewhere = "" if AUDIENCE.get() == "download" else spelled(
+            f' (or run cocoa_clip.models.download("{name}") where you can)', f" (or run `cocoa-clip download {name}` "
+            "where you can)")
+        raise ModelLoadError(f"Could not get {name}: {error}. Connect to the internet once{elsewhere}, or point "
+                             "HF_ENDPOINT at a mirror.") from error
 
 
 def hub_offline() -> bool:

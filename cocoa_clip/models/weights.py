@@ -28,7 +28,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ModelLoadError
+from ..errors import AUDIENCE, ModelLoadError, spelled
 from .families.openai_package import clip_package
 from .hub import hub_first, hub_offline, reachable
 from .registry import BUNDLED
@@ -200,11 +200,20 @@ def _reason(error: BaseException) -> str:
 
 
 def _advice(name: str, root: str | os.PathLike | None, tried: dict[str, str]) -> str:
-    bundled = ", ".join(n for n, p in BUNDLED.items() if p.is_file())
-    return (
-        f"Could not get the {name} weights. Tried: {'; '.join(f'{s} ({why})' for s, why in tried.items())}. "
-        f"To fix it: run `cocoa-clip download {name}` on a machine with internet, or place the OpenAI checkpoint "
-        f"at {cache_path(name, root)}, or pass --weights PATH, or point HF_ENDPOINT at a Hugging Face mirror "
-        f"that has {HUB_REPOS.get(name, 'a copy')}"
-        + (f", or try the tool offline with the bundled model: --model {bundled}." if bundled else ".")
-    )
+    """What failed, and what to do about it in the reader's terms (errors.AUDIENCE): a download command never
+    advises downloading, and the library's callers get Python rather than flags."""
+    bundled = next((n for n, p in BUNDLED.items() if p.is_file()), None)
+    mirror = f"point HF_ENDPOINT at a Hugging Face mirror that has {HUB_REPOS.get(name, 'a copy')}"
+    if AUDIENCE.get() == "download":
+        steps = ["connect this machine to the internet (with HF_HUB_OFFLINE unset)",
+                 f"copy the OpenAI checkpoint from a machine that has it to {cache_path(name, root)}", mirror]
+    else:
+        steps = [spelled(f'run cocoa_clip.models.download("{name}") on a machine with internet',
+                         f"run `cocoa-clip download {name}` on a machine with internet"),
+                 f"place the OpenAI checkpoint at {cache_path(name, root)}",
+                 spelled("pass weights=PATH", "pass --weights PATH"), mirror]
+        if bundled:
+            steps.append(spelled(f'try the library offline with the bundled model: cc.load("{bundled}")',
+                                 f"try the tool offline with the bundled model: --model {bundled}"))
+    reasons = "; ".join(f"{source} ({why})" for source, why in tried.items())
+    return f"Could not get the {name} weights. Tried: {reasons}. To fix it: {', or '.join(steps)}."

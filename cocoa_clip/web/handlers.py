@@ -16,7 +16,7 @@ import gradio as gr
 from PIL import Image
 
 import cocoa_clip as cc
-from cocoa_clip.engine.evaluate import MEASURE_LABELS, curves_of
+from cocoa_clip.engine.evaluate import MEASURE_LABELS, alike, curves_of
 from cocoa_clip.engine.gradients import GradientSettings
 from cocoa_clip.engine.images import BASELINES
 from cocoa_clip.engine.rise import default_batch_size
@@ -252,10 +252,10 @@ class CocoaApp:
             model = self._model(answer.details["model"] if self.shelf else None)  # the model that answered
             curves = curves_of(model, answer, steps=CURVE_STEPS, measure=measure)
         aucs = curves.aucs()
-        # 4 significant digits, not 4 decimals: probabilities against 999 foils are tiny and still ordered.
-        text = (f"Curves of the {MEASURE_LABELS[measure]}. Insertion area {aucs['insertion_auc']:+.4g} "
-                f"(random order {aucs['random_insertion_auc']:+.4g}, higher is better); "
-                f"deletion area {aucs['deletion_auc']:+.4g} (random order {aucs['random_deletion_auc']:+.4g}, "
+        insertion, random_insertion, deletion, random_deletion = alike(
+            *(aucs[name] for name in ("insertion_auc", "random_insertion_auc", "deletion_auc", "random_deletion_auc")))
+        text = (f"Curves of the {MEASURE_LABELS[measure]}. Insertion area {insertion} (random order "
+                f"{random_insertion}, higher is better); deletion area {deletion} (random order {random_deletion}, "
                 f"lower is better). {curves.verdict()}")
         return curves.plot(answer.question.describe()), text
 
@@ -347,6 +347,7 @@ class CocoaApp:
                          nbytes=picture.width * picture.height * 3 + sum(a.heatmap.nbytes for a in answers))
         first = answers[0]
         reading = words.reading(first) + ("" if len(answers) == 1 else f" Reverse question: {answers[1].score:+.4f}.")
+        reading = "\n\n".join(filter(None, [words.in_words(first), reading]))  # the answer first, the map second
         return (overlays[0], overlays[1] if len(answers) > 1 else None, first.colorbar(scale=scale),
                 f"{first.score:+.4f}", reading, words.status(first), files, token)
 

@@ -193,9 +193,9 @@ def _answer(w: SimpleNamespace) -> None:
             gr.Markdown("**Foil rather than corpus**", elem_classes=["picture-title"])
             w.overlay_reverse = gr.Image(label="Foil rather than corpus", show_label=False, format="png",
                                          interactive=False, elem_id="overlay-reverse")
-    w.score = gr.Textbox(label="Score of the whole picture (the reading below says what it measures)",
+    w.reading = gr.Markdown(label="Reading", elem_id="reading")  # the model's answer in words, then the score's reading
+    w.score = gr.Textbox(label="Score of the whole picture (the reading above says what it measures)",
                          value="", interactive=False, max_lines=1, elem_id="score")
-    w.reading = gr.Markdown(label="Reading", elem_id="reading")
     w.status = gr.Markdown(label="Status", elem_id="status")
     with gr.Accordion("Raw heatmap and downloads", open=False):
         w.colorbar = gr.Image(label="Heatmap with colour bar", show_label=False, format="png",

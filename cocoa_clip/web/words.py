@@ -1,4 +1,4 @@
-"""What the page says: the choices' labels, the reading of a score, the status of a run."""
+"""What the page says: the choices' labels, the model's answer in words, the reading of a score, the status of a run."""
 from __future__ import annotations
 
 import dataclasses
@@ -31,6 +31,11 @@ def label(choices: list[tuple[str, str]], value: str) -> str:
 
 def duration(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
+def in_words(answer: cc.Explanation) -> str:
+    """The model's own zero-shot answer, first on the page ("rocket 87%, woman 13%"); empty when there is none."""
+    return f"**The model's own answer:** {answer.zero_shot.text}" if answer.zero_shot else ""
 
 
 def reading(answer: cc.Explanation) -> str:

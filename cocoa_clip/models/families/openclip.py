@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ...errors import ModelLoadError, UnsafeCheckpointError
+from ...errors import ModelLoadError, UnsafeCheckpointError, spelled
 from ..encoder import LearntHead, Model, Preprocessing
 from ..hub import check_hub, hub_cached, hub_first
 from ..trust import is_torchscript, provenance, read_state_dict, refusal, refused_by_torch, sha256
@@ -204,7 +204,8 @@ def _advice(name: str, arch: str, weights: object, error: Exception) -> str:
                 f"is it a complete checkpoint for that architecture?")
     cache = os.environ.get("HF_HUB_CACHE") or os.path.expanduser("~/.cache/huggingface/hub")
     return (f"Could not get the {name} weights or tokenizer ({type(error).__name__}). Connect to the internet once "
-            f"(open_clip caches them in {cache}), or pass --model open_clip:{arch} --weights PATH.")
+            f"(open_clip caches them in {cache}), or "
+            + spelled(f'cc.load("open_clip:{arch}", weights=PATH).', f"pass --model open_clip:{arch} --weights PATH."))
 
 
 def _package():
