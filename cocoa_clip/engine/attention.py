@@ -7,7 +7,9 @@ and explain any target of this project (targets.Target), not only a caption's si
   of the last `layers` blocks (2 by default, as LeWrapper's layer_index=-2), the target is read off that
   block's tokens through the model's own pooling and projection, and differentiated with respect to that
   block's attention only; the gradient's positive part, averaged over heads and query rows, is the
-  block's map over the patches; the maps are summed over blocks and min-max normalised.
+  block's map over the patches; the maps are summed over blocks. (LeGrad's code then min-max normalises
+  the map; here it keeps its units, and the display scales it from min to max, so a map that is zero up to
+  rounding shows as flat instead of as amplified noise.)
   Models that pool with an attention head (SigLIP) use that head's attention instead, at every block, as
   LeGrad's SigLIP code does.
 - "attention-relevance" (Chefer, Gur and Wolf, "Generic attention-model explainability", ICCV 2021; code
@@ -33,6 +35,7 @@ from .images import Framed
 from .targets import Target
 
 ATTENTION_METHODS = ("legrad", "attention-relevance")
+# cos(f(x), f(x)) is at its maximum at x: its gradient there is zero (and so is LeGrad's last block's term).
 SELF_NOTE = ("The label-free target, the picture's cosine similarity to itself, is at its maximum on the picture, so "
              "its gradient is zero and attention-relevance has nothing to weigh: use legrad, rise or "
              "integrated-gradients for it.")
@@ -74,7 +77,7 @@ def grid_map(traced: AttentionTrace, target: Target, method: str, layers: int | 
 
 
 def legrad(traced: AttentionTrace, target: Target, layers: int) -> torch.Tensor:
-    """LeGrad over the last `layers` blocks: (B, patches), min-max normalised per picture (0 where flat)."""
+    """LeGrad over the last `layers` blocks: (B, patches), in target units per unit of attention probability."""
     total = 0.0
     for attention, tokens in zip(traced.attentions[-layers:], traced.tokens[-layers:], strict=True):
         embedding, pooling = traced.readout(tokens)
@@ -87,9 +90,7 @@ def legrad(traced: AttentionTrace, target: Target, layers: int) -> torch.Tensor:
             gradient, = torch.autograd.grad(score, pooling, retain_graph=True)  # [B, H, 1, N]
             signal = gradient.float().clamp(min=0).mean(dim=1)[:, 0, traced.prefix:]
         total = total + signal
-    low = total.amin(dim=-1, keepdim=True)
-    spread = total.amax(dim=-1, keepdim=True) - low
-    return torch.where(spread > 0, (total - low) / spread.clamp_min(1e-30), torch.zeros_like(total))
+    return total
 
 
 def relevance(traced: AttentionTrace, target: Target, layers: int) -> torch.Tensor:
