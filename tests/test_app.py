@@ -18,6 +18,7 @@ from cocoa_clip.engine.explain import FLAT_NOTE
 from cocoa_clip.engine.targets import SAME_NOTE
 from cocoa_clip.web import hosting as webhost
 from cocoa_clip.web import inputs as webinputs
+from cocoa_clip.web import page
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
@@ -462,15 +463,15 @@ def test_examples_fit_the_model_and_survive_without_the_repositorys_photos(monke
     """shapes-demo gets its own scenes first; CLIP gets photos first; an installed package (no assets/) still has
     the scenes, drawn at start-up."""
     demo_model = cc.load("shapes-demo", device="cpu")
-    rows, label = app._examples(app.CocoaApp(demo_model), knows_shapes=True)
-    assert [row[1] for row in rows[:4]] == [corpus for *_, corpus, _ in app.SHAPE_EXAMPLES]
+    rows, label = page._examples(app.CocoaApp(demo_model), knows_shapes=True)
+    assert [row[1] for row in rows[:4]] == [corpus for *_, corpus, _ in page.SHAPE_EXAMPLES]
     assert all(Image.open(row[0]).size == (256, 256) for row in rows[:4]) and "shapes-demo knows" in label
-    assert Path(rows[4][0]).parent == app.ASSETS
-    rows, _ = app._examples(app.CocoaApp(tiny), knows_shapes=False)
-    assert Path(rows[0][0]).parent == app.ASSETS and rows[0][1] == "woman"
-    monkeypatch.setattr(app, "ASSETS", Path("/no/such/assets"))
-    rows, _ = app._examples(app.CocoaApp(tiny), knows_shapes=False)
-    assert len(rows) == len(app.SHAPE_EXAMPLES) and all(Path(row[0]).is_file() for row in rows)
+    assert Path(rows[4][0]).parent == page.ASSETS
+    rows, _ = page._examples(app.CocoaApp(tiny), knows_shapes=False)
+    assert Path(rows[0][0]).parent == page.ASSETS and rows[0][1] == "woman"
+    monkeypatch.setattr(page, "ASSETS", Path("/no/such/assets"))
+    rows, _ = page._examples(app.CocoaApp(tiny), knows_shapes=False)
+    assert len(rows) == len(page.SHAPE_EXAMPLES) and all(Path(row[0]).is_file() for row in rows)
 
 
 def test_gradient_and_baseline_settings_reach_the_answer(web, photo_file):

@@ -14,7 +14,8 @@ from PIL import Image
 
 import cocoa_clip as cc
 from cocoa_clip import batch
-from cocoa_clip.batch import Job, ModelSpec, collect, summarize
+from cocoa_clip.batch import Job, ModelSpec, collect
+from cocoa_clip.batch.work import summarize
 from cocoa_clip.cli import main
 
 pq = pytest.importorskip("pyarrow.parquet", reason="batch results need pyarrow (requirements-dev.txt)")
@@ -293,7 +294,7 @@ def test_the_ray_engine_gives_the_local_table(ray_instance, local_run, tmp_path)
 def test_the_progress_bar_counts_images_per_minute_and_time_left(monkeypatch, capsys):
     import tqdm
 
-    from cocoa_clip.cli import _batch_progress
+    from cocoa_clip.cli.commands import _batch_progress
 
     shown = tqdm.tqdm
     monkeypatch.setattr(tqdm, "tqdm", lambda *args, **kwargs: shown(*args, **{**kwargs, "disable": False}))

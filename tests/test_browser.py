@@ -9,10 +9,11 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest_app import REPO, app, served
+from conftest_app import REPO, served
 from PIL import Image
 
 import cocoa_clip as cc
+from cocoa_clip.web import page as web_page
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -171,7 +172,7 @@ def test_the_demo_models_own_scenes_come_first(page):
     assert "knows only coloured shapes" in page.locator("#model-banner").inner_text()
     rows = page.locator("#examples tbody tr")
     corpora = [rows.nth(i).inner_text().split() for i in range(rows.count())]
-    assert [" ".join(row[:2]) for row in corpora[:4]] == [corpus for *_, corpus, _ in app.SHAPE_EXAMPLES]
+    assert [" ".join(row[:2]) for row in corpora[:4]] == [corpus for *_, corpus, _ in web_page.SHAPE_EXAMPLES]
     assert len(corpora) > 4  # the photos follow
     rows.last.click()  # a photo: "smoke" rather than "rocket"
     sync_api.expect(page.locator("#corpus textarea")).to_have_value("smoke")

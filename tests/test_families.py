@@ -355,6 +355,7 @@ def test_wrap_refuses_bad_arguments(arguments, message):
 
 def test_the_app_offers_several_models_loads_them_on_first_use_and_names_each_answer(family_dirs, tiny, tmp_path,
                                                                                     monkeypatch):
+    from cocoa_clip.web import handlers
     from tests.conftest_app import app, write_photo
 
     names = ["tiny", f"hf:{family_dirs['hf-siglip']}", f"open_clip:local-dir:{family_dirs['open_clip']}"]
@@ -377,8 +378,8 @@ def test_the_app_offers_several_models_loads_them_on_first_use_and_names_each_an
     assert float(answers[names[1]][3]) != pytest.approx(float(answers[names[0]][3]))  # another model, another score
     latest = web.explain(photo, corpus="dog", foil="cat", masks=100, model_name=names[1])
     assert loads[3:] == [names[1]]  # hf-siglip had made room for the others, so it loads again
-    curves_of, measured = app.curves_of, []
-    monkeypatch.setattr(app, "curves_of", lambda model, *args, **options: measured.append(model.name)
+    curves_of, measured = handlers.curves_of, []
+    monkeypatch.setattr(handlers, "curves_of", lambda model, *args, **options: measured.append(model.name)
                         or curves_of(model, *args, **options))
     plot, text = web.check(latest[7])  # each visitor's latest answer; its curves use the model that gave it
     assert "Insertion area" in text and measured == [names[1]] and len(loads) == 4
