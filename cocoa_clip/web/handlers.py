@@ -261,6 +261,8 @@ class CocoaApp:
 
     def estimate(self, method: Any = "rise", masks: Any = None, *, markdown: bool = True) -> str:
         """A time estimate for a RISE run: masks divided by the throughput measured on this machine."""
+        if method in ("legrad", "attention-relevance"):
+            return "One forward and one backward pass: an answer at once (vision transformers only)."
         if method != "rise":
             return "Gradient methods: one backward pass per step, a few seconds on a GPU, longer on a CPU."
         try:
