@@ -12,8 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import torch
+
 from ..errors import SettingsError
 from ..models import Model
+from .attention import ATTENTION_METHODS
 from .evaluate import MEASURE_LABELS, MEASURES, check_steps, curves_of, measure_of
 from .explain import METHODS, explain
 from .gradients import GradientSettings
@@ -127,3 +130,13 @@ def compare_methods(
         rows.append(MethodScore(method, float(answer.details["seconds"]), aucs))
     rows.sort(key=lambda row: row.merit(rank_by), reverse=True)
     return MethodTable(tuple(rows), measures, rank_by, question.describe(), notes)
+
+
+def applicable_methods(model: Model) -> tuple[str, ...]:
+    """The methods that apply to `model`: all of METHODS where its attention can be traced (one forward pass on a
+    blank input tells), the others elsewhere."""
+    try:
+        model.attention_trace(torch.zeros(1, 3, model.n_px, model.n_px, device=model.device))
+    except SettingsError:
+        return tuple(method for method in METHODS if method not in ATTENTION_METHODS)
+    return METHODS
