@@ -487,6 +487,16 @@ def test_gradient_and_baseline_settings_reach_the_answer(web, photo_file):
     assert web.answers.get(webhost.LOCAL, default["token"])[0].details["blur_sigma"] is None
 
 
+def test_the_attention_methods_answer_in_one_pass(web, photo_file):
+    answer = ask(web, str(photo_file), method="legrad")
+    assert answer["status"].startswith("LeGrad (vision transformers): ") and "4 x 4 patches" in answer["status"]
+    assert web.answers.get(webhost.LOCAL, answer["token"])[0].method == "legrad"
+    assert web.estimate("attention-relevance").startswith("One forward and one backward pass")
+    table = web.check_methods(answer["token"], "similarity")  # every method that applies, best first
+    rows = [line.split()[0] for line in table.splitlines()[2:7]]
+    assert sorted(rows) == sorted(cc.METHODS) and "insertion area minus deletion area" in table
+
+
 def test_zero_masks_is_auto_in_the_estimate_too(web):
     """The masks box says 0 means auto: the estimate line says what auto does rather than refusing 0."""
     assert web.estimate("rise", 0) == f"Auto: masks are drawn until the map is stable (at most {web.max_masks:,})."

@@ -17,12 +17,13 @@ from ..batch import run as run_batch
 from ..engine.compare import caption_questions, compare
 from ..engine.evaluate import MEASURE_LABELS, check_steps, curves_of, insertion_deletion, measure_of
 from ..engine.explain import Explanation, explain
+from ..engine.faithfulness import compare_methods
 from ..engine.gradients import GradientSettings
 from ..engine.images import ImageSource, check_baseline, load_image
 from ..engine.render import check_style, save_npy
 from ..engine.rise import RiseSettings
 from ..engine.targets import Question
-from ..errors import CocoaError, ImageError, check_seed
+from ..errors import CocoaError, ImageError, SettingsError, check_seed
 from ..models import ClipModel, available_models, load, weights_on_disk
 from ..models import registry as families
 from ..models.trust import commit_of
@@ -108,6 +109,8 @@ def _explain_command(args: argparse.Namespace) -> int:
 def _evaluate_command(args: argparse.Namespace) -> int:
     """Insertion and deletion curves of a heatmap (computed, or read with --from-heatmap)."""
     question = _question(args)
+    if args.methods:
+        return _methods_table(args, question)
     measure_of(question)  # a corpus and a foil, checked before any work
     check_steps(args.curve_steps)
     check_seed(args.seed)
@@ -136,6 +139,17 @@ def _evaluate_command(args: argparse.Namespace) -> int:
             print(f"{name:22s} {value: .4f}")
         print(f"({MEASURE_LABELS[args.measure]}; insertion: higher is better, deletion: lower is better)")
         print(curves.verdict())
+    return 0
+
+
+def _methods_table(args: argparse.Namespace, question: Question) -> int:
+    """evaluate --methods: every method's map of the question, scored side by side (engine/faithfulness.py)."""
+    if args.from_heatmap or args.plot:
+        raise SettingsError("--methods scores the maps it computes itself; drop --from-heatmap and --plot.")
+    table = compare_methods(_load(args), args.image, question, args.methods, rank_by=args.measure,
+                            framing=args.framing, steps=args.curve_steps, seed=args.seed, masks=args.masks,
+                            gradient=_gradient(args), baseline=args.baseline)
+    print(json.dumps(table.to_dict()) if args.json else table.text())
     return 0
 
 

@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       "probability of the corpus against the foil classes (the paper's corpus "
                                       "majority probability)")
     evaluate_parser.add_argument("--plot", metavar="PNG", help="save the curves as a plot")
+    evaluate_parser.add_argument("--methods", type=method_list, default=None, metavar="M1,M2,...",
+                                 help="one table instead: each method's map scored in both measures, ranked by "
+                                      "--measure (e.g. rise,integrated-gradients,legrad,attention-relevance)")
 
     compare_parser = commands.add_parser(
         "compare", help="which of several captions each region of an image looks like", formatter_class=_Help,
@@ -218,6 +221,16 @@ def _trust_options(group: argparse._ActionsContainer) -> None:
     group.add_argument("--revision", metavar="REV", help="hub revision (branch, tag or commit) to pin; same as "
                        "NAME@REV")
     group.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
+
+
+def method_list(text: str) -> list[str]:
+    """Comma-separated method names, each one of METHODS."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    wrong = [name for name in names if name not in METHODS]
+    if not names or wrong:
+        raise argparse.ArgumentTypeError(f"{wrong[0] if wrong else text!r} is not a method; give some of "
+                                         f"{','.join(METHODS)}, separated by commas")
+    return names
 
 
 def count_or_auto(text: str) -> int | str:

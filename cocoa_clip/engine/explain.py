@@ -20,13 +20,14 @@ from PIL import Image
 from ..errors import SettingsError
 from ..models import Model
 from . import render
+from .attention import ATTENTION_METHODS, SELF_NOTE, attention_map, trace
 from .gradients import GRADIENT_METHODS, GradientSettings, attribute, precision
 from .images import Framed, ImageSource, frame, load_image, unframe
 from .rise import DEFAULT_ESTIMATOR, ESTIMATORS, PassCache, Progress, RiseResult, RiseSettings, run_rise
 from .targets import Question, Target, resolve
 from .zeroshot import ZeroShot, zero_shot
 
-METHODS = ("rise",) + GRADIENT_METHODS
+METHODS = ("rise",) + GRADIENT_METHODS + ATTENTION_METHODS
 FLAT_NOTE = ("The map is flat (its range is below numerical noise): no region of the picture changes the score, "
              "so it is shown in one colour.")
 DEFAULT_CACHE = PassCache()  # masked passes of recent pictures, so a new question costs no forward pass
@@ -63,8 +64,9 @@ class Explanation:
 
     @property
     def scale(self) -> str:
-        """The colour scale that suits the method: min-max for RISE (as in the paper), signed otherwise."""
-        return "minmax" if self.method == "rise" else "signed"
+        """The colour scale that suits the method: signed for gradient attributions, min-max otherwise (RISE, as
+        in the paper; the attention methods, whose maps are not negative)."""
+        return "signed" if self.method in GRADIENT_METHODS else "minmax"
 
     def overlay(self, *, opacity: float = 0.5, scale: str | None = None, cmap: str | None = None) -> Image.Image:
         """The heatmap over the picture, at the picture's size (RGB)."""
@@ -120,6 +122,8 @@ def explain(
     baseline: what removed pixels show, "blur" (the paper's), "mean" or "black"; blur_sigma: the
     blur's sigma in input pixels (default 5 x n_px / 224; 5 is the paper's code at any size).
     gradient: Integrated Gradients' steps, GradientSHAP's samples and noise.
+    method: "rise" (default), "integrated-gradients", "gradient-shap", or for vision transformers
+    "legrad" and "attention-relevance" (one forward pass; see engine/attention.py).
     Returns a list when given a list.
 
     >>> model = load("shapes-demo")                                         # doctest: +SKIP
@@ -173,6 +177,13 @@ def explain(
         answers = answers_of(result)
         if on_update is not None:
             on_update(answers[0] if single else answers)
+    elif method in ATTENTION_METHODS:
+        traced, image_embedding = trace(model, framed)  # the one forward pass; the score and the maps share it
+        targets = [_noted(resolve(model, q, image_embedding, framing), method) for q in questions]
+        maps = [attention_map(traced, framed, model.n_px, t, method) for t in targets]
+        answers = _answers(maps, targets, framed, picture, image_embedding, method, model, framing,
+                           {"precision": precision(model), "patch_grid": list(traced.grid)}, started,
+                           baseline=baseline, blur_sigma=blur_sigma)
     else:
         settings = dataclasses.replace(gradient, seed=seed, baseline=baseline, blur_sigma=blur_sigma)
         with torch.no_grad():  # in the precision the gradients use, so that the score and the map agree
@@ -205,6 +216,14 @@ def _answers(maps: Sequence[torch.Tensor], targets: Sequence[Target], words: Seq
                     content_map=heat.float().cpu().numpy(), zero_shot=said)
         for index, (heat, target, said) in enumerate(zip(maps, targets, words, strict=True))
     ]
+
+
+def _noted(target: Target, method: str) -> Target:
+    """The target, with a note where its gradient vanishes by construction (see attention.SELF_NOTE)."""
+    itself = target.question.target == "label-free" and target.normalize
+    if method == "attention-relevance" and itself:
+        return dataclasses.replace(target, notes=(*target.notes, SELF_NOTE))
+    return target
 
 
 def _rounded(value: float) -> float | None:

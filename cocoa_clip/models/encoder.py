@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import QuestionError
+from .tracing import AttentionTrace, no_attention
 
 # OpenAI CLIP's normalisation constants (clip/clip.py, _transform), also open_clip's and most CLIP ports'.
 MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -106,6 +107,14 @@ class Model:
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.preprocessing.normalize(pixels)
+
+    def attention_trace(self, normalised: torch.Tensor) -> AttentionTrace:
+        """One differentiable pass of a vision transformer's image tower, with its attention probabilities
+        (tracing.AttentionTrace), for the attention-based methods. normalised: (B, 3, n_px, n_px).
+
+        Families whose image tower is a ViT fill this in; other models refuse in a sentence.
+        """
+        raise no_attention(self.name, "is not a vision transformer whose attention maps cocoa-clip can reach")
 
     @property
     def weight_dtype(self) -> torch.dtype:

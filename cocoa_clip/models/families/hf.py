@@ -27,6 +27,7 @@ import torch
 from ...errors import ModelLoadError
 from ..encoder import LearntHead, Model, Preprocessing
 from ..hub import check_hub, hub_cached
+from ..tracing import AttentionTrace, differentiable_input, no_attention, pooling_head
 from ..trust import is_torchscript, provenance, refusal, refused_by_torch
 from . import ready
 
@@ -50,8 +51,12 @@ class HfModel(LearntHead, Model):
         return int(self.net.config.text_config.max_position_embeddings)
 
     def encode_normalised(self, normalised: torch.Tensor) -> torch.Tensor:
+        return _features(self.net.get_image_features(**self._pixels(normalised)))
+
+    def _pixels(self, normalised: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The image tower's inputs for normalised (B, 3, n_px, n_px) pictures."""
         if self.patch_size is None:
-            return _features(self.net.get_image_features(pixel_values=normalised))
+            return {"pixel_values": normalised}
         patch = self.patch_size
         batch, channels, height, width = normalised.shape
         rows, cols = height // patch, width // patch
@@ -60,8 +65,29 @@ class HfModel(LearntHead, Model):
         patches = patches.reshape(batch, rows * cols, patch * patch * channels)  # shape = [B, patches, p * p * 3]
         mask = torch.ones(batch, rows * cols, dtype=torch.long, device=normalised.device)
         shapes = torch.tensor([[rows, cols]] * batch, device=normalised.device)
-        return _features(self.net.get_image_features(pixel_values=patches, pixel_attention_mask=mask,
-                                                     spatial_shapes=shapes))
+        return {"pixel_values": patches, "pixel_attention_mask": mask, "spatial_shapes": shapes}
+
+    def attention_trace(self, normalised: torch.Tensor) -> AttentionTrace:
+        vision = self.net.vision_model
+        head = getattr(vision, "head", None)
+        if self.net.config.model_type != "clip" and head is None:
+            raise no_attention(self.name, "has neither a class token nor an attention-pooling head")
+        before = self.net.config._attn_implementation
+        self.net.set_attn_implementation("eager")  # the only one that returns probabilities autograd can reach
+        try:
+            output = vision(**self._pixels(differentiable_input(normalised, vision)), output_attentions=True,
+                            output_hidden_states=True)
+        finally:
+            self.net.set_attn_implementation(before)
+
+        def readout(block_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+            if head is None:  # CLIP: the class token, layer-normed, then projected (CLIPModel.get_image_features)
+                return self.net.visual_projection(vision.post_layernorm(block_tokens[:, 0])), None
+            return pooling_head(head, vision.post_layernorm(block_tokens))  # SigLIP: its pooler_output
+
+        patch = self.patch_size or int(self.net.config.vision_config.patch_size)
+        side = self.n_px // patch
+        return AttentionTrace(output.attentions, output.hidden_states[1:], readout, (side, side))
 
     def _read(self, text: str) -> str:
         return text.lower() if self.lower_case else text

@@ -11,6 +11,7 @@ from ...errors import ModelLoadError, UnsafeCheckpointError
 from .. import weights as weights_sources
 from ..encoder import LearntHead, Model, Preprocessing
 from ..registry import BUNDLED
+from ..tracing import AttentionTrace, differentiable_input, no_attention, traced_blocks
 from ..trust import provenance, read_state_dict, sha256
 from .openai_package import clip_package
 
@@ -100,6 +101,21 @@ class ClipModel(LearntHead, Model):
 
     def encode_normalised(self, normalised: torch.Tensor) -> torch.Tensor:
         return self.net.encode_image(normalised)
+
+    def attention_trace(self, normalised: torch.Tensor) -> AttentionTrace:
+        visual = getattr(self.net, "visual", None)
+        blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
+        if blocks is None:
+            raise no_attention(self.name, "has no vision transformer (its image tower is a ResNet or another network)")
+        with traced_blocks(list(blocks), batch_first=False) as (attentions, tokens):  # clip's ViT runs in LND
+            self.net.encode_image(differentiable_input(normalised, visual))
+
+        def readout(block_tokens: torch.Tensor) -> tuple[torch.Tensor, None]:
+            pooled = visual.ln_post(block_tokens[:, 0, :])  # the class token, as VisionTransformer.forward
+            return (pooled @ visual.proj if visual.proj is not None else pooled), None
+
+        side = int(visual.input_resolution) // int(visual.conv1.kernel_size[0])
+        return AttentionTrace(attentions, tokens, readout, (side, side))
 
     def token_ids(self, text: str) -> tuple[int, ...]:
         tokenizer = clip_package().clip._tokenizer

@@ -25,6 +25,7 @@ import torch
 from ...errors import ModelLoadError, UnsafeCheckpointError, spelled
 from ..encoder import LearntHead, Model, Preprocessing
 from ..hub import check_hub, hub_cached, hub_first
+from ..tracing import AttentionTrace, differentiable_input, no_attention, traced_blocks
 from ..trust import is_torchscript, provenance, read_state_dict, refusal, refused_by_torch, sha256
 from ..weights import HUB_FILES
 from . import ready
@@ -46,6 +47,25 @@ class OpenClipModel(LearntHead, Model):
 
     def encode_normalised(self, normalised: torch.Tensor) -> torch.Tensor:
         return self.net.encode_image(normalised)
+
+    def attention_trace(self, normalised: torch.Tensor) -> AttentionTrace:
+        visual = self.net.visual
+        blocks = list(getattr(getattr(visual, "transformer", None), "resblocks", ()))
+        if not blocks:  # open_clip's timm towers (its SigLIP models) and ResNets
+            raise no_attention(self.name, "has an image tower from timm or a ResNet, not open_clip's own "
+                                          "vision transformer (for SigLIP, load it with hf:)")
+        plain = all(isinstance(block.attn, torch.nn.MultiheadAttention) for block in blocks)
+        if not plain or visual.attn_pool is not None or visual.pool_type != "tok":
+            raise no_attention(self.name, "pools its tokens or attends in a way other than open_clip's CLIP "
+                                          "vision transformer (class token, standard attention)")
+        with traced_blocks(blocks, batch_first=visual.transformer.batch_first) as (attentions, tokens):
+            self.net.encode_image(differentiable_input(normalised, visual))
+
+        def readout(block_tokens: torch.Tensor) -> tuple[torch.Tensor, None]:
+            pooled, _ = visual._pool(block_tokens)  # open_clip's own: the class token and ln_post, in its order
+            return (pooled @ visual.proj if visual.proj is not None else pooled), None
+
+        return AttentionTrace(attentions, tokens, readout, tuple(visual.grid_size))
 
     def token_ids(self, text: str) -> tuple[int, ...]:
         tokenizer = self.tokenizer
