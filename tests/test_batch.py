@@ -305,3 +305,19 @@ def test_the_progress_bar_counts_images_per_minute_and_time_left(monkeypatch, ca
     assert re.search(r"3/4 images \|.*\| \d\d:\d\d<\d\d:\d\d left, [\d.]+ images/min", line), line
     with _batch_progress(4, quiet=True) as update:
         assert update is None
+
+
+@pytest.mark.parametrize("baseline", ["blur", "mean", "black"])
+def test_batch_evaluate_gives_the_areas_of_cocoa_clip_evaluate(baseline, tiny_checkpoint, tmp_path, capsys):
+    """One function serves both: the answer's own baseline and its map as computed (content map)."""
+    picture = tmp_path / "wide.png"  # not square: the pad framing's content box differs from the picture
+    Image.fromarray(np.random.default_rng(8).integers(0, 256, (30, 52, 3), dtype=np.uint8)).save(picture)
+    job = job_for(tmp_path / "out", tiny_checkpoint, options={"masks": MASKS, "baseline": baseline}, evaluate=True)
+    batch.run(collect(str(picture), job), job)
+    [row] = read(tmp_path / "out")
+    assert main(["evaluate", str(picture), "--corpus", "dog", "--foil", "cat", "--weights", tiny_checkpoint,
+                 "--device", "cpu", "--precision", "fp32", "--masks", str(MASKS), "--baseline", baseline,
+                 "--json"]) == 0
+    cli = json.loads(capsys.readouterr().out)
+    assert (row["insertion_auc"], row["deletion_auc"]) == pytest.approx(
+        (cli["insertion_auc"], cli["deletion_auc"]), abs=1e-6)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine.evaluate import insertion_deletion
+from ..engine.evaluate import curves_of
 from ..engine.explain import explain
 from ..engine.images import load_image
 from ..engine.render import save_heatmap
@@ -65,9 +65,8 @@ def _explain(model: ClipModel, job: Job, row: dict) -> dict:
     result = {"score": answer.score, "heatmap": paths["heatmap"], "overlay": paths["overlay"] if job.overlays else "",
               "peak_x": peak_x, "peak_y": peak_y, "top10_share": share, "masks": answer.details.get("masks", 0)}
     if job.evaluate:
-        curves = insertion_deletion(model, answer.image, answer.heatmap, question,
-                                    framing=job.options.get("framing", "pad"), seed=int(row["seed"]))
-        aucs = curves.aucs()
+        # What `cocoa-clip evaluate` and the app give: the answer's framing, baseline and map as computed.
+        aucs = curves_of(model, answer, seed=int(row["seed"])).aucs()
         result.update(insertion_auc=aucs["insertion_auc"], deletion_auc=aucs["deletion_auc"])
     return result
 
