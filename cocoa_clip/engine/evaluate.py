@@ -189,7 +189,7 @@ def insertion_deletion(
                             f"but the image is {picture.width}x{picture.height}.")
     framed = frame(picture, model.preprocessing, framing)
     content = framed.content.to(model.device)
-    removed = baseline_of(content, model.n_px, baseline, blur_sigma)
+    removed = baseline_of(content, model.preprocessing, baseline, blur_sigma)
     target = measure_score(model, question, measure, framing)
 
     ranking = content_ranking(heatmap, framed) if content_map is None else native_ranking(content_map, framed)

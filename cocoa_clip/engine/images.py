@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageError, SettingsError
-from ..models.encoder import MEAN, Preprocessing
+from ..models.encoder import Preprocessing
 
 FRAMINGS = ("pad", "model", "squash")
 FRAMING_ALIASES = {"crop": "model"}  # the name before other families came: CLIP's own preprocessing is a crop
@@ -244,16 +244,20 @@ def default_sigma(n_px: int) -> float:
     return 5.0 * n_px / 224
 
 
-def baseline(content: torch.Tensor, n_px: int, kind: str = "blur", sigma: float | None = None) -> torch.Tensor:
+def baseline(content: torch.Tensor, preprocessing: Preprocessing | int, kind: str = "blur",
+             sigma: float | None = None) -> torch.Tensor:
     """What "removed" pixels show, for RISE, gradients and insertion/deletion: content's shape.
 
-    kind: "blur" (the paper's; `sigma` as in `blur`), "mean" (CLIP's mean colour, zero after
-    normalisation, as the padding) or "black".
+    preprocessing: the model's (`model.preprocessing`); a bare n_px means OpenAI CLIP's at that size.
+    kind: "blur" (the paper's; `sigma` as in `blur`), "mean" (the model's own normalisation mean, so
+    zero after its normalisation, as the padding) or "black".
     """
     check_baseline(kind, sigma)
+    if isinstance(preprocessing, int):
+        preprocessing = Preprocessing(preprocessing)
     if kind == "blur":
-        return blur(content, n_px, sigma)
-    colour = content.new_tensor(MEAN if kind == "mean" else (0.0, 0.0, 0.0)).view(3, 1, 1)
+        return blur(content, preprocessing.n_px, sigma)
+    colour = content.new_tensor(preprocessing.mean if kind == "mean" else (0.0, 0.0, 0.0)).view(3, 1, 1)
     return colour.expand(content.shape).clone()
 
 
