@@ -32,7 +32,7 @@ def read_row(row: dict) -> dict:
 def explain_row(model: ClipModel, job: Job, row: dict) -> dict:
     """Explain one read row with cc.explain; write its heatmap (and thumbnail, overlay); return its result row."""
     started = time.perf_counter()
-    result = {name: row[name] for name in ("image", "corpus", "foil", "foil_preset", "target")}
+    result = {name: row[name] for name in ("image", "stamp", "corpus", "foil", "foil_preset", "target")}
     result.update(seed=int(row["seed"]), method=job.options.get("method", "rise"), score=math.nan, heatmap="",
                   overlay="", peak_x=-1, peak_y=-1, top10_share=math.nan, masks=0, error=str(row["error"]))
     if job.evaluate:

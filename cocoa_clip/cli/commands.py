@@ -187,8 +187,10 @@ def _batch_command(args: argparse.Namespace) -> int:
         print(json.dumps({**dataclasses.asdict(summary), "out_dir": str(out), "results": str(out / RESULTS),
                           "report": str(out / REPORT)}))
     else:
+        dropped = (f"; {summary.dropped} earlier results dropped, their pictures no longer in {args.input} "
+                   "(deleted, changed or renamed)" if summary.dropped else "")
         print(f"{summary.rows} rows: {summary.explained} explained now, {summary.skipped} done before, "
-              f"{summary.failed} failed{' (see the error column)' if summary.failed else ''}; "
+              f"{summary.failed} failed{' (see the error column)' if summary.failed else ''}{dropped}; "
               f"{summary.seconds:.1f} s\nresults -> {out / RESULTS}\nreport -> {out / REPORT}")
     if summary.failed:
         print(f"error: {summary.failed} of {summary.rows} rows failed", file=sys.stderr)
