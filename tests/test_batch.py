@@ -6,8 +6,8 @@ import json
 import math
 import re
 import subprocess
-from importlib import metadata
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +18,8 @@ import cocoa_clip as cc
 from cocoa_clip import batch
 from cocoa_clip.batch import Job, ModelSpec, collect
 from cocoa_clip.batch.work import summarize
-from cocoa_clip.engine.evaluate import curves_of
 from cocoa_clip.cli import main
+from cocoa_clip.engine.evaluate import curves_of
 
 pq = pytest.importorskip("pyarrow.parquet", reason="batch results need pyarrow (requirements-dev.txt)")
 MASKS = 24
