@@ -249,3 +249,16 @@ def test_rise_gradients_and_curves_remove_pixels_to_the_models_own_mean(method, 
     pictures = torch.cat(seen)  # shape = [N, 3, 32, 32]
     removed = (pictures.abs() < 1e-5).all(dim=1).float().mean((1, 2))  # share of each picture at zero
     assert removed.max() > 0.2  # insertion's start, IG's baseline, a sparse mask: a fifth of it or more
+
+
+def test_a_float_tiff_is_read_in_its_own_units_as_a_16_bit_png_of_the_same_picture(tmp_path):
+    """A 32-bit float TIFF holding 0.12..0.41 is a dark picture (31..105), not one stretched to 73..255."""
+    values = np.linspace(0.12, 0.41, 12 * 16, dtype=np.float32).reshape(12, 16)
+    Image.fromarray(values, mode="F").save(tmp_path / "dark.tif")
+    Image.fromarray((values * 65535).round().astype(np.uint16)).save(tmp_path / "dark.png")
+    assert Image.open(tmp_path / "dark.tif").mode == "F"
+    pixels = np.asarray(load_image(tmp_path / "dark.tif"))
+    assert (pixels.min(), pixels.max()) == (31, 105)
+    np.testing.assert_array_equal(pixels, np.asarray(load_image(tmp_path / "dark.png")))
+    Image.fromarray(values * 255, mode="F").save(tmp_path / "bright.tif")  # floats above 1 are 0..255
+    np.testing.assert_array_equal(np.asarray(load_image(tmp_path / "bright.tif")), pixels)

@@ -41,9 +41,10 @@ def load_image(source: ImageSource, max_pixels: int = MAX_PIXELS) -> Image.Image
     """Read an image as 8-bit RGB, upright as its EXIF orientation says.
 
     Accepts a path, encoded bytes, a PIL image or an (H, W[, C]) array: uint8, uint16 (0..65535),
-    other integers (0..255), bool, or float (0..1; 0..255 when any value exceeds 1).
-    Grayscale, palette, 16-bit and CMYK images are converted; transparency is composited
-    on white. Raises ImageError with a plain sentence for anything unreadable.
+    other integers (0..255), bool, or float (0..1; 0..255 when any value exceeds 1). Float image
+    files (PIL mode F, e.g. a 32-bit TIFF) are read like float arrays, in their own units, never
+    stretched by their own maximum. Grayscale, palette, 16-bit and CMYK images are converted;
+    transparency is composited on white. Raises ImageError with a plain sentence for anything unreadable.
     """
     if isinstance(source, Image.Image):
         image = source
@@ -118,11 +119,13 @@ def _from_array(array: np.ndarray) -> Image.Image:
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        # PIL's convert("RGB") clips 16-bit values at 255; rescale to 8 bits instead.
+        # PIL's convert("RGB") clips 16-bit values at 255; rescale to 8 bits instead. Floats as float arrays:
+        # 0..1, or 0..255 when any value exceeds 1 (their own units, so a dark picture stays dark).
         values = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
         if image.mode == "F":
-            top = max(values.max(initial=0), 1e-12)
+            top = 1.0 if values.max(initial=0) <= 1.0 else 255.0
+        else:
+            top = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
         image = Image.fromarray(np.clip(values / top * 255.0, 0, 255).round().astype(np.uint8))
     if image.mode == "P":
         image = image.convert("RGBA")
