@@ -1,6 +1,11 @@
 """The exceptions cocoa_clip raises for bad input: one sentence a person can act on."""
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
+from collections.abc import Iterator
+
 
 class CocoaError(ValueError):
     """Base class: the message is meant for the user, not a traceback."""
@@ -24,6 +29,22 @@ class QuestionError(CocoaError):
 
 class SettingsError(CocoaError):
     """A method setting (masks, seed, device, ...) is out of range."""
+
+
+class DiskFullError(CocoaError):
+    """A file could not be written because its disk is full (ENOSPC)."""
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike) -> Iterator[None]:
+    """Around the writing of `path`: a full disk becomes one sentence that names the file (the OSError does not)."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        raise DiskFullError(f"The disk is full: {os.fspath(path)} could not be written; free some space, "
+                            "or write somewhere else.") from error
 
 
 def check_seed(seed: object) -> None:

@@ -1,6 +1,7 @@
 """Batch jobs: rows from folders and tables, results equal to cc.explain, resume, both engines, the report."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -410,3 +411,19 @@ def test_a_damaged_part_file_is_set_aside_and_its_rows_redone(tiny_checkpoint, t
     [message] = caplog.messages
     assert f"{part.name} could not be read" in message and "set aside as" in message and "\n" not in message
     assert (tmp_path / "out" / (part.name + ".damaged")).is_file() and len(read(tmp_path / "out")) == 2
+
+
+@pytest.mark.parametrize("broken, written", [("pyarrow.parquet.write_table", "parts/part-"),
+                                             ("numpy.save", "heatmaps/a-")])
+def test_a_full_disk_stops_the_batch_in_one_sentence_naming_the_file(broken, written, tiny_checkpoint, tmp_path,
+                                                                     monkeypatch, capsys):
+    folder = two_pictures(tmp_path / "in")
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(broken, no_space)
+    assert main(["batch", str(folder), "--out-dir", str(tmp_path / "out"), "--corpus", "dog", "--foil", "cat",
+                 "--weights", tiny_checkpoint, "--masks", "8", "--quiet"]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: The disk is full: {tmp_path / 'out' / written}") and "could not be written" in line

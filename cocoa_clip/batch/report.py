@@ -11,6 +11,8 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..errors import writing
+
 # (column key, header, kind): "number" columns sort numerically, with empty cells last either way.
 COLUMNS = (("index", "#", "number"), ("thumbnail", "overlay", "none"), ("image", "image", "text"),
            ("question", "question", "text"), ("score", "score", "number"), ("top10_share", "top 10% share", "number"),
@@ -75,7 +77,13 @@ def write_report(path: Path, table: Sequence[dict], manifest: dict) -> None:
         facts["dropped"] = (f"{counts['dropped']} earlier results, whose picture is no longer in the input "
                             "(deleted, changed or renamed)")
     summary = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(str(v))}</dd>" for k, v in facts.items())
-    path.write_text(f"""<!doctype html>
+    with writing(path):
+        path.write_text(_page(summary, head, body), encoding="utf-8")
+
+
+def _page(summary: str, head: str, body: str) -> str:
+    """The whole page: the facts (<dt>/<dd> pairs), the table's header cells and its rows."""
+    return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>cocoa-clip batch report</title>
 <style>{STYLE}</style></head>
 <body>
@@ -89,7 +97,7 @@ def write_report(path: Path, table: Sequence[dict], manifest: dict) -> None:
 </tbody></table>
 <script>{SCRIPT}</script>
 </body></html>
-""", encoding="utf-8")
+"""
 
 
 def _initial_sort(key: str) -> str:

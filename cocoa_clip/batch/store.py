@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import SettingsError
+from ..errors import SettingsError, writing
 from .job import Job, pyarrow_module, row_key
 
 FLUSH_ROWS, FLUSH_SECONDS = 64, 10.0
@@ -65,7 +65,8 @@ def now() -> str:
 
 def write_json(path: Path, value: dict) -> None:
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(value, indent=2, default=str) + "\n")
+    with writing(path):
+        temporary.write_text(json.dumps(value, indent=2, default=str) + "\n")
     os.replace(temporary, path)
 
 
@@ -143,5 +144,6 @@ class ResultStore:
     def _write(self, path: Path, rows: list[dict]) -> None:
         pa = pyarrow_module()
         temporary = path.with_name(path.name + ".tmp")
-        pa.parquet.write_table(pa.Table.from_pylist(rows, schema=self.schema), temporary)
+        with writing(path):
+            pa.parquet.write_table(pa.Table.from_pylist(rows, schema=self.schema), temporary)
         os.replace(temporary, path)

@@ -12,7 +12,7 @@ from ..engine.evaluate import curves_of
 from ..engine.explain import explain
 from ..engine.images import load_image
 from ..engine.render import save_heatmap
-from ..errors import CocoaError
+from ..errors import CocoaError, DiskFullError, writing
 from ..models import ClipModel
 from .job import Job, outputs
 
@@ -40,6 +40,8 @@ def explain_row(model: ClipModel, job: Job, row: dict) -> dict:
     if not result["error"]:
         try:
             result.update(_explain(model, job, row))
+        except DiskFullError:
+            raise  # not the row's fault: the job stops, with the sentence that names the file
         except (CocoaError, OSError) as problem:
             result["error"] = str(problem)
     result["seconds"] = time.perf_counter() - started
@@ -58,9 +60,11 @@ def _explain(model: ClipModel, job: Job, row: dict) -> dict:
     save_heatmap(folder / paths["heatmap"], answer.heatmap)
     overlay = answer.overlay()
     if job.overlays:
-        overlay.save(folder / paths["overlay"], format="PNG")
+        with writing(folder / paths["overlay"]):
+            overlay.save(folder / paths["overlay"], format="PNG")
     overlay.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
-    overlay.save(folder / paths["thumbnail"], format="JPEG", quality=85)
+    with writing(folder / paths["thumbnail"]):
+        overlay.save(folder / paths["thumbnail"], format="JPEG", quality=85)
     peak_x, peak_y, share = summarize(answer.heatmap)
     result = {"score": answer.score, "heatmap": paths["heatmap"], "overlay": paths["overlay"] if job.overlays else "",
               "peak_x": peak_x, "peak_y": peak_y, "top10_share": share, "masks": answer.details.get("masks", 0)}

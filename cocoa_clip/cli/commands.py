@@ -22,7 +22,7 @@ from ..engine.images import ImageSource, check_baseline, load_image
 from ..engine.render import check_style, save_npy
 from ..engine.rise import RiseSettings
 from ..engine.targets import Question
-from ..errors import CocoaError, ImageError, check_seed
+from ..errors import CocoaError, ImageError, check_seed, writing
 from ..models import ClipModel, available_models, load, weights_on_disk
 from ..models import registry as families
 
@@ -119,7 +119,8 @@ def _evaluate_command(args: argparse.Namespace) -> int:
         curves = curves_of(model, answer, **options)  # its map as computed, with its own baseline
     if args.plot:
         _make_folders([args.plot])
-        curves.plot(question.describe()).save(args.plot, format="PNG")
+        with writing(args.plot):
+            curves.plot(question.describe()).save(args.plot, format="PNG")
     if args.json:
         print(json.dumps({**curves.to_dict(), "question": question.describe(), "target": args.target,
                           "method": args.method}))
@@ -143,7 +144,8 @@ def _compare_command(args: argparse.Namespace) -> int:
         comparison = compare(model, picture, args.caption, template=args.template, progress=progress,
                              tie_margin=args.tie_margin, **_method(args))
     _make_folders(paths.values())
-    comparison.overlay(opacity=args.opacity).save(paths["out"], format="PNG")
+    with writing(paths["out"]):
+        comparison.overlay(opacity=args.opacity).save(paths["out"], format="PNG")
     if paths["labels"]:
         save_npy(paths["labels"], comparison.labels.astype(np.int16))
     parts = [{"caption": caption, "share": share, "decided_share": comparison.decided_shares[caption],
@@ -306,7 +308,8 @@ def _report_explanation(answer: Explanation, image: str, paths: dict[str, str | 
     style = {"opacity": args.opacity, "scale": None if args.scale == "auto" else args.scale, "cmap": args.cmap}
     answer.save(overlay=paths["out"], heatmap=paths["heatmap"], **style)
     if paths["colorbar"]:
-        answer.colorbar(scale=style["scale"], cmap=args.cmap).save(paths["colorbar"], format="PNG")
+        with writing(paths["colorbar"]):
+            answer.colorbar(scale=style["scale"], cmap=args.cmap).save(paths["colorbar"], format="PNG")
     for note in answer.notes:
         print(f"note: {note}", file=sys.stderr)
     if args.json:
