@@ -288,7 +288,9 @@ def test_foil_and_preset_are_exclusive(picture):
 
 def test_models_lists_clip_names(capsys):
     assert main(["models"]) == 0
-    assert "ViT-B/32" in capsys.readouterr().out.split()
+    listing = capsys.readouterr().out
+    assert "ViT-B/32" in listing.split()
+    assert "note: SigLIP 2 (Siglip2Model, NaFlex) sees a square grid of patches: --framing model squashes" in listing
 
 
 def test_every_option_shows_its_default():

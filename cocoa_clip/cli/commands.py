@@ -40,6 +40,8 @@ def models_command(every: bool = False) -> int:
     cached = families.cached_names()
     for family in families.FAMILIES:
         print(f"{family.names}  {family.title}, e.g. --model {family.example} (needs {family.package})")
+        if family.note:
+            print(f"  note: {family.note}")
         if family.prefix == "open_clip" and every:
             import open_clip
 

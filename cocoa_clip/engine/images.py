@@ -7,7 +7,9 @@ Framing is how a photo of any shape becomes the model's n_px x n_px input:
   nothing distorted, so the heatmap covers the whole photo at its own aspect ratio.
 - "model" (alias "crop"): the model's own preprocessing, as its library does it: for CLIP short
   side to n_px and centre crop (the heatmap covers the crop only; pixels outside it are NaN),
-  for SigLIP the whole photo squashed to the square; with the model's interpolation.
+  for SigLIP the whole photo squashed to the square; with the model's interpolation. SigLIP 2
+  (NaFlex) is squashed too, where its own processor keeps the aspect ratio (a grid of patches
+  of the picture's shape): "pad" keeps it undistorted.
 - "squash": the whole photo resized to the square, aspect ratio ignored.
 
 RISE masks are laid over the photo's content box only, so its 7x7 grid follows the photo
