@@ -9,6 +9,16 @@ COCOA (Contrastive Corpus Attribution, Lin et al., ICLR 2023) on CLIP, in four l
 
 Other models by name prefix, `cc.load("open_clip:ViT-B-32:laion2b_s34b_b79k")` or
 `cc.load("hf:google/siglip-base-patch16-224")`, and any image encoder with `cc.wrap(encoder, n_px=..., ...)`.
+
+The data flow one way, each step a module of engine/:
+
+    captions -> text embeddings -> contrastive direction              (targets)
+    picture -> framed canvas -> masked batch -> image embeddings      (images, masks, rise)
+    embeddings . direction -> scores -> heatmap -> overlay            (rise, images, render)
+
+Folders: models/ (what the engine needs of a model, the families that provide it, where weights come
+from), engine/ (the pipeline above, gradients, evaluate, compare), and the surfaces on top of both:
+cli/, batch/ and web/. Imports run surfaces -> engine -> models, never back.
 """
 from .engine.compare import Comparison, compare
 from .engine.evaluate import MEASURES, Curves, insertion_deletion
