@@ -23,7 +23,7 @@ from ..engine.images import ImageSource, check_baseline, load_image
 from ..engine.render import check_style, save_npy
 from ..engine.rise import RiseSettings
 from ..engine.targets import Question
-from ..errors import CocoaError, ImageError, SettingsError, check_seed
+from ..errors import CocoaError, ImageError, SettingsError, check_seed, writing
 from ..models import ClipModel, available_models, load, weights_on_disk
 from ..models import registry as families
 from ..models.trust import commit_of
@@ -49,6 +49,8 @@ def models_command(every: bool = False) -> int:
     cached = families.cached_names()
     for family in families.FAMILIES:
         print(f"{family.names}  {family.title}, e.g. --model {family.example} (needs {family.package})")
+        if family.note:
+            print(f"  note: {family.note}")
         if family.prefix == "open_clip" and every:
             import open_clip
 
@@ -130,7 +132,8 @@ def _evaluate_command(args: argparse.Namespace) -> int:
         curves = curves_of(model, answer, **options)  # its map as computed, with its own baseline
     if args.plot:
         _make_folders([args.plot])
-        curves.plot(question.describe()).save(args.plot, format="PNG")
+        with writing(args.plot):
+            curves.plot(question.describe()).save(args.plot, format="PNG")
     if args.json:
         print(to_json({**curves.to_dict(), "question": question.describe(), "target": args.target,
                           "method": args.method}))
@@ -165,7 +168,8 @@ def _compare_command(args: argparse.Namespace) -> int:
         comparison = compare(model, picture, args.caption, template=args.template, progress=progress,
                              tie_margin=args.tie_margin, **_method(args))
     _make_folders(paths.values())
-    comparison.overlay(opacity=args.opacity).save(paths["out"], format="PNG")
+    with writing(paths["out"]):
+        comparison.overlay(opacity=args.opacity).save(paths["out"], format="PNG")
     if paths["labels"]:
         save_npy(paths["labels"], comparison.labels.astype(np.int16))
     parts = [{"caption": caption, "share": share, "decided_share": comparison.decided_shares[caption],
@@ -210,8 +214,10 @@ def _batch_command(args: argparse.Namespace) -> int:
         print(to_json({**dataclasses.asdict(summary), "out_dir": str(out), "results": str(out / RESULTS),
                           "report": str(out / REPORT)}))
     else:
+        dropped = (f"; {summary.dropped} earlier results dropped, their pictures no longer in {args.input} "
+                   "(deleted, changed or renamed)" if summary.dropped else "")
         print(f"{summary.rows} rows: {summary.explained} explained now, {summary.skipped} done before, "
-              f"{summary.failed} failed{' (see the error column)' if summary.failed else ''}; "
+              f"{summary.failed} failed{' (see the error column)' if summary.failed else ''}{dropped}; "
               f"{summary.seconds:.1f} s\nresults -> {out / RESULTS}\nreport -> {out / REPORT}")
     if summary.failed:
         print(f"error: {summary.failed} of {summary.rows} rows failed", file=sys.stderr)
@@ -328,7 +334,8 @@ def _report_explanation(answer: Explanation, image: str, paths: dict[str, str | 
     style = {"opacity": args.opacity, "scale": None if args.scale == "auto" else args.scale, "cmap": args.cmap}
     answer.save(overlay=paths["out"], heatmap=paths["heatmap"], **style)
     if paths["colorbar"]:
-        answer.colorbar(scale=style["scale"], cmap=args.cmap).save(paths["colorbar"], format="PNG")
+        with writing(paths["colorbar"]):
+            answer.colorbar(scale=style["scale"], cmap=args.cmap).save(paths["colorbar"], format="PNG")
     for note in answer.notes:
         print(f"note: {note}", file=sys.stderr)
     if args.json:

@@ -179,7 +179,8 @@ def _method_options(parser: argparse.ArgumentParser, estimator: bool) -> None:
                      help="with --masks auto: the most masks to draw (default: 20000 on a GPU, 4000 on a CPU)")
     how.add_argument("--seed", type=int, default=0, help="random seed of the masks / noise")
     how.add_argument("--baseline", choices=BASELINES, default="blur",
-                     help="what removed pixels show: the blurred picture (the paper's), CLIP's mean colour, or black")
+                     help="what removed pixels show: the blurred picture (the paper's), the model's mean colour "
+                          "(zero after its normalisation), or black")
     how.add_argument("--blur-sigma", type=float, default=None, metavar="PIXELS",
                      help="the blur's sigma in pixels of the model's input (default: 5 x input size / 224; "
                           "5 reproduces the paper's code, kernel 21, at any size)")

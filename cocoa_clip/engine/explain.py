@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import SettingsError
+from ..errors import SettingsError, writing
 from ..models import Model
 from . import render
 from .attention import ATTENTION_METHODS, SELF_NOTE, attention_map, trace
@@ -81,7 +81,8 @@ class Explanation:
              **style: object) -> None:
         """Write the overlay as PNG and/or the raw heatmap as float32 .npy."""
         if overlay is not None:
-            self.overlay(**style).save(overlay, format="PNG")
+            with writing(overlay):
+                self.overlay(**style).save(overlay, format="PNG")
         if heatmap is not None:
             render.save_heatmap(heatmap, self.heatmap)
 

@@ -60,7 +60,7 @@ def attribute(model: Model, framed: Framed, target: Target, method: str = "integ
         raise SettingsError(f"Unknown gradient method {method!r}; choose one of {', '.join(GRADIENT_METHODS)}.")
     canvas = framed.canvas[None].to(model.device)
     content = framed.content[None].to(model.device)
-    baseline = framed.with_content(baseline_of(content, model.n_px, settings.baseline, settings.blur_sigma))
+    baseline = framed.with_content(baseline_of(content, model.preprocessing, settings.baseline, settings.blur_sigma))
     inputs, baselines = model.normalize(canvas), model.normalize(baseline)
 
     def forward(normalised: torch.Tensor) -> torch.Tensor:

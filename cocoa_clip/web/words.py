@@ -11,7 +11,7 @@ from cocoa_clip.engine.targets import SAME_NOTE
 
 FOIL_PRESET_CHOICES = [("none", "none"), ("CIFAR-100 classes (the paper's foil)", "cifar100"),
                        ("ImageNet-1k classes", "imagenet")]
-BASELINE_CHOICES = [("blurred picture (the paper's)", "blur"), ("CLIP's mean colour", "mean"), ("black", "black")]
+BASELINE_CHOICES = [("blurred picture (the paper's)", "blur"), ("the model's mean colour", "mean"), ("black", "black")]
 TARGET_CHOICES = [("COCOA: corpus rather than foil", "cocoa"), ("corpus only", "corpus"),
                   ("label-free: the image itself", "label-free"),
                   ("contrastive label-free: the image itself rather than the foil", "contrastive-label-free")]
