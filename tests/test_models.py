@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import cocoa_clip as cc
+from cocoa_clip.errors import AUDIENCE
 from cocoa_clip.models import BUNDLED, clip_package, resolve_precision
 from cocoa_clip.models.random_models import write_checkpoint
 
@@ -43,10 +44,17 @@ def test_offline_download_names_the_cache_path_and_weights_flag(monkeypatch, tmp
     monkeypatch.setattr(clip_package().clip, "_download", offline)
     with pytest.raises(cc.ModelLoadError) as error:
         cc.load("ViT-B/32", device="cpu", download_root=str(tmp_path))
-    message = str(error.value)
-    assert str(tmp_path / "ViT-B-32.pt") in message and "--weights" in message
+    message = str(error.value)  # read by a Python caller: Python advice
+    assert str(tmp_path / "ViT-B-32.pt") in message and "weights=PATH" in message and "--weights" not in message
     if BUNDLED["shapes-demo"].is_file():
-        assert "--model shapes-demo" in message
+        assert 'cc.load("shapes-demo")' in message
+    token = AUDIENCE.set("cli")  # read at a command line: flags
+    try:
+        with pytest.raises(cc.ModelLoadError) as error:
+            cc.load("ViT-B/32", device="cpu", download_root=str(tmp_path))
+    finally:
+        AUDIENCE.reset(token)
+    assert "--weights PATH" in str(error.value) and "weights=PATH" not in str(error.value)
 
 
 def test_precision_choices(monkeypatch):
