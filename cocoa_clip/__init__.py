@@ -18,7 +18,7 @@ from .engine.presets import DEFAULT_TEMPLATE, FOIL_PRESETS, class_names
 from .engine.render import overlay, save_heatmap
 from .engine.rise import ESTIMATORS, PassCache, RiseSettings
 from .engine.targets import TARGETS, Question, Target
-from .errors import CocoaError, ImageError, ModelLoadError, QuestionError, SettingsError
+from .errors import Cancelled, CocoaError, ImageError, ModelLoadError, QuestionError, SettingsError
 from .models import ClipModel, Model, Preprocessing, available_models, load
 from .models.families.wrapped import wrap
 
@@ -28,5 +28,5 @@ __all__ = [
     "load_image", "overlay", "save_heatmap", "class_names", "PassCache", "RiseSettings",
     "insertion_deletion", "Curves", "compare", "Comparison",
     "METHODS", "TARGETS", "FRAMINGS", "ESTIMATORS", "MEASURES", "FOIL_PRESETS", "DEFAULT_TEMPLATE",
-    "CocoaError", "ImageError", "ModelLoadError", "QuestionError", "SettingsError",
+    "Cancelled", "CocoaError", "ImageError", "ModelLoadError", "QuestionError", "SettingsError",
 ]

@@ -26,6 +26,13 @@ class SettingsError(CocoaError):
     """A method setting (masks, seed, device, ...) is out of range."""
 
 
+class Cancelled(CocoaError):
+    """The caller's `should_stop` said stop (its client left, or the server is shutting down): no answer."""
+
+    def __init__(self, message: str = "The run was stopped before it finished; ask again for an answer."):
+        super().__init__(message)
+
+
 def check_seed(seed: object) -> None:
     """Refuse a seed that is not a whole number from 0 to 2**63 - 1 (what torch's generators take)."""
     if isinstance(seed, bool) or not (isinstance(seed, int) and 0 <= seed < 2 ** 63):

@@ -100,6 +100,7 @@ def explain(
     stability: float = 0.97,
     max_masks: int | None = None,
     on_update: Callable[[Explanation | list[Explanation]], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Explanation | list[Explanation]:
     """Explain one picture for one question, or for several at the price of one RISE pass.
 
@@ -116,6 +117,8 @@ def explain(
     baseline: what removed pixels show, "blur" (the paper's), "mean" or "black"; blur_sigma: the
     blur's sigma in input pixels (default 5 x n_px / 224; 5 is the paper's code at any size).
     gradient: Integrated Gradients' steps, GradientSHAP's samples and noise.
+    should_stop: asked between batches of masks (or of gradient steps); True raises errors.Cancelled,
+    e.g. when the person who asked has gone.
     Returns a list when given a list.
 
     >>> model = load("shapes-demo")                                         # doctest: +SKIP
@@ -162,7 +165,7 @@ def explain(
 
         deadline = time.monotonic() + time_budget if time_budget is not None else None
         result = run_rise(model, framed, settings, targets, estimator, resume=cached, progress=progress,
-                          deadline=deadline, on_frame=on_frame)
+                          deadline=deadline, on_frame=on_frame, should_stop=should_stop)
         if cache is not None:
             cache.put(key, result.run)
         answers = answers_of(result)
@@ -173,7 +176,7 @@ def explain(
         with torch.no_grad():  # in the precision the gradients use, so that the score and the map agree
             image_embedding = model.encode_images(framed.canvas[None].to(model.device))[0]
         targets = [resolve(model, q, image_embedding, framing) for q in questions]
-        results = [attribute(model, framed, t, method, settings) for t in targets]
+        results = [attribute(model, framed, t, method, settings, should_stop) for t in targets]
         own = {"steps": settings.n_steps} if method == "integrated-gradients" else {
             "samples": settings.n_samples, "stdev": settings.stdev}
         details = {"convergence_delta": [d for _, d in results], "seed": seed, "precision": precision(model), **own}
