@@ -91,7 +91,7 @@ def start_server(args: argparse.Namespace, tmp: Path) -> tuple[subprocess.Popen,
     port = free_port()
     which = ["--model", args.model] if args.model else ["--weights", write_checkpoint(tmp / "tiny.pt", "tiny")]
     options = [*which, "--device", "cpu", "--port", str(port), "--disk-budget", str(args.disk_budget),
-               "--answer-memory", str(args.answer_memory)]
+               "--answer-memory", str(args.answer_memory), "--max-sessions", str(args.max_sessions)]
     command = [sys.executable, "-m", "cocoa_clip.web.app", *options]
     if args.glibc_defaults:  # the comparison: the same app with the allocator left alone
         command = [sys.executable, "-c", "from cocoa_clip.web import app, hosting; "
@@ -236,6 +236,7 @@ def main() -> None:
     parser.add_argument("--disk-budget", type=float, default=128, metavar="MB")
     parser.add_argument("--answer-memory", type=float, default=16, metavar="MB",
                         help="the server's --answer-memory (small, so that levelling off shows early)")
+    parser.add_argument("--max-sessions", type=int, default=1000, metavar="N", help="the server's --max-sessions")
     parser.add_argument("--warm-up", type=int, default=200, help="visitors before the memory baseline")
     parser.add_argument("--every", type=int, default=100, help="print memory and disk every so many visitors")
     parser.add_argument("--glibc-defaults", action="store_true",
@@ -283,7 +284,8 @@ def main() -> None:
     final = memory[-1][1]
     print(f"\n{len(tally.latencies)} distinct visitors, {args.clients} at a time, {args.masks} masks each, pictures "
           f"{args.sizes[0]}-{args.sizes[1]} px, model {args.model or 'tiny random CLIP'}, answer memory "
-          f"{args.answer_memory:g} MB{', glibc allocator defaults' if args.glibc_defaults else ''}")
+          f"{args.answer_memory:g} MB, {args.max_sessions:,} sessions kept"
+          f"{', glibc allocator defaults' if args.glibc_defaults else ''}")
     print(f"latency p50 {np.percentile(seconds, 50):.2f} s, p95 {np.percentile(seconds, 95):.2f} s; "
           f"failures {len(tally.failures)}")
     for failure in sorted(set(tally.failures))[:5]:

@@ -198,6 +198,38 @@ def test_sigterm_mid_job_answers_the_client_and_exits_cleanly(tiny_checkpoint, p
     assert not list(workspace.glob(f"{webhost.PREFIX}*")) and not list(tmp_path.glob("core*"))
 
 
+def test_a_run_whose_client_left_as_it_finished_keeps_no_answer(tiny, photo_file):
+    web = app.CocoaApp(tiny)
+    reported = []
+
+    def progress(value, desc=None, unit=None) -> None:
+        if isinstance(value, tuple):
+            reported.append(value)
+
+    with pytest.raises(handlers.gr.Error, match="stopped before it finished"):
+        web.explain(str(photo_file), "dog", "cat", masks=MASKS, progress=progress,
+                    should_stop=lambda: bool(reported) and reported[-1][0] == MASKS)  # gone after the last batch
+    assert reported[-1] == (MASKS, MASKS) and len(web.answers) == 0
+
+
+def test_one_job_holds_the_device_at_a_time():
+    work = handlers.Work()
+    order = []
+
+    def job(name: str, seconds: float) -> None:
+        with work.turn():
+            order.append(f"{name} starts")
+            time.sleep(seconds)
+            order.append(f"{name} ends")
+
+    first = threading.Thread(target=job, args=("first", 0.3))
+    first.start()
+    time.sleep(0.05)
+    job("second", 0.0)
+    first.join()
+    assert order == ["first starts", "first ends", "second starts", "second ends"]
+
+
 def test_jobs_waiting_for_the_device_end_with_the_sentence_when_the_server_stops():
     work = handlers.Work()
     with work.turn():
@@ -409,9 +441,13 @@ def test_answers_of_idle_visitors_expire():
     assert len(store) == 0
 
 
-def test_answer_memory_and_idle_time_are_the_deployers_to_set(tiny):
-    args = app.parse_args(["--answer-memory", "64", "--answer-idle-minutes", "5"])
-    web = app.CocoaApp(tiny, answer_memory_mb=args.answer_memory, answer_idle_minutes=args.answer_idle_minutes)
-    assert web.answers.max_bytes == 64 << 20 and web.answers.idle_seconds == 300
+def test_answer_memory_idle_time_and_sessions_are_the_deployers_to_set(tiny):
+    args = app.parse_args(["--answer-memory", "64", "--answer-idle-minutes", "5", "--max-sessions", "200"])
+    web = app.CocoaApp(tiny, answer_memory_mb=args.answer_memory, answer_idle_minutes=args.answer_idle_minutes,
+                       max_sessions=args.max_sessions)
+    assert web.answers.max_bytes == 64 << 20 and web.answers.idle_seconds == 300 and web.answers.max_visitors == 200
+    assert app.launch_options(args.max_sessions)["state_session_capacity"] == 200  # Gradio's sessions too
     defaults = app.parse_args([])
-    assert (defaults.answer_memory, defaults.answer_idle_minutes, defaults.trust_proxy) == (512, 30, False)
+    assert (defaults.answer_memory, defaults.answer_idle_minutes, defaults.max_sessions, defaults.trust_proxy) == (
+        512, 30, 1000, False)
+    assert app.launch_options()["state_session_capacity"] == 1000  # not Gradio's 10,000

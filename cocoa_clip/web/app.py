@@ -44,6 +44,7 @@ from cocoa_clip.web.handlers import (
     ANSWER_MEMORY_MB,
     DISK_BUDGET_MB,
     MAX_MASKS,
+    MAX_SESSIONS,
     MIN_DISK_BUDGET_MB,
     TIME_BUDGET_S,
     CocoaApp,
@@ -55,10 +56,14 @@ from cocoa_clip.web.shelf import ModelShelf
 __all__ = ["CocoaApp", "build_demo", "launch_options", "load_model", "main", "parse_args", "stop_serving"]
 
 
-def launch_options() -> dict:
-    """Safe launch settings (see the README); `run_history` only where this Gradio accepts it."""
+def launch_options(sessions: int = MAX_SESSIONS) -> dict:
+    """Safe launch settings (see the README); `run_history` only where this Gradio accepts it.
+
+    sessions: how many visitors' sessions Gradio keeps in memory (its default, 10,000, holds a copy of the
+    page's settings for each, well over 100 KB apiece: about a gigabyte and more for visitors long gone)."""
     options = dict(ssr_mode=False, enable_monitoring=False, share=False, show_error=False,
                    max_file_size=MAX_UPLOAD, run_history=False, theme=gr.themes.Soft(), css=CSS,
+                   state_session_capacity=sessions,
                    app_kwargs={"exception_handlers": {HTTPException: valid.gradio_refusal}})
     accepted = inspect.signature(gr.Blocks.launch).parameters
     return {key: value for key, value in options.items() if key in accepted}
@@ -123,6 +128,9 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
                              "the answers idle longest go first")
     limits.add_argument("--answer-idle-minutes", type=_positive(float), metavar="M", default=ANSWER_IDLE_MINUTES,
                         help="a visitor's answer goes after this long unread (the visitor has most likely left)")
+    limits.add_argument("--max-sessions", type=_positive(int), metavar="N", default=MAX_SESSIONS,
+                        help="visitors' sessions kept in memory (Gradio's state of each page, and each visitor's "
+                             "latest answer); the visitors idle longest go first")
     limits.add_argument("--trust-proxy", action="store_true",
                         help="behind a reverse proxy that appends the client's address to X-Forwarded-For (a "
                              "Hugging Face Space, nginx): count a visitor by that address as well as by session, "
@@ -172,7 +180,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     # SIGTERM: running jobs stop and answer in a sentence, then atexit removes visitors' files
     hosting.remove_on_signals(lambda: stop_serving(demo))
     globals()["demo"] = demo
-    demo.launch(server_name=args.host, server_port=args.port, **launch_options())
+    demo.launch(server_name=args.host, server_port=args.port, **launch_options(args.max_sessions))
     return 0
 
 
@@ -189,7 +197,8 @@ def _demo(args: argparse.Namespace) -> gr.Blocks:
         model, notice = load_model(args.model, args.weights, args.device)
     return build_demo(model, notice=notice, max_masks=args.max_masks, job_seconds=args.job_seconds,
                       disk_budget_mb=args.disk_budget, answer_memory_mb=args.answer_memory,
-                      answer_idle_minutes=args.answer_idle_minutes, trust_proxy=args.trust_proxy, shelf=shelf)
+                      answer_idle_minutes=args.answer_idle_minutes, max_sessions=args.max_sessions,
+                      trust_proxy=args.trust_proxy, shelf=shelf)
 
 
 def stop_serving(demo: gr.Blocks, job_seconds: float = 10.0, answer_seconds: float = 5.0) -> bool:

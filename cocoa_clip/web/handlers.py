@@ -40,6 +40,7 @@ DISK_BUDGET_MB = 1024             # everything written for visitors: uploads, Gr
 MIN_DISK_BUDGET_MB = 100          # one answer at MAX_SIDE: upload (up to 20 MB), two heatmaps, four PNGs
 ANSWER_MEMORY_MB = 512            # visitors' latest answers kept for "Check this explanation"
 ANSWER_IDLE_MINUTES = 30.0        # ... each until its visitor has been idle this long
+MAX_SESSIONS = 1000               # visitors whose session (Gradio's) and latest answer (ours) stay in memory
 
 
 def gpu(function: Callable) -> Callable:
@@ -82,10 +83,11 @@ class CocoaApp:
                  max_masks: int | None = None, job_seconds: float | None = None,
                  disk_budget_mb: float = DISK_BUDGET_MB, shelf: ModelShelf | None = None,
                  answer_memory_mb: float = ANSWER_MEMORY_MB, answer_idle_minutes: float = ANSWER_IDLE_MINUTES,
-                 trust_proxy: bool = False):
+                 max_sessions: int = MAX_SESSIONS, trust_proxy: bool = False):
         """max_masks, job_seconds: a deployment's caps (default per device: MAX_MASKS, TIME_BUDGET_S).
         disk_budget_mb: bound on everything this process writes for visitors (oldest files go first).
-        answer_memory_mb, answer_idle_minutes: bounds on the visitors' answers kept for "Check".
+        answer_memory_mb, answer_idle_minutes, max_sessions: bounds on the visitors' answers kept for "Check"
+        (max_sessions also goes to Gradio's launch: see app.launch_options).
         trust_proxy: count visitors by their forwarded address too (see hosting.address).
         With a `shelf` (--models), `model` is its first model, and the shelf alone holds it (so that it
         can be dropped like the others)."""
@@ -99,7 +101,7 @@ class CocoaApp:
         self.default_masks = min(cc.RiseSettings().masks_for(model.device), self.max_masks)
         self.job_seconds = job_seconds or TIME_BUDGET_S.get(self.device, TIME_BUDGET_S["cpu"])
         self.masks_per_second: float | None = None  # measured: by calibrate(), then by every fresh pass
-        self.answers = hosting.AnswerStore(max_bytes=int(answer_memory_mb * (1 << 20)),
+        self.answers = hosting.AnswerStore(max_visitors=max_sessions, max_bytes=int(answer_memory_mb * (1 << 20)),
                                            idle_seconds=answer_idle_minutes * 60)
         self.admission: hosting.Admission | None = None  # set by build_demo, which has the queue
         self.trust_proxy = trust_proxy
