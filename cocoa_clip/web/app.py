@@ -132,12 +132,13 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
                         help="visitors' sessions kept in memory (Gradio's state of each page, and each visitor's "
                              "latest answer); the visitors idle longest go first")
     limits.add_argument("--trust-proxy", action="store_true",
-                        help="behind a reverse proxy that appends the client's address to X-Forwarded-For (a "
+                        help="behind one reverse proxy that appends the client's address to X-Forwarded-For (a "
                              "Hugging Face Space, nginx): count a visitor by that address as well as by session, "
                              "so that one address cannot fill the queue from many sessions. The right-most entry "
                              "is used, the one the proxy in front of this server added; entries to its left come "
-                             "from the client and can be forged. Without this flag the header is never read: "
-                             "anyone can send it")
+                             "from the client and can be forged (behind two proxies the right-most is the outer "
+                             "one's, and all visitors would count as one). Without this flag the header is never "
+                             "read: anyone can send it")
     args = parser.parse_args(argv)
     if args.models and args.weights:
         parser.error("--weights goes with --model; --models takes names only")
