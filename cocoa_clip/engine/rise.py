@@ -42,7 +42,7 @@ from threading import Lock
 
 import torch
 
-from ..errors import Cancelled, SettingsError, check_seed
+from ..errors import Cancelled, SettingsError, check_seed, shown
 from ..models import ClipModel, eval_mode
 from .images import Framed, check_baseline, digest
 from .images import baseline as baseline_of
@@ -85,7 +85,7 @@ class RiseSettings:
             if value is not None and value != AUTO and not (
                     isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_MASKS):
                 raise SettingsError(f"The {name} must be a whole number from 1 to {MAX_MASKS:,}"
-                                    f"{' or auto' if name == 'number of masks' else ''}; got {value!r}.")
+                                    f"{' or auto' if name == 'number of masks' else ''}; got {shown(value)}.")
         if self.max_masks == AUTO:
             raise SettingsError(f"The most masks must be a whole number from 1 to {MAX_MASKS:,}; got 'auto'.")
         if not (isinstance(self.grid, int) and 2 <= self.grid <= 64):
@@ -209,7 +209,7 @@ def masked_passes(
                 yield run.head(point)
         if done == n_masks:
             return
-        baseline = baseline_of(content, model.n_px, settings.baseline, settings.blur_sigma)
+        baseline = baseline_of(content, model.preprocessing, settings.baseline, settings.blur_sigma)
         size = min(batch, 16) if batch_seconds else batch
         while done < n_masks and (deadline is None or time.monotonic() < deadline):
             stop = min([done + size, n_masks] + [b for b in breaks if b > done])

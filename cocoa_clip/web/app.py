@@ -35,7 +35,9 @@ import gradio as gr
 from starlette.exceptions import HTTPException
 
 import cocoa_clip as cc
+from cocoa_clip.errors import AUDIENCE
 from cocoa_clip.models import BUNDLED, DEFAULT_MODEL
+from cocoa_clip.models.trust import TRUST_HELP
 from cocoa_clip.models.weights import report_sources
 from cocoa_clip.web import hosting
 from cocoa_clip.web import inputs as valid
@@ -57,7 +59,8 @@ __all__ = ["CocoaApp", "build_demo", "launch_options", "load_model", "main", "pa
 
 
 def launch_options(sessions: int = MAX_SESSIONS) -> dict:
-    """Safe launch settings (see the README); `run_history` only where this Gradio accepts it.
+    """Safe launch settings (docs/security.md says what each guards against); `run_history` only where this
+    Gradio accepts it.
 
     sessions: how many visitors' sessions Gradio keeps in memory (its default, 10,000, holds a copy of the
     page's settings for each, well over 100 KB apiece: about a gigabyte and more for visitors long gone)."""
@@ -73,14 +76,16 @@ def launch_options(sessions: int = MAX_SESSIONS) -> dict:
 
 
 def load_model(name: str | None = None, weights: str | None = None, device: str | None = None,
-               say: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> tuple[cc.ClipModel, str]:
+               say: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
+               trust_checkpoint: bool = False) -> tuple[cc.ClipModel, str]:
     """The model to serve, and a notice for the banner when it is not the one asked for.
 
     A model the user named (--model, --weights) must load. With nothing named, ViT-B/32 is tried and,
     when its weights cannot be had (offline), the bundled shapes-demo model runs instead, if present.
+    trust_checkpoint: --trust-checkpoint, which lets a weights file run code (cc.load's, unsafe).
     """
     if name is not None or weights is not None:
-        return cc.load(name or DEFAULT_MODEL, weights=weights, device=device), ""
+        return cc.load(name or DEFAULT_MODEL, weights=weights, device=device, trust_checkpoint=trust_checkpoint), ""
     try:
         return cc.load(DEFAULT_MODEL, device=device), ""
     except cc.ModelLoadError as error:
@@ -97,8 +102,8 @@ def load_model(name: str | None = None, weights: str | None = None, device: str 
 
 
 def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=prog, description="Serve the cocoa-clip web app (and its HTTP API).",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # Each help states its default itself: argparse's "(default: None)" would contradict the sentence before it.
+    parser = argparse.ArgumentParser(prog=prog, description="Serve the cocoa-clip web app (and its HTTP API).")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--model", metavar="NAME",
                        help=f"an OpenAI CLIP name, open_clip:ARCH[:TAG] or hf:REPO_OR_DIR (default {DEFAULT_MODEL}, "
@@ -107,10 +112,14 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
                        "the others on first use, at most two in memory)")
     parser.add_argument("--weights", metavar="PATH", help="local checkpoint: OpenAI CLIP .pt, or one for --model "
                         "open_clip:ARCH")
+    parser.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
-    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-                        help="address to listen on (0.0.0.0 serves other machines)")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    host, port = os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), int(os.environ.get("GRADIO_SERVER_PORT", 7860))
+    parser.add_argument("--host", default=host,
+                        help="address to listen on; 0.0.0.0 serves other machines (default: GRADIO_SERVER_NAME if "
+                             "set, else 127.0.0.1, this machine only)")
+    parser.add_argument("--port", type=int, default=port,
+                        help="port to listen on (default: GRADIO_SERVER_PORT if set, else 7860)")
     limits = parser.add_argument_group("limits for a public deployment")
     limits.add_argument("--max-masks", type=_positive(int), metavar="N",
                         help=f"most RISE masks a visitor may ask for (default {MAX_MASKS['cpu']:,} on a CPU, "
@@ -122,15 +131,17 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
                                                       "with its upload, writes about that much"),
                         metavar="MB", default=DISK_BUDGET_MB,
                         help="most disk used for visitors (uploads, Gradio's cache, downloads); oldest files go first, "
-                             f"never those of the last minute; at least {MIN_DISK_BUDGET_MB}")
+                             f"never those of the last minute (default {DISK_BUDGET_MB:,}; at least "
+                             f"{MIN_DISK_BUDGET_MB})")
     limits.add_argument("--answer-memory", type=_positive(float), metavar="MB", default=ANSWER_MEMORY_MB,
                         help="most memory for visitors' latest answers (what 'Check this explanation' reads); "
-                             "the answers idle longest go first")
+                             f"the answers idle longest go first (default {ANSWER_MEMORY_MB})")
     limits.add_argument("--answer-idle-minutes", type=_positive(float), metavar="M", default=ANSWER_IDLE_MINUTES,
-                        help="a visitor's answer goes after this long unread (the visitor has most likely left)")
+                        help="a visitor's answer goes after this long unread (the visitor has most likely left; "
+                             f"default {ANSWER_IDLE_MINUTES:g})")
     limits.add_argument("--max-sessions", type=_positive(int), metavar="N", default=MAX_SESSIONS,
                         help="visitors' sessions kept in memory (Gradio's state of each page, and each visitor's "
-                             "latest answer); the visitors idle longest go first")
+                             f"latest answer); the visitors idle longest go first (default {MAX_SESSIONS:,})")
     limits.add_argument("--trust-proxy", action="store_true",
                         help="behind one reverse proxy that appends the client's address to X-Forwarded-For (a "
                              "Hugging Face Space, nginx): count a visitor by that address as well as by session, "
@@ -173,15 +184,22 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = parse_args(argv, prog)
     hosting.no_core_files()
     report_sources()  # one console line per weights source tried
+    audience = AUDIENCE.set("cli")  # the console's advice names this command's flags, not Python calls
     try:
         demo = _demo(args)
     except cc.CocoaError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    finally:
+        AUDIENCE.reset(audience)
     # SIGTERM: running jobs stop and answer in a sentence, then atexit removes visitors' files
     hosting.remove_on_signals(lambda: stop_serving(demo))
     globals()["demo"] = demo
-    demo.launch(server_name=args.host, server_port=args.port, **launch_options(args.max_sessions))
+    # Quiet: Gradio's own lines end with a hint to set share=True, which this app turns off on purpose.
+    demo.launch(server_name=args.host, server_port=args.port, quiet=True, prevent_thread_lock=True,
+                **launch_options(args.max_sessions))
+    print(f"* Running on {demo.local_url} (Ctrl-C stops it)", flush=True)
+    demo.block_thread()
     return 0
 
 
@@ -191,11 +209,12 @@ def _demo(args: argparse.Namespace) -> gr.Blocks:
     names = [name.strip() for name in (args.models or "").split(",") if name.strip()]
     shelf = None
     if names:
-        shelf = ModelShelf(names, lambda name: cc.load(name, device=args.device))
+        shelf = ModelShelf(names, lambda name: cc.load(name, device=args.device,
+                                                       trust_checkpoint=args.trust_checkpoint))
         shelf.check()  # every name, at start, in one sentence
         model, notice = shelf.get(shelf.names[0]), ""
     else:
-        model, notice = load_model(args.model, args.weights, args.device)
+        model, notice = load_model(args.model, args.weights, args.device, trust_checkpoint=args.trust_checkpoint)
     return build_demo(model, notice=notice, max_masks=args.max_masks, job_seconds=args.job_seconds,
                       disk_budget_mb=args.disk_budget, answer_memory_mb=args.answer_memory,
                       answer_idle_minutes=args.answer_idle_minutes, max_sessions=args.max_sessions,
