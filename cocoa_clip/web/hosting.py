@@ -384,10 +384,6 @@ class Admission:
         with self._lock:
             self._jobs.pop(session, None)
 
-    def waiting(self) -> int:
-        with self._lock:
-            return sum(not started for _, _, started in self._jobs.values())
-
     def _give_back_abandoned(self) -> None:
         queued = {session for session, _, _ in self.queued()}
         late = self.clock() - self.grace
