@@ -42,7 +42,7 @@ from threading import Lock
 
 import torch
 
-from ..errors import SettingsError, check_seed, shown
+from ..errors import Cancelled, SettingsError, check_seed, shown
 from ..models import ClipModel, eval_mode
 from .images import Framed, check_baseline, digest
 from .images import baseline as baseline_of
@@ -312,17 +312,21 @@ def run_rise(
     deadline: float | None = None,
     on_frame: Frames | None = None,
     frame_seconds: float = 0.5,
+    should_stop: Callable[[], bool] | None = None,
 ) -> RiseResult:
     """Run (or resume) a pass to its count, or with settings.auto until every map is stable; return the maps.
 
     on_frame gets the maps so far after the first batch, then every `frame_seconds` or so; the
-    caller has the final result (not sent to on_frame).
+    caller has the final result (not sent to on_frame). should_stop is asked after every batch;
+    True raises Cancelled (a cancelled run has no answer, unlike one out of time).
     """
     total = settings.masks_for(model.device)
     breaks = settings.checkpoints(model.device) if settings.auto else ()
     last_frame, run = -math.inf, None
     for run in masked_passes(model, framed, settings, resume=resume, breaks=breaks, deadline=deadline,
                              batch_seconds=frame_seconds / 2 if on_frame is not None else None):
+        if should_stop is not None and should_stop():
+            raise Cancelled()
         done = len(run.masks)
         if progress is not None:
             progress(done, total)

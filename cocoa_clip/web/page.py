@@ -117,7 +117,7 @@ def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True,
     demo.queue(max_size=2 * QUEUE_SIZE, api_open=False)
     app.admission = hosting.Admission(lambda: hosting.queued_jobs(demo, "model"), max_waiting=QUEUE_SIZE)
     app.disk.keep_present()  # the examples Gradio has just copied in stay, however old
-    app.disk.watch()
+    hosting.every(5.0, app.housekeeping, "cocoa-housekeeping")
     demo.cocoa_app = app  # for tests and scripts
     return demo
 
