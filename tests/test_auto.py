@@ -139,3 +139,26 @@ def test_int8_runs_only_in_forward_only_passes(tiny, tiny_checkpoint):
             quantised = int8.encode_images(pixels)
     assert not torch.equal(quantised, exact)
     assert torch.nn.functional.cosine_similarity(quantised, exact).min() > 0.99
+
+
+def test_batch_and_the_app_default_to_auto_on_a_cpu(tiny, tiny_checkpoint, photo, tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet", reason="batch results need pyarrow (requirements-dev.txt)")
+    from cocoa_clip import batch
+    from cocoa_clip.batch import Job, ModelSpec, collect
+
+    photo.save(tmp_path / "p.png")
+    expected = cc.explain(tiny, tmp_path / "p.png", DOG_CAT, cache=None)
+    job = Job(out_dir=str(tmp_path / "out"), model=ModelSpec("tiny", weights=tiny_checkpoint, device="cpu",
+              precision="fp32"), question={"corpus": ("dog",), "foil": ("cat",), "target": "cocoa"}, options={},
+              seed=0)
+    batch.run(collect(str(tmp_path / "p.png"), job), job)
+    assert pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()[0]["masks"] == expected.details["masks"]
+    handlers = pytest.importorskip("cocoa_clip.web.handlers")
+    web = handlers.CocoaApp(tiny)
+    assert web.default_masks == 0 and web.max_masks == auto.MAX_MASKS["cpu"]
+    status = web.explain(str(tmp_path / "p.png"), corpus="dog", foil="cat", progress=lambda *a, **k: None)[5]
+    assert status.startswith(f"RISE: {expected.details['masks']:,} masks")
+    assert f"Stability {expected.details['stability']:.3f}" in status
+    with pytest.raises(Exception) as refused:  # gr.Error, with the sentence the CLI prints after "error: "
+        web.explain(str(tmp_path / "p.png"), corpus="dog", foil="cat", masks=20_001, progress=lambda *a, **k: None)
+    assert refused.value.message == auto.range_sentence("cpu", 20_001)

@@ -208,7 +208,8 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
                        "dict), or with --model open_clip:ARCH one for that architecture")
     model.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     model.add_argument("--precision", choices=PRECISIONS, default="auto",
-                       help="auto: fp16 on CUDA, bf16 autocast on CPUs that have it, else fp32")
+                       help="auto: fp16 on CUDA, bf16 autocast on CPUs with bf16 arithmetic, else fp32; int8 (CPU): "
+                            "the image tower's Linear layers in int8 for RISE's passes")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, no line per weights source tried")
 
