@@ -109,15 +109,19 @@ def test_siglip_text_is_padded_to_its_context_and_lower_cased(models):
 
 
 @pytest.mark.parametrize("family", ["open_clip-siglip", "hf-siglip"])
-def test_probability_is_the_sigmoid_head_with_its_bias(family, models, picture):
+def test_siglip_probability_is_the_corpus_share_of_its_logits_over_corpus_and_foil(family, models, picture):
+    """By hand: the SigLIP head's logits (scale x cosine + bias) over "dog", "cat", "bird"; the softmax's first."""
     model = models[family]
     assert model.logit_bias == pytest.approx(-2.5) and model.logit_scale == pytest.approx(10.0, rel=1e-5)
-    probability = measure_score(model, cc.Question(corpus=["dog"], foil=["cat"], template="{}"), "probability",
-                                framing="model")
-    image = model.encode_canvas(frame(picture, model.preprocessing, "model").canvas)
-    text = model.encode_texts(["dog"])[0][0]
-    cosine = float(image @ text / (image.norm() * text.norm()))
-    assert float(probability(image[None])[0]) == pytest.approx(1 / (1 + np.exp(-(10 * cosine - 2.5))), abs=1e-5)
+    probability = measure_score(model, cc.Question(corpus=["dog"], foil=["cat", "bird"], template="{}"),
+                                "probability", framing="model")
+    image = model.encode_canvas(frame(picture, model.preprocessing, "model").canvas).double()
+    texts = model.encode_texts(["dog", "cat", "bird"])[0].double()
+    logits = [10.0 * float(image @ text / (image.norm() * text.norm())) - 2.5 for text in texts]
+    expected = np.exp(logits[0]) / np.exp(logits).sum()
+    sigmoid_alone = 1 / (1 + np.exp(-logits[0]))  # SigLIP's own head on the corpus: the foil plays no part
+    assert abs(expected - sigmoid_alone) > 0.05
+    assert float(probability(image.float()[None])[0]) == pytest.approx(expected, abs=1e-5)
 
 
 def test_probability_is_the_softmax_head_for_clip_models(models, picture):

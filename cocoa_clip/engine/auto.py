@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..errors import SettingsError
+from ..errors import SettingsError, shown
 
 AUTO = "auto"
 MIN_MASKS = 1
@@ -48,7 +48,7 @@ def range_sentence(device: torch.device | str | None, value: object, high: int |
     high = high or max_masks(device)
     where = f" {_DEVICE_WORDS[_kind(device)]}" if device is not None and high == max_masks(device) else ""
     auto = ", or 0 or auto for auto (masks until the map is stable)" if what == "number of masks" else ""
-    return f"The {what} must be a whole number from {MIN_MASKS} to {high:,}{where}{auto}; got {value!r}."
+    return f"The {what} must be a whole number from {MIN_MASKS} to {high:,}{where}{auto}; got {shown(value)}."
 
 
 def mask_count(value: object, device: torch.device | str | None, high: int | None = None) -> int | str:

@@ -9,8 +9,8 @@ so that targets can be compared as in its tables:
 
 - "similarity": the contrastive corpus similarity;
 - "probability": the corpus majority probability, with the model's own zero-shot head as the
-  downstream classifier (`CorpusProbability`): a softmax over corpus and foil for CLIP-style
-  models, the sigmoid with the model's logit bias for SigLIP.
+  downstream classifier (`CorpusProbability`): a softmax over the corpus and foil logits, for
+  CLIP-style and SigLIP models alike.
 
 A faithful heatmap gives a high insertion area and a low deletion area; a random ranking of
 the pixels gives the baseline both should beat.
@@ -18,6 +18,7 @@ the pixels gives the baseline both should beat.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,6 +31,7 @@ from PIL import Image
 
 from ..errors import QuestionError, SettingsError, check_seed
 from ..models import Model, eval_mode
+from . import fonts
 from .images import Framed, ImageSource, check_baseline, frame, load_image
 from .images import baseline as baseline_of
 from .targets import Question, members, resolve
@@ -66,9 +68,9 @@ class Curves:
         gain = aucs["insertion_auc"] - aucs["random_insertion_auc"]  # higher is better
         drop = aucs["random_deletion_auc"] - aucs["deletion_auc"]  # lower is better
         beats = "beats" if gain > 0 and drop > 0 else "does not clearly beat"
-        # 4 significant digits, not 4 decimals: probabilities against 999 foils are tiny and still ordered.
-        return (f"This heatmap {beats} a random ranking of the pixels: insertion area {gain:+.4g} and deletion area "
-                f"{-drop:+.4g} against the random order's.")
+        gain_text, drop_text = alike(gain, -drop)
+        return (f"This heatmap {beats} a random ranking of the pixels: insertion area {gain_text} and deletion area "
+                f"{drop_text} against the random order's.")
 
     def to_dict(self) -> dict:
         curves = {f.name: getattr(self, f.name).tolist() for f in dataclasses.fields(self) if f.name != "measure"}
@@ -90,39 +92,53 @@ class Curves:
             axes.set_ylabel(MEASURE_LABELS[self.measure])
             axes.legend(fontsize=8)
         if title:
-            figure.suptitle(title, fontsize=10)
+            figure.suptitle(fonts.drawable(title), fontsize=10, fontfamily=fonts.families())
         figure.tight_layout()
         figure.canvas.draw()
         return Image.fromarray(np.asarray(figure.canvas.buffer_rgba())[..., :3].copy())
 
 
+def alike(*values: float, digits: int = 4) -> list[str]:
+    """Signed numbers for one sentence, all with the same decimals: `digits` significant digits of the largest.
+
+    Not a fixed 4 decimals: probabilities against 999 foils are tiny and still ordered.
+    >>> alike(0.041, -0.03452)
+    ['+0.04100', '-0.03452']
+    """
+    largest = max((abs(value) for value in values if math.isfinite(value)), default=0.0)
+    decimals = max(0, digits - 1 - math.floor(math.log10(largest))) if largest > 0 else digits
+    return [f"{value:+.{decimals}f}" for value in values]
+
+
 @dataclass(frozen=True)
 class CorpusProbability:
-    """The model's zero-shot probability that a picture shows the corpus (rather than any foil item).
+    """The model's zero-shot probability that a picture shows the corpus rather than any foil item.
 
     The classes are the corpus (its mean unit embedding, renormalised, as CLIP's prompt
     ensembles) and each foil caption or image on its own; the logits are the model's learnt scale
-    times cosine similarity, plus its learnt bias for sigmoid heads.
+    times cosine similarity. The probability is the softmax over them, the corpus's share: the
+    paper's corpus majority probability with the model's own head as the classifier (with the
+    CIFAR-100 foil preset, the zero-shot CIFAR-100 probability of the corpus class). With one
+    caption each it is sigmoid(scale x contrastive corpus similarity), a monotone function of it.
 
-    - Softmax heads (CLIP, `bias` None): the softmax over corpus and foil logits. With one caption
-      each, it is sigmoid(scale x contrastive corpus similarity); with the CIFAR-100 foil preset,
-      the zero-shot CIFAR-100 probability of the corpus class: the paper's corpus majority
-      probability, the model's own head as the classifier.
-    - Sigmoid heads (SigLIP): sigmoid(corpus logit), as SigLIP scores each class on its own; the
-      foil does not enter it.
+    Sigmoid heads (SigLIP) get the same softmax over their logits: their learnt bias adds the same
+    to every class's logit and cancels. Their own sigmoid, sigmoid(corpus logit + bias), would
+    score the corpus alone, and the foil would play no part in the measure.
     """
 
     classes: torch.Tensor  # (1 + F, D) unit rows, the corpus first
     scale: float  # the model's logit scale, exp(logit_scale): 100 for OpenAI's released models
-    bias: float | None = None  # the logit bias of sigmoid heads (SigLIP); None for softmax heads
 
     def __call__(self, embeddings: torch.Tensor) -> torch.Tensor:
         """(B, D) raw image embeddings -> (B,) probabilities in [0, 1]."""
+        return self.distribution(embeddings)[:, 0]
+
+    def distribution(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """(B, D) raw image embeddings -> (B, 1 + F) probabilities of every class, the corpus first: a softmax
+        (each row sums to 1), for sigmoid heads too (their bias cancels, as above)."""
         units = embeddings.float() / embeddings.float().norm(dim=-1, keepdim=True)
-        logits = self.scale * units @ self.classes.T
-        if self.bias is not None:
-            return torch.sigmoid(logits[:, 0] + self.bias)
-        return torch.softmax(logits, dim=-1)[:, 0]
+        logits = self.scale * units @ self.classes.T  # shape = [B, 1 + F]
+        return torch.softmax(logits, dim=-1)
 
 
 def measure_of(question: Question) -> Question:
@@ -147,7 +163,7 @@ def measure_score(model: Model, question: Question, measure: str = "similarity",
     corpus = corpus / corpus.norm(dim=-1, keepdim=True)
     prototype = corpus.mean(0, keepdim=True)
     classes = torch.cat([prototype / prototype.norm(), foil / foil.norm(dim=-1, keepdim=True)])
-    return CorpusProbability(classes=classes, scale=model.logit_scale, bias=model.logit_bias)
+    return CorpusProbability(classes=classes, scale=model.logit_scale)
 
 
 def insertion_deletion(
@@ -189,7 +205,7 @@ def insertion_deletion(
                             f"but the image is {picture.width}x{picture.height}.")
     framed = frame(picture, model.preprocessing, framing)
     content = framed.content.to(model.device)
-    removed = baseline_of(content, model.n_px, baseline, blur_sigma)
+    removed = baseline_of(content, model.preprocessing, baseline, blur_sigma)
     target = measure_score(model, question, measure, framing)
 
     ranking = content_ranking(heatmap, framed) if content_map is None else native_ranking(content_map, framed)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from captum.attr import GradientShap, IntegratedGradients
 
-from ..errors import SettingsError, check_seed
+from ..errors import SettingsError, check_seed, shown
 from ..models import Model
 from .images import Framed, check_baseline
 from .images import baseline as baseline_of
@@ -43,7 +43,7 @@ class GradientSettings:
         for name in ("n_steps", "n_samples", "internal_batch_size"):
             value = getattr(self, name)
             if not (isinstance(value, int) and 1 <= value <= 10_000):
-                raise SettingsError(f"{name} must be a whole number from 1 to 10,000; got {value!r}.")
+                raise SettingsError(f"{name} must be a whole number from 1 to 10,000; got {shown(value)}.")
         if not 0.0 <= self.stdev <= 10.0:
             raise SettingsError(f"stdev must lie between 0 and 10; got {self.stdev!r}.")
         check_seed(self.seed)
@@ -60,7 +60,7 @@ def attribute(model: Model, framed: Framed, target: Target, method: str = "integ
         raise SettingsError(f"Unknown gradient method {method!r}; choose one of {', '.join(GRADIENT_METHODS)}.")
     canvas = framed.canvas[None].to(model.device)
     content = framed.content[None].to(model.device)
-    baseline = framed.with_content(baseline_of(content, model.n_px, settings.baseline, settings.blur_sigma))
+    baseline = framed.with_content(baseline_of(content, model.preprocessing, settings.baseline, settings.blur_sigma))
     inputs, baselines = model.normalize(canvas), model.normalize(baseline)
 
     def forward(normalised: torch.Tensor) -> torch.Tensor:

@@ -204,7 +204,7 @@ def masked_passes(
                 yield run.head(point)
         if done == n_masks:
             return
-        baseline = baseline_of(content, model.n_px, settings.baseline, settings.blur_sigma)
+        baseline = baseline_of(content, model.preprocessing, settings.baseline, settings.blur_sigma)
         size = min(batch, first_batch or batch)
         while done < n_masks and (deadline is None or time.monotonic() < deadline):
             stop = min([done + size, n_masks] + [b for b in breaks if b > done])

@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException
 
 import cocoa_clip as cc
 from cocoa_clip.engine.auto import mask_count
+from cocoa_clip.errors import shown
 
 log = logging.getLogger("cocoa_clip.app")
 
@@ -181,7 +182,7 @@ def whole(value: Any, what: str, low: int, high: int, default: int) -> int:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise refuse(f"The {what} must be a whole number from {low:,} to {high:,}; got {value!r}.")
+        raise refuse(f"The {what} must be a whole number from {low:,} to {high:,}; got {shown(value)}.")
     return value
 
 
