@@ -111,15 +111,17 @@ def explain(
 ) -> Explanation | list[Explanation]:
     """Explain one picture for one question, or for several at the price of one RISE pass.
 
-    image: a path, bytes, PIL image or array. masks: RISE masks (default 20,000 on a GPU, 2,000
-    on a CPU), or "auto": draw masks until every map's estimated correlation with its
-    infinite-mask limit reaches `stability`, at most `max_masks` (default 20,000 on a GPU, 4,000
-    on a CPU). framing: "pad" (whole picture, default), "model" (the model's own preprocessing;
-    alias "crop") or "squash".
+    image: a path, bytes, PIL image or array. masks: a number of RISE masks (1 to 20,000 on a CPU,
+    to 200,000 on a GPU), or "auto" (or 0): draw masks until every map's estimated correlation
+    with its infinite-mask limit reaches `stability` at two checkpoints in a row, at most
+    `max_masks` (default 4,000 on a CPU, 20,000 on a GPU). Default (None): auto on a CPU,
+    20,000 masks on a GPU (the paper's setting). framing: "pad" (whole picture, default), "model"
+    (the model's own preprocessing; alias "crop") or "squash".
     estimator: "regression" (default, least noise), "centered" or "paper" (the paper's).
     time_budget: seconds after which RISE stops and answers from the masks done. seed: RISE's
     masks, or GradientSHAP's noise. on_update: called with the answers so far as RISE runs
-    (after the first batch, then about every half second), last with the final answers.
+    (after a small first batch of rise.FIRST_BATCH masks, then after full batches at most every
+    half second), last with the final answers.
     details carry "masks" (masks used) and "stability".
     baseline: what removed pixels show, "blur" (the paper's), "mean" or "black"; blur_sigma: the
     blur's sigma in input pixels (default 5 x n_px / 224; 5 is the paper's code at any size).
@@ -150,7 +152,7 @@ def explain(
 
     if method == "rise":
         settings = RiseSettings(masks, seed=seed, batch_size=batch_size, stability=stability, max_masks=max_masks,
-                                baseline=baseline, blur_sigma=blur_sigma)
+                                baseline=baseline, blur_sigma=blur_sigma).for_device(model.device)
         key = PassCache.key(model, framed, settings)
         cached = cache.get(key) if cache is not None else None
         image_embedding = cached.image_embedding if cached is not None else model.encode_canvas(framed.canvas)

@@ -16,6 +16,7 @@ import gradio as gr
 from PIL import Image
 
 import cocoa_clip as cc
+from cocoa_clip.engine.auto import AUTO, DEFAULT_MASKS, MAX_MASKS, auto_cap
 from cocoa_clip.engine.evaluate import MEASURE_LABELS, alike, curves_of
 from cocoa_clip.engine.faithfulness import applicable_methods, compare_methods
 from cocoa_clip.engine.gradients import GradientSettings
@@ -32,7 +33,6 @@ try:  # ZeroGPU (Hugging Face Spaces); app.py, the Space's entry point, imports 
 except ImportError:
     spaces = None
 
-MAX_MASKS = {"cpu": 20_000, "cuda": 50_000}
 INTERNAL = ("on_update", "should_stop")  # explain's parameters for explain_live, not the API's
 TIME_BUDGET_S = {"cpu": 300.0, "cuda": 100.0}  # RISE stops and answers from the masks done
 MAX_GRADIENT_STEPS = 500          # Integrated Gradients steps, GradientSHAP samples
@@ -85,7 +85,8 @@ class CocoaApp:
                  disk_budget_mb: float = DISK_BUDGET_MB, shelf: ModelShelf | None = None,
                  answer_memory_mb: float = ANSWER_MEMORY_MB, answer_idle_minutes: float = ANSWER_IDLE_MINUTES,
                  max_sessions: int = MAX_SESSIONS, trust_proxy: bool = False):
-        """max_masks, job_seconds: a deployment's caps (default per device: MAX_MASKS, TIME_BUDGET_S).
+        """max_masks, job_seconds: a deployment's caps (default per device: engine.auto.MAX_MASKS, TIME_BUDGET_S).
+        The masks box takes what the library takes (0 or auto for auto), up to the smaller of the two maxima.
         disk_budget_mb: bound on everything this process writes for visitors (oldest files go first).
         answer_memory_mb, answer_idle_minutes, max_sessions: bounds on the visitors' answers kept for "Check"
         (max_sessions also goes to Gradio's launch: see app.launch_options).
@@ -98,8 +99,9 @@ class CocoaApp:
         self.notice = notice
         self.cache = cc.PassCache(max_bytes=cache_bytes)
         self.device = model.device.type
-        self.max_masks = max_masks or MAX_MASKS.get(self.device, MAX_MASKS["cpu"])
-        self.default_masks = min(cc.RiseSettings().masks_for(model.device), self.max_masks)
+        self.max_masks = min(max_masks or MAX_MASKS[self.device], MAX_MASKS[self.device])
+        default = DEFAULT_MASKS[self.device]
+        self.default_masks = 0 if default == AUTO else min(default, self.max_masks)  # the box shows auto as 0
         self.job_seconds = job_seconds or TIME_BUDGET_S.get(self.device, TIME_BUDGET_S["cpu"])
         self.masks_per_second: float | None = None  # measured: by calibrate(), then by every fresh pass
         self.answers = hosting.AnswerStore(max_visitors=max_sessions, max_bytes=int(answer_memory_mb * (1 << 20)),
@@ -314,11 +316,12 @@ class CocoaApp:
         if method != "rise":
             return "Gradient methods: one backward pass per step, a few seconds on a GPU, longer on a CPU."
         try:
-            n_masks = valid.masks(masks, self.max_masks, self.default_masks)
+            n_masks = valid.masks(masks, self.device, self.max_masks)
         except gr.Error as error:
             return error.message
         if n_masks == "auto":
-            return f"Auto: masks are drawn until the map is stable (at most {self.max_masks:,})."
+            return (f"Auto: masks are drawn until the map is stable (at most "
+                    f"{auto_cap(None, self.device, self.max_masks):,}).")
         if not self.masks_per_second:
             return f"{n_masks:,} masks; the first run measures this machine's speed."
         seconds = n_masks / self.masks_per_second
@@ -343,8 +346,8 @@ class CocoaApp:
                      stdev: Any = None) -> dict:
         """What `cc.explain` takes from the method widgets, checked, with progress reports wired in."""
         method = valid.choice(method, "method", cc.METHODS)
-        n_masks = valid.masks(masks, self.max_masks, self.default_masks)
-        auto = n_masks == "auto"
+        n_masks = valid.masks(masks, self.device, self.max_masks)
+        auto = n_masks == AUTO
         paper = GradientSettings()
         gradient = GradientSettings(
             n_steps=valid.whole(steps, "number of Integrated Gradients steps", 1, MAX_GRADIENT_STEPS,
@@ -352,7 +355,8 @@ class CocoaApp:
             n_samples=valid.whole(samples, "number of GradientSHAP samples", 1, MAX_GRADIENT_STEPS,
                                   default=paper.n_samples),
             stdev=paper.stdev if stdev is None else valid.number(stdev, "GradientSHAP noise", 0.0, 10.0))
-        options = {"method": method, "masks": n_masks, "max_masks": self.max_masks if auto else None,
+        options = {"method": method, "masks": n_masks,
+                   "max_masks": auto_cap(None, self.device, self.max_masks) if auto else None,
                    "seed": valid.whole(seed, "seed", 0, MAX_SEED, default=0),
                    "framing": valid.choice(framing, "framing", (*cc.FRAMINGS, "crop")), "gradient": gradient,
                    "baseline": valid.choice(baseline, "baseline", BASELINES),

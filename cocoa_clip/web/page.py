@@ -151,7 +151,7 @@ def _options(w: SimpleNamespace, app: CocoaApp) -> None:
     w.method = gr.Dropdown(METHOD_CHOICES, value="rise", label="Method", elem_id="method")
     # A number box, not a slider: a slider clamps a typed 999999 to its maximum and runs that.
     w.masks = gr.Number(app.default_masks, label="RISE masks", precision=0, elem_id="masks",
-                        info=f"100 to {app.max_masks:,}: more masks, smoother map, longer run; "
+                        info=f"1 to {app.max_masks:,}: more masks, smoother map, longer run; "
                              "0: auto, until the map is stable")
     paper = GradientSettings()
     w.steps = gr.Number(paper.n_steps, label="Integrated Gradients steps", precision=0, visible=False,
