@@ -36,7 +36,7 @@ URL_TIMEOUT_S = 20.0
 # open_clip's file names: the safetensors file first (no pickle), the PyTorch one where only it exists.
 HUB_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 # The hub repository of each OpenAI model (open_clip's pretrained.py, tag "openai"). No revision is
-# pinned: the repositories' commit hashes could not be looked up from here; see the README.
+# pinned: the repositories' commit hashes could not be looked up from here; see docs/models.md.
 HUB_REPOS = {
     "RN50": "timm/resnet50_clip.openai",
     "RN101": "timm/resnet101_clip.openai",

@@ -48,7 +48,7 @@ __all__ = ["CocoaApp", "build_demo", "launch_options", "load_model", "main", "pa
 
 
 def launch_options() -> dict:
-    """Safe launch settings (see the README); `run_history` only where this Gradio accepts it."""
+    """Safe launch settings (see docs/hosting.md); `run_history` only where this Gradio accepts it."""
     options = dict(ssr_mode=False, enable_monitoring=False, share=False, show_error=False,
                    max_file_size=MAX_UPLOAD, run_history=False, theme=gr.themes.Soft(), css=CSS,
                    app_kwargs={"exception_handlers": {HTTPException: valid.gradio_refusal}})
