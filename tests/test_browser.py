@@ -96,7 +96,7 @@ def test_a_typed_mask_count_out_of_range_is_refused_in_a_sentence(page, typed):
     page.locator("#masks input").fill(typed)
     page.locator("#masks input").press("Tab")
     sentence = (f"The number of masks must be a whole number from 1 to 20,000, or 0 for auto (until the map is "
-                f"stable); got {typed}.")
+                f"stable); got {int(typed):,}.")  # written as the limits are
     page.locator("#estimate").get_by_text(sentence).wait_for()
     page.set_input_files("#image input[type=file]", str(PICTURE))
     page.locator("#corpus textarea").fill("cat")
