@@ -1,11 +1,14 @@
 """Batch jobs: rows from folders and tables, results equal to cc.explain, resume, both engines, the report."""
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import math
 import re
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,7 @@ from cocoa_clip.batch import Job, ModelSpec, collect
 from cocoa_clip.batch.report import write_report
 from cocoa_clip.batch.work import summarize
 from cocoa_clip.cli import main
+from cocoa_clip.engine.evaluate import curves_of
 
 pq = pytest.importorskip("pyarrow.parquet", reason="batch results need pyarrow (requirements-dev.txt)")
 MASKS = 24
@@ -94,9 +98,14 @@ def test_manifest_and_report(local_run):
     job, _, summary = local_run
     out = Path(job.out_dir)
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["counts"] == {"rows": 5, "explained": 5, "skipped": 0, "failed": 1}
-    assert manifest["settings"]["explain"] == {"masks": MASKS} and manifest["versions"]["pyarrow"]
-    assert manifest["engine"] == "local" and "ray" not in manifest["versions"]
+    [run] = manifest["runs"]
+    assert run["counts"] == {"rows": 5, "explained": 5, "skipped": 0, "failed": 1, "dropped": 0}
+    settings = manifest["settings"]
+    assert settings["explain"] == {"masks": MASKS, "method": "rise", "estimator": "regression"}
+    assert (settings["model"]["device"], settings["model"]["precision"]) == ("cpu", "fp32")
+    assert settings["model"]["weights_sha256"] == hashlib.sha256(Path(job.model.weights).read_bytes()).hexdigest()
+    assert settings["versions"]["torch"] == metadata.version("torch") and run["versions"]["pyarrow"]
+    assert run["engine"] == "local" and "ray" not in run["versions"]
     page = (out / "report.html").read_text()
     assert page.count("<tr>") == 1 + 5  # the header and one row per result
     scores = re.findall(r'class="number score" data-value="([^"]*)"', page)
@@ -110,8 +119,9 @@ def test_manifest_and_report(local_run):
 def test_the_report_names_the_stopping_rule_only_for_auto_masks(tmp_path, masks, shown):
     """A fixed-count run did not stop at a stability: its settings line must not say "stability 0.97"."""
     explain = {"masks": masks, "stability": 0.97, "max_masks": None}
-    write_report(tmp_path / "report.html", [], {"settings": {"model": {"name": "shapes-demo", "weights": ""},
-                                                             "explain": explain, "evaluate": False}})
+    model = {"name": "shapes-demo", "weights": "", "precision": "fp32", "device": "cpu"}
+    write_report(tmp_path / "report.html", [], {"settings": {"model": model, "explain": explain, "evaluate": False},
+                                                "runs": [{"engine": "local", "counts": {"rows": 0, "failed": 0}}]})
     page = (tmp_path / "report.html").read_text()
     assert f"masks {masks}" in page and ("stability 0.97" in page) == shown and "max_masks" not in page
 
@@ -203,7 +213,7 @@ def test_an_interrupted_job_resumes_to_the_same_table(collection, tiny_checkpoin
     assert not (tmp_path / "out" / "results.parquet").exists() and len(list((tmp_path / "out" / "parts").iterdir()))
     with pytest.raises(cc.CocoaError, match="already holds results; pass --resume"):
         batch.run(rows, job)
-    with pytest.raises(cc.CocoaError, match=r"other settings \(explain\)"):
+    with pytest.raises(cc.CocoaError, match=r"other settings \(explain.masks 24 then, 25 now\)"):
         batch.run(rows, job_for(tmp_path / "out", tiny_checkpoint, options={"masks": MASKS + 1}), resume=True)
 
     again = []
@@ -232,7 +242,7 @@ def test_cli_batch_exit_status_counts_failures_and_needs_no_ray(collection, tiny
     assert len(good) == 4 and all((tmp_path / "o" / row["overlay"]).is_file() for row in good)
     row = good[0]
     question = cc.Question(corpus=["dog"], foil=["cat"])
-    aucs = cc.insertion_deletion(tiny, row["image"], np.load(tmp_path / "o" / row["heatmap"]), question).aucs()
+    aucs = curves_of(tiny, cc.explain(tiny, row["image"], question, masks=8, seed=0, cache=None)).aucs()
     assert (row["insertion_auc"], row["deletion_auc"]) == pytest.approx((aucs["insertion_auc"], aucs["deletion_auc"]))
 
 
@@ -301,7 +311,8 @@ def test_the_ray_engine_gives_the_local_table(ray_instance, local_run, tmp_path)
         if ours["heatmap"]:
             np.testing.assert_array_equal(np.load(tmp_path / "ray" / ours["heatmap"]),
                                           np.load(Path(job.out_dir) / theirs["heatmap"]))
-    assert json.loads((tmp_path / "ray" / "manifest.json").read_text())["versions"]["ray"] == ray_instance.__version__
+    [run] = json.loads((tmp_path / "ray" / "manifest.json").read_text())["runs"]
+    assert run["versions"]["ray"] == ray_instance.__version__
 
 
 def test_the_progress_bar_counts_images_per_minute_and_time_left(monkeypatch, capsys):
@@ -318,3 +329,116 @@ def test_the_progress_bar_counts_images_per_minute_and_time_left(monkeypatch, ca
     assert re.search(r"3/4 images \|.*\| \d\d:\d\d<\d\d:\d\d left, [\d.]+ images/min", line), line
     with _batch_progress(4, quiet=True) as update:
         assert update is None
+
+
+@pytest.mark.parametrize("baseline", ["blur", "mean", "black"])
+def test_batch_evaluate_gives_the_areas_of_cocoa_clip_evaluate(baseline, tiny_checkpoint, tmp_path, capsys):
+    """One function serves both: the answer's own baseline and its map as computed (content map)."""
+    picture = tmp_path / "wide.png"  # not square: the pad framing's content box differs from the picture
+    Image.fromarray(np.random.default_rng(8).integers(0, 256, (30, 52, 3), dtype=np.uint8)).save(picture)
+    job = job_for(tmp_path / "out", tiny_checkpoint, options={"masks": MASKS, "baseline": baseline}, evaluate=True)
+    batch.run(collect(str(picture), job), job)
+    [row] = read(tmp_path / "out")
+    assert main(["evaluate", str(picture), "--corpus", "dog", "--foil", "cat", "--weights", tiny_checkpoint,
+                 "--device", "cpu", "--precision", "fp32", "--masks", str(MASKS), "--baseline", baseline,
+                 "--json"]) == 0
+    cli = json.loads(capsys.readouterr().out)
+    assert (row["insertion_auc"], row["deletion_auc"]) == pytest.approx(
+        (cli["insertion_auc"], cli["deletion_auc"]), abs=1e-6)
+
+
+def two_pictures(folder: Path) -> Path:
+    folder.mkdir()
+    rng = np.random.default_rng(11)
+    for name in ("a.png", "b.png"):
+        Image.fromarray(rng.integers(0, 256, (24, 30, 3), dtype=np.uint8)).save(folder / name)
+    return folder
+
+
+def test_settings_are_what_runs_not_what_was_left_open(tiny_checkpoint, tmp_path):
+    open_job = job_for(tmp_path, tiny_checkpoint, model=ModelSpec("tiny", weights=tiny_checkpoint), options={})
+    on_gpu = open_job.resolved("cuda").settings()
+    assert (on_gpu["model"]["device"], on_gpu["model"]["precision"], on_gpu["explain"]["masks"]) == ("cuda", "fp16",
+                                                                                                      20_000)
+    on_cpu = open_job.resolved("cpu").settings()
+    assert on_cpu["model"]["device"] == "cpu" and (on_cpu["explain"]["masks"], on_cpu["explain"]["max_masks"]) == (
+        "auto", 4_000)  # auto by default on a CPU
+    auto = job_for(tmp_path, tiny_checkpoint, options={"masks": "auto"}).resolved().settings()["explain"]
+    assert (auto["masks"], auto["max_masks"], auto["estimator"]) == ("auto", 4_000, "regression")
+
+
+def test_a_resume_with_another_precision_is_refused_in_one_sentence(tiny_checkpoint, tmp_path):
+    rows = collect(str(two_pictures(tmp_path / "in")), job_for(tmp_path / "out", tiny_checkpoint))
+    batch.run(rows, job_for(tmp_path / "out", tiny_checkpoint))
+    bf16 = job_for(tmp_path / "out", tiny_checkpoint, model=ModelSpec("tiny", weights=tiny_checkpoint, device="cpu",
+                                                                      precision="bf16"))
+    with pytest.raises(cc.SettingsError, match=r'other settings \(model.precision "fp32" then, "bf16" now\); '
+                                               r"resume with the same options"):
+        batch.run(rows, bf16, resume=True)
+
+
+def test_a_changed_picture_is_explained_again_and_the_manifest_keeps_every_run(tiny_checkpoint, tmp_path):
+    folder = two_pictures(tmp_path / "in")
+    job = job_for(tmp_path / "out", tiny_checkpoint)
+    batch.run(collect(str(folder), job), job)
+    first = read(tmp_path / "out")
+    flipped = np.asarray(Image.open(folder / "b.png"))[::-1]
+    Image.fromarray(flipped).save(folder / "b.png")  # the same path and size: only the content and mtime change
+    summary = batch.run(collect(str(folder), job), job, resume=True)
+    assert (summary.explained, summary.skipped, summary.dropped) == (1, 1, 1)  # b's old result is dropped
+    table = read(tmp_path / "out")
+    assert table[0] == first[0] and table[1]["score"] != first[1]["score"]
+    assert table[1]["score"] == pytest.approx(cc.explain(cc.load(weights=tiny_checkpoint, device="cpu",
+                                                                 precision="fp32"), flipped, cc.Question(
+        corpus=["dog"], foil=["cat"]), masks=MASKS, cache=None).score, abs=1e-6)
+    runs = json.loads((tmp_path / "out" / "manifest.json").read_text())["runs"]
+    assert [run["counts"]["explained"] for run in runs] == [2, 1] and runs[0]["started"] <= runs[1]["started"]
+
+
+def test_a_deleted_pictures_result_is_dropped_and_said(tiny_checkpoint, tmp_path, capsys):
+    folder = two_pictures(tmp_path / "in")
+    arguments = ["batch", str(folder), "--out-dir", str(tmp_path / "out"), "--corpus", "dog", "--foil", "cat",
+                 "--weights", tiny_checkpoint, "--device", "cpu", "--precision", "fp32", "--masks", "8", "--quiet"]
+    assert main(arguments) == 0
+    (folder / "a.png").unlink()
+    assert main(arguments + ["--resume"]) == 0
+    assert "1 rows: 0 explained now, 1 done before, 0 failed; 1 earlier results dropped" in capsys.readouterr().out
+    assert [Path(row["image"]).name for row in read(tmp_path / "out")] == ["b.png"]
+    report = (tmp_path / "out" / "report.html").read_text()
+    assert "1 earlier results, whose picture is no longer in the input" in report
+
+
+def test_a_damaged_part_file_is_set_aside_and_its_rows_redone(tiny_checkpoint, tmp_path, caplog):
+    folder = two_pictures(tmp_path / "in")
+    job = job_for(tmp_path / "out", tiny_checkpoint)
+    rows = collect(str(folder), job)
+
+    def stop(result: dict) -> None:
+        raise KeyboardInterrupt  # after the first row, which is flushed to a part file
+
+    with pytest.raises(KeyboardInterrupt):
+        batch.run(rows, job, on_result=stop)
+    [part] = (tmp_path / "out" / "parts").glob("*.parquet")
+    part.write_bytes(part.read_bytes()[:100])  # truncated, as by a full disk or a crash of the machine
+    with caplog.at_level("WARNING", logger="cocoa_clip.batch.store"):
+        summary = batch.run(rows, job, resume=True)
+    assert (summary.explained, summary.skipped) == (2, 0)
+    [message] = caplog.messages
+    assert f"{part.name} could not be read" in message and "set aside as" in message and "\n" not in message
+    assert (tmp_path / "out" / (part.name + ".damaged")).is_file() and len(read(tmp_path / "out")) == 2
+
+
+@pytest.mark.parametrize("broken, written", [("pyarrow.parquet.write_table", "parts/part-"),
+                                             ("numpy.save", "heatmaps/a-")])
+def test_a_full_disk_stops_the_batch_in_one_sentence_naming_the_file(broken, written, tiny_checkpoint, tmp_path,
+                                                                     monkeypatch, capsys):
+    folder = two_pictures(tmp_path / "in")
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(broken, no_space)
+    assert main(["batch", str(folder), "--out-dir", str(tmp_path / "out"), "--corpus", "dog", "--foil", "cat",
+                 "--weights", tiny_checkpoint, "--masks", "8", "--quiet"]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: The disk is full: {tmp_path / 'out' / written}") and "could not be written" in line

@@ -1,3 +1,4 @@
+import errno
 import json
 import os
 import re
@@ -86,12 +87,12 @@ def test_several_images_need_an_output_pattern_checked_before_loading(picture, e
 
 def test_a_time_budget_answers_from_the_masks_done(tiny_checkpoint, picture, tmp_path, capsys):
     code = main(["explain", picture, "--corpus", "dog", "--foil", "cat", "--weights", tiny_checkpoint, "--quiet",
-                 "--masks", "200000", "--batch-size", "8", "--time-budget", "2", "--out", str(tmp_path / "o.png")])
+                 "--masks", "20000", "--batch-size", "8", "--time-budget", "2", "--out", str(tmp_path / "o.png")])
     assert code == 0
     out = capsys.readouterr().out
     assert "(the time budget ran out first)" in out
     done = int(out.split(" masks")[0].rsplit(", ", 1)[1])
-    assert 8 <= done < 200_000 and done % 8 == 0
+    assert 8 <= done < 20_000 and done % 8 == 0
 
 
 def test_compare_writes_the_coloured_picture_and_labels(tiny_checkpoint, picture, tmp_path, capsys):
@@ -263,7 +264,7 @@ def test_evaluate_a_saved_heatmap(tiny, tiny_checkpoint, picture, tmp_path, caps
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--corpus", "dog", "--foil", "cat", "--masks", "0"], "number of masks"),
+    (["--corpus", "dog", "--foil", "cat", "--masks", "-1"], "number of masks"),
     (["--corpus", "dog", "--foil", "cat", "--masks", "100000000"], "number of masks"),
     (["--corpus", "dog", "--foil", "cat", "--time-budget", "-1"], "time budget must be a positive number"),
     (["--corpus", "dog", "--foil", "cat", "--time-budget", "nan"], "time budget must be a positive number"),
@@ -307,7 +308,9 @@ def test_foil_and_preset_are_exclusive(picture):
 
 def test_models_lists_clip_names(capsys):
     assert main(["models"]) == 0
-    assert "ViT-B/32" in capsys.readouterr().out.split()
+    listing = capsys.readouterr().out
+    assert "ViT-B/32" in listing.split()
+    assert "note: SigLIP 2 (Siglip2Model, NaFlex) sees a square grid of patches: --framing model squashes" in listing
 
 
 def test_every_option_shows_its_default():
@@ -370,3 +373,18 @@ def test_serve_runs_the_web_app_with_its_own_flags(capsys):
     assert text.startswith("usage: cocoa-clip serve") and "--port" in text and "--weights" in text
     assert main(["serve", "--weights", "/no/such/weights.pt"]) == 2
     assert "No checkpoint file at /no/such/weights.pt" in capsys.readouterr().err
+
+
+def no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")  # what write() raises: no file name in it
+
+
+@pytest.mark.parametrize("broken, output", [("numpy.save", "--heatmap"), ("PIL.Image.Image.save", "--out")])
+def test_a_full_disk_is_one_sentence_naming_the_file(broken, output, tiny_checkpoint, picture, tmp_path, monkeypatch,
+                                                    capsys):
+    monkeypatch.setattr(broken, no_space)
+    target = str(tmp_path / ("map.npy" if output == "--heatmap" else "overlay.png"))
+    assert main(["explain", picture, "--corpus", "dog", "--foil", "cat", "--weights", tiny_checkpoint, "--masks", "8",
+                 "--quiet", output, target]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == f"error: The disk is full: {target} could not be written; free some space, or write somewhere else."

@@ -9,6 +9,7 @@ from PIL import Image
 from torchvision.transforms.functional import gaussian_blur
 
 import cocoa_clip as cc
+from cocoa_clip.engine.evaluate import insertion_deletion
 from cocoa_clip.engine.images import blur, frame, load_image, unframe
 
 
@@ -216,3 +217,48 @@ def test_baselines_mean_and_black():
     for kind, sigma in (("grey", None), ("blur", 0), ("blur", -1.0), ("blur", True)):
         with pytest.raises(cc.SettingsError):
             baseline(content, 32, kind, sigma)
+
+
+def test_the_mean_baseline_is_each_models_own_mean():
+    """"mean" is zero after the model's own normalisation, whatever its family (ImageNet's here, SigLIP's 0.5)."""
+    from cocoa_clip.engine.images import baseline
+    from cocoa_clip.models import MEAN, Preprocessing
+
+    content = torch.rand(2, 3, 8, 9)
+    for mean in ((0.485, 0.456, 0.406), (0.5, 0.5, 0.5)):
+        preprocessing = Preprocessing(32, mean=mean, std=(0.229, 0.224, 0.225))
+        assert preprocessing.normalize(baseline(content, preprocessing, "mean")).abs().max() < 1e-6
+    assert torch.allclose(baseline(content, 32, "mean")[0, :, 0, 0], torch.tensor(MEAN))  # a bare size is CLIP's
+
+
+@pytest.mark.parametrize("method", ["rise", "integrated-gradients", "evaluate"])
+def test_rise_gradients_and_curves_remove_pixels_to_the_models_own_mean(method, noise_square):
+    """With the mean baseline, removed pixels are zero at the encoder's input (ImageNet's mean here, not CLIP's)."""
+    seen = []
+
+    def encoder(normalised: torch.Tensor) -> torch.Tensor:
+        seen.append(normalised.detach().clone())
+        return torch.cat([normalised.mean((2, 3)), normalised.std((2, 3)) + 1.0], dim=1)  # shape = [B, 6]
+
+    model = cc.wrap(encoder, n_px=32, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    question = cc.Question(corpus_images=[noise_square], foil_images=[noise_square.rotate(90)])
+    if method == "evaluate":
+        insertion_deletion(model, noise_square, np.ones((64, 64), np.float32), question, steps=4, baseline="mean")
+    else:
+        cc.explain(model, noise_square, question, method=method, masks=32, baseline="mean", cache=None)
+    pictures = torch.cat(seen)  # shape = [N, 3, 32, 32]
+    removed = (pictures.abs() < 1e-5).all(dim=1).float().mean((1, 2))  # share of each picture at zero
+    assert removed.max() > 0.2  # insertion's start, IG's baseline, a sparse mask: a fifth of it or more
+
+
+def test_a_float_tiff_is_read_in_its_own_units_as_a_16_bit_png_of_the_same_picture(tmp_path):
+    """A 32-bit float TIFF holding 0.12..0.41 is a dark picture (31..105), not one stretched to 73..255."""
+    values = np.linspace(0.12, 0.41, 12 * 16, dtype=np.float32).reshape(12, 16)
+    Image.fromarray(values, mode="F").save(tmp_path / "dark.tif")
+    Image.fromarray((values * 65535).round().astype(np.uint16)).save(tmp_path / "dark.png")
+    assert Image.open(tmp_path / "dark.tif").mode == "F"
+    pixels = np.asarray(load_image(tmp_path / "dark.tif"))
+    assert (pixels.min(), pixels.max()) == (31, 105)
+    np.testing.assert_array_equal(pixels, np.asarray(load_image(tmp_path / "dark.png")))
+    Image.fromarray(values * 255, mode="F").save(tmp_path / "bright.tif")  # floats above 1 are 0..255
+    np.testing.assert_array_equal(np.asarray(load_image(tmp_path / "bright.tif")), pixels)

@@ -160,7 +160,7 @@ def test_clip_cache_is_used_only_with_the_right_checksum(sources, server, tiny_c
     monkeypatch.setattr(weights, "package_url", lambda name: f"{server.url}/clip/models/{sha}/ViT-B-32.pt")
     server.requests.clear()
     found = weights.find(NAME, sources)
-    assert found == weights.Found(cached, "clip cache") and server.requests == []
+    assert found == weights.Found(cached, "clip cache", sha256=sha) and server.requests == []
 
 
 def test_the_package_url_downloads_into_the_clip_cache_after_its_checksum(sources, server, tiny_checkpoint,
@@ -170,7 +170,8 @@ def test_the_package_url_downloads_into_the_clip_cache_after_its_checksum(source
     monkeypatch.setattr(weights, "package_url", lambda name: f"{server.url}/clip/models/{sha}/ViT-B-32.pt")
     server.files[f"/clip/models/{sha}/ViT-B-32.pt"] = data
     found = weights.find(NAME, sources)
-    assert found == weights.Found(sources / "ViT-B-32.pt", "clip URL") and found.path.read_bytes() == data
+    assert found == weights.Found(sources / "ViT-B-32.pt", "clip URL", sha256=sha)
+    assert found.path.read_bytes() == data
 
     found.path.unlink()  # a corrupted download is refused and leaves no file behind
     server.files[f"/clip/models/{sha}/ViT-B-32.pt"] = data[:-10] + b"0123456789"

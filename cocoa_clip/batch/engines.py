@@ -12,7 +12,7 @@ import numpy as np
 from ..errors import SettingsError
 from .job import Job, Summary, outputs, pyarrow_module
 from .report import write_report
-from .store import MANIFEST, ResultStore, start_manifest, write_json
+from .store import MANIFEST, ResultStore, now, start_manifest, write_json
 from .work import explain_row, read_row
 
 ENGINES = ("local", "ray")
@@ -83,16 +83,24 @@ def run(rows: Sequence[dict], job: Job, *, engine: str = "local", workers: int =
     """Explain every row not done yet; write results.parquet, manifest.json and report.html in job.out_dir.
 
     resume: go on with the results already in the folder (rows that failed are tried again); without it
-    a folder that holds results is refused. on_result: called with each new result row (a progress bar).
+    a folder that holds results is refused, and so is a resume whose resolved settings (device type, precision,
+    masks, estimator, weights' SHA-256, library versions ...) differ from the first run's. Earlier results whose
+    row is no longer in `rows` (its picture deleted or changed) are dropped from the table and counted in the
+    summary's `dropped`. on_result: called with each new result row (a progress bar).
     """
     check_engine(engine, workers, gpus_per_worker, ray_address)
     if engine == "ray":
         job.model.check(gpus_per_worker)
+        job = job.resolved("cuda" if gpus_per_worker else "cpu")  # where the actors run, not this process
+    else:
+        job = job.resolved()
     store = ResultStore(Path(job.out_dir), evaluate=job.evaluate)
     manifest = start_manifest(store, job, resume)
     previous = store.load()
     done = {key for key, result in previous.items() if not result["error"]}
     todo = [row for row in rows if row["key"] not in done]
+    # Results whose row is gone from INPUT (a picture deleted, changed or renamed) are left out of the table.
+    dropped = len(set(previous) - {row["key"] for row in rows})
     for folder in ("heatmaps", "thumbnails") + (("overlays",) if job.overlays else ()):
         (store.folder / folder).mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -109,12 +117,14 @@ def run(rows: Sequence[dict], job: Job, *, engine: str = "local", workers: int =
     table = store.gather([row["key"] for row in rows])
     seconds = time.perf_counter() - started
     summary = Summary(rows=len(rows), explained=len(todo), skipped=len(rows) - len(todo),
-                      failed=sum(1 for result in table if result["error"]), seconds=seconds, out_dir=store.folder)
-    manifest.update(engine=engine, workers=workers if engine == "ray" else 1, seconds=round(seconds, 3),
-                    counts={name: getattr(summary, name) for name in ("rows", "explained", "skipped", "failed")},
-                    finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+                      failed=sum(1 for result in table if result["error"]), seconds=seconds, out_dir=store.folder,
+                      dropped=dropped)
+    this_run = manifest["runs"][-1]
+    this_run.update(engine=engine, workers=workers if engine == "ray" else 1, seconds=round(seconds, 3),
+                    counts={name: getattr(summary, name)
+                            for name in ("rows", "explained", "skipped", "failed", "dropped")}, finished=now())
     if engine == "ray":
-        manifest["versions"]["ray"] = _ray().__version__
+        this_run["versions"]["ray"] = _ray().__version__
     write_json(store.folder / MANIFEST, manifest)
     write_report(store.folder / REPORT, [{**result, "thumbnail": outputs(result)["thumbnail"]} for result in table],
                  manifest)

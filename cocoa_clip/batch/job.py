@@ -9,12 +9,18 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 
+import torch
+
+from ..engine.rise import DEFAULT_ESTIMATOR, RiseSettings
 from ..engine.targets import Question
 from ..errors import CocoaError, SettingsError, check_seed
-from ..models import ClipModel, available_models, load
-from ..models.registry import family_of
+from ..models import ClipModel, available_models, load, split_revision
+from ..models.loading import default_device, resolve_precision
+from ..models.registry import BUNDLED, family_of, resolve
+from ..models.weights import sha256
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif")
 TABLE_SUFFIXES = (".csv", ".jsonl", ".parquet")
@@ -30,13 +36,17 @@ class ModelSpec:
     weights: str | None = None
     device: str | None = None
     precision: str = "auto"
+    revision: str | None = None
+    trust_checkpoint: bool = False  # unsafe: lets the weights file run code (models/trust.py)
 
     def load(self) -> ClipModel:
-        return load(self.name, weights=self.weights, device=self.device, precision=self.precision)
+        return load(self.name, weights=self.weights, device=self.device, precision=self.precision,
+                    revision=self.revision, trust_checkpoint=self.trust_checkpoint)
 
     def check(self, gpus_per_worker: float) -> None:
         """Refuse, before Ray starts, what every actor would fail on (each loads the model on its node)."""
-        if self.weights is None and family_of(self.name) is None and self.name not in available_models():
+        name, _ = split_revision(self.name, self.revision)
+        if self.weights is None and family_of(name) is None and name not in available_models():
             raise SettingsError(f"Unknown model {self.name!r}; choose one of: {', '.join(available_models())}.")
         if self.weights is not None and not Path(self.weights).is_file():
             raise SettingsError(f"No checkpoint file at {self.weights}; the Ray actors load it from that path.")
@@ -62,11 +72,33 @@ class Job:
     evaluate: bool = False
     overlays: bool = False
 
+    def resolved(self, device_type: str | None = None) -> Job:
+        """The job as it runs: device, precision, method, estimator and mask count (auto's cap) written out.
+
+        device_type: where the workers run ("cpu" or "cuda") when the model spec leaves it open; by
+        default this machine's. Workers load the resolved spec, so the settings say what ran.
+        """
+        device = torch.device(self.model.device or device_type or default_device().type)
+        model = dataclasses.replace(self.model, device=self.model.device or device.type,
+                                    precision=resolve_precision(self.model.precision, device))
+        options = {**self.options, "method": self.options.get("method") or "rise",
+                   "estimator": self.options.get("estimator") or DEFAULT_ESTIMATOR}
+        if options["method"] == "rise":  # None means 20,000 masks on a GPU and auto on a CPU
+            rise = RiseSettings(options.get("masks"), max_masks=options.get("max_masks")).for_device(device)
+            options.update(masks=rise.n_masks, **({"max_masks": rise.max_masks} if rise.auto else {}))
+        return dataclasses.replace(self, model=model, options=options)
+
     def settings(self) -> dict:
-        """Everything a row's result depends on but the row itself (a resumed job must match it)."""
-        return json.loads(json.dumps({"model": dataclasses.asdict(self.model), "question": self.question,
-                                      "explain": self.options, "seed": self.seed, "evaluate": self.evaluate,
-                                      "overlays": self.overlays}, default=str))
+        """Everything a row's result depends on but the row itself (a resumed job must match it): the
+        resolved job's settings, the weights file's SHA-256 and the versions of the libraries that compute."""
+        weights = self.model.weights or BUNDLED.get(self.model.name)
+        device = torch.device(self.model.device).type if self.model.device else None
+        model = {**dataclasses.asdict(self.model), "device": device,
+                 "weights_sha256": sha256(Path(weights)) if weights and Path(weights).is_file() else None}
+        libraries = ("cocoa-clip", "torch", "numpy", resolve(self.model.name)[0].package)
+        return json.loads(json.dumps({"model": model, "question": self.question, "explain": self.options,
+                                      "seed": self.seed, "evaluate": self.evaluate, "overlays": self.overlays,
+                                      "versions": {name: _version(name) for name in libraries}}, default=str))
 
     def question_of(self, row: dict) -> Question:
         """The row's question: its own corpus, foil and target, the job's for the rest."""
@@ -76,7 +108,8 @@ class Job:
 
 @dataclass(frozen=True)
 class Summary:
-    """How a batch went. failed counts the rows of the final table whose error is filled."""
+    """How a batch went. failed counts the rows of the final table whose error is filled; dropped the results of
+    earlier runs left out of it because their row is no longer in INPUT (a picture deleted, changed or renamed)."""
 
     rows: int
     explained: int
@@ -84,6 +117,7 @@ class Summary:
     failed: int
     seconds: float
     out_dir: Path
+    dropped: int = 0
 
 
 # Rows -------------------------------------------------------------------------------------------------------------
@@ -150,7 +184,7 @@ def _row(index: int, entry: dict, folder: Path, job: Job, where: str) -> dict:
         raise SettingsError(f"{where} has no image path.")
     corpus, foil, target, seed = (_cell(entry.get(name)) for name in ("corpus", "foil", "target", "seed"))
     defaults = job.question
-    row = {"index": index, "image": image, "path": str(folder / image),
+    row = {"index": index, "image": image, "path": str(folder / image), "stamp": stamp(str(folder / image)),
            "corpus": _join(corpus if corpus is not None else defaults.get("corpus", ()), where),
            "foil": _join(foil if foil is not None else defaults.get("foil", ()), where),
            "foil_preset": "" if foil is not None else defaults.get("foil_preset") or "",
@@ -199,9 +233,28 @@ def _seed(value: object, where: str) -> int:
     return value
 
 
+def _version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:  # cocoa-clip run from a checkout, or a family library not installed
+        return "not installed"
+
+
+def stamp(path: str) -> str:
+    """The picture's size and modification time ("bytes:nanoseconds"), "" when there is no file: part of its key,
+    so that a picture changed at the same path is explained again."""
+    try:
+        status = Path(path).stat()
+    except OSError:
+        return ""
+    return f"{status.st_size}:{status.st_mtime_ns}"
+
+
 def row_key(row: dict) -> str:
-    """What identifies a row across runs: its image and question (a resumed job skips the keys it has)."""
-    fields = [row[name] for name in ("image", "corpus", "foil", "foil_preset", "target")] + [int(row["seed"])]
+    """What identifies a row across runs: its image (path and stamp) and question (a resumed job skips the keys it
+    has)."""
+    fields = [row[name] for name in ("image", "stamp", "corpus", "foil", "foil_preset", "target")]
+    fields.append(int(row["seed"]))
     return hashlib.sha1(json.dumps(fields).encode()).hexdigest()[:12]
 
 

@@ -11,6 +11,8 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..errors import writing
+
 # (column key, header, kind): "number" columns sort numerically, with empty cells last either way.
 COLUMNS = (("index", "#", "number"), ("thumbnail", "overlay", "none"), ("image", "image", "text"),
            ("question", "question", "text"), ("zero_shot", "zero-shot answer", "text"), ("score", "score", "number"),
@@ -63,15 +65,26 @@ def write_report(path: Path, table: Sequence[dict], manifest: dict) -> None:
     head = "".join(f'<th data-kind="{kind}"{_initial_sort(key)}>{html.escape(label)}</th>'
                    for key, label, kind in columns)
     body = "\n".join(_row(index, table[index], columns) for index in order)
-    counts = manifest.get("counts", {})
+    last = manifest["runs"][-1]
+    counts = last.get("counts", {})
     settings = manifest["settings"]
-    facts = {"model": settings["model"]["weights"] or settings["model"]["name"],
+    model = settings["model"]
+    facts = {"model": f"{model['weights'] or model['name']} ({model['precision']} on {model['device']})",
              "settings": ", ".join(f"{k} {v}" for k, v in _explain_settings(settings["explain"]).items()),
              "rows": counts.get("rows", len(table)),
-             "failed": counts.get("failed", "?"), "engine": manifest.get("engine", "?"),
-             "finished": manifest.get("finished", "?")}
+             "failed": counts.get("failed", "?"), "engine": last.get("engine", "?"),
+             "finished": last.get("finished", "?"), "runs": len(manifest["runs"])}
+    if counts.get("dropped"):
+        facts["dropped"] = (f"{counts['dropped']} earlier results, whose picture is no longer in the input "
+                            "(deleted, changed or renamed)")
     summary = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(str(v))}</dd>" for k, v in facts.items())
-    path.write_text(f"""<!doctype html>
+    with writing(path):
+        path.write_text(_page(summary, head, body), encoding="utf-8")
+
+
+def _page(summary: str, head: str, body: str) -> str:
+    """The whole page: the facts (<dt>/<dd> pairs), the table's header cells and its rows."""
+    return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>cocoa-clip batch report</title>
 <style>{STYLE}</style></head>
 <body>
@@ -85,7 +98,7 @@ def write_report(path: Path, table: Sequence[dict], manifest: dict) -> None:
 </tbody></table>
 <script>{SCRIPT}</script>
 </body></html>
-""", encoding="utf-8")
+"""
 
 
 def _explain_settings(options: dict) -> dict:

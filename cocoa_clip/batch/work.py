@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine.evaluate import insertion_deletion
+from ..engine.evaluate import curves_of
 from ..engine.explain import explain
 from ..engine.images import load_image
 from ..engine.render import save_heatmap
-from ..errors import CocoaError
+from ..errors import CocoaError, DiskFullError, writing
 from ..models import ClipModel
 from .job import Job, outputs
 
@@ -32,7 +32,7 @@ def read_row(row: dict) -> dict:
 def explain_row(model: ClipModel, job: Job, row: dict) -> dict:
     """Explain one read row with cc.explain; write its heatmap (and thumbnail, overlay); return its result row."""
     started = time.perf_counter()
-    result = {name: row[name] for name in ("image", "corpus", "foil", "foil_preset", "target")}
+    result = {name: row[name] for name in ("image", "stamp", "corpus", "foil", "foil_preset", "target")}
     result.update(seed=int(row["seed"]), method=job.options.get("method", "rise"), score=math.nan, heatmap="",
                   overlay="", peak_x=-1, peak_y=-1, top10_share=math.nan, masks=0, zero_shot="",
                   error=str(row["error"]))
@@ -41,6 +41,8 @@ def explain_row(model: ClipModel, job: Job, row: dict) -> dict:
     if not result["error"]:
         try:
             result.update(_explain(model, job, row))
+        except DiskFullError:
+            raise  # not the row's fault: the job stops, with the sentence that names the file
         except (CocoaError, OSError) as problem:
             result["error"] = str(problem)
     result["seconds"] = time.perf_counter() - started
@@ -59,17 +61,18 @@ def _explain(model: ClipModel, job: Job, row: dict) -> dict:
     save_heatmap(folder / paths["heatmap"], answer.heatmap)
     overlay = answer.overlay()
     if job.overlays:
-        overlay.save(folder / paths["overlay"], format="PNG")
+        with writing(folder / paths["overlay"]):
+            overlay.save(folder / paths["overlay"], format="PNG")
     overlay.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
-    overlay.save(folder / paths["thumbnail"], format="JPEG", quality=85)
+    with writing(folder / paths["thumbnail"]):
+        overlay.save(folder / paths["thumbnail"], format="JPEG", quality=85)
     peak_x, peak_y, share = summarize(answer.heatmap)
     result = {"score": answer.score, "heatmap": paths["heatmap"], "overlay": paths["overlay"] if job.overlays else "",
               "peak_x": peak_x, "peak_y": peak_y, "top10_share": share, "masks": answer.details.get("masks", 0),
               "zero_shot": answer.zero_shot.text if answer.zero_shot else ""}
     if job.evaluate:
-        curves = insertion_deletion(model, answer.image, answer.heatmap, question,
-                                    framing=job.options.get("framing", "pad"), seed=int(row["seed"]))
-        aucs = curves.aucs()
+        # What `cocoa-clip evaluate` and the app give: the answer's framing, baseline and map as computed.
+        aucs = curves_of(model, answer, seed=int(row["seed"])).aucs()
         result.update(insertion_auc=aucs["insertion_auc"], deletion_auc=aucs["deletion_auc"])
     return result
 

@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "models":
             return commands.models_command(args.all)
         if args.command == "download":
-            found = download(args.name)
+            found = download(args.name, revision=args.revision, trust_checkpoint=args.trust_checkpoint)
             print(f"{args.name}: {found.path} ({found.source})")
             return 0
         return commands.run(args)

@@ -17,14 +17,23 @@ from ..batch import run as run_batch
 from ..engine.compare import caption_questions, compare
 from ..engine.evaluate import MEASURE_LABELS, check_steps, curves_of, insertion_deletion, measure_of
 from ..engine.explain import Explanation, explain
+from ..engine.faithfulness import compare_methods
 from ..engine.gradients import GradientSettings
 from ..engine.images import ImageSource, check_baseline, load_image
 from ..engine.render import check_style, save_npy
 from ..engine.rise import RiseSettings
 from ..engine.targets import Question
-from ..errors import CocoaError, ImageError, check_seed
+from ..errors import CocoaError, ImageError, SettingsError, check_seed, writing
 from ..models import ClipModel, available_models, load, weights_on_disk
 from ..models import registry as families
+from ..models.trust import commit_of
+from ..models.weights import Found
+
+
+def _pins(found: Found) -> str:
+    """What pins a file on disk, where it is known without reading it again: its hub commit, its SHA-256."""
+    commit, digest = commit_of(found.path), found.sha256
+    return (f"  commit {commit}" if commit else "") + (f"  sha256 {digest}" if digest else "")
 
 
 def models_command(every: bool = False) -> int:
@@ -34,12 +43,14 @@ def models_command(every: bool = False) -> int:
     width = max(map(len, names))
     for name in names:
         found = weights_on_disk(name)
-        where = f"on disk ({found.source}): {found.path}" if found else "not on disk: fetched on first use " \
-            f"(or now: cocoa-clip download {name})"
+        where = f"on disk ({found.source}): {found.path}{_pins(found)}" if found else \
+            f"not on disk: fetched on first use (or now: cocoa-clip download {name})"
         print(f"{name:{width}s}  {where}")
     cached = families.cached_names()
     for family in families.FAMILIES:
         print(f"{family.names}  {family.title}, e.g. --model {family.example} (needs {family.package})")
+        if family.note:
+            print(f"  note: {family.note}")
         if family.prefix == "open_clip" and every:
             import open_clip
 
@@ -100,6 +111,8 @@ def _explain_command(args: argparse.Namespace) -> int:
 def _evaluate_command(args: argparse.Namespace) -> int:
     """Insertion and deletion curves of a heatmap (computed, or read with --from-heatmap)."""
     question = _question(args)
+    if args.methods:
+        return _methods_table(args, question)
     measure_of(question)  # a corpus and a foil, checked before any work
     check_steps(args.curve_steps)
     check_seed(args.seed)
@@ -119,7 +132,8 @@ def _evaluate_command(args: argparse.Namespace) -> int:
         curves = curves_of(model, answer, **options)  # its map as computed, with its own baseline
     if args.plot:
         _make_folders([args.plot])
-        curves.plot(question.describe()).save(args.plot, format="PNG")
+        with writing(args.plot):
+            curves.plot(question.describe()).save(args.plot, format="PNG")
     if args.json:
         print(to_json({**curves.to_dict(), "question": question.describe(), "target": args.target,
                           "method": args.method}))
@@ -128,6 +142,17 @@ def _evaluate_command(args: argparse.Namespace) -> int:
             print(f"{name:22s} {value: .4f}")
         print(f"({MEASURE_LABELS[args.measure]}; insertion: higher is better, deletion: lower is better)")
         print(curves.verdict())
+    return 0
+
+
+def _methods_table(args: argparse.Namespace, question: Question) -> int:
+    """evaluate --methods: every method's map of the question, scored side by side (engine/faithfulness.py)."""
+    if args.from_heatmap or args.plot:
+        raise SettingsError("--methods scores the maps it computes itself; drop --from-heatmap and --plot.")
+    table = compare_methods(_load(args), args.image, question, args.methods, rank_by=args.measure,
+                            framing=args.framing, steps=args.curve_steps, seed=args.seed, masks=args.masks,
+                            gradient=_gradient(args), baseline=args.baseline)
+    print(json.dumps(table.to_dict()) if args.json else table.text())
     return 0
 
 
@@ -143,7 +168,8 @@ def _compare_command(args: argparse.Namespace) -> int:
         comparison = compare(model, picture, args.caption, template=args.template, progress=progress,
                              tie_margin=args.tie_margin, **_method(args))
     _make_folders(paths.values())
-    comparison.overlay(opacity=args.opacity).save(paths["out"], format="PNG")
+    with writing(paths["out"]):
+        comparison.overlay(opacity=args.opacity).save(paths["out"], format="PNG")
     if paths["labels"]:
         save_npy(paths["labels"], comparison.labels.astype(np.int16))
     parts = [{"caption": caption, "share": share, "decided_share": comparison.decided_shares[caption],
@@ -174,7 +200,8 @@ def _batch_command(args: argparse.Namespace) -> int:
     if _gradient(args) != GradientSettings():  # the job's settings are stored as JSON, which holds no dataclass
         raise CocoaError("batch runs gradient methods with the paper's settings; leave out --steps, --samples "
                          "and --stdev (or use explain).")
-    job = Job(out_dir=args.out_dir, model=ModelSpec(args.model, args.weights, args.device, args.precision),
+    job = Job(out_dir=args.out_dir, model=ModelSpec(args.model, args.weights, args.device, args.precision,
+                                                    args.revision, args.trust_checkpoint),
               question=question, options={**options, "estimator": args.estimator}, seed=args.seed,
               evaluate=args.evaluate, overlays=args.overlays)
     rows = collect(args.input, job)
@@ -187,8 +214,10 @@ def _batch_command(args: argparse.Namespace) -> int:
         print(to_json({**dataclasses.asdict(summary), "out_dir": str(out), "results": str(out / RESULTS),
                           "report": str(out / REPORT)}))
     else:
+        dropped = (f"; {summary.dropped} earlier results dropped, their pictures no longer in {args.input} "
+                   "(deleted, changed or renamed)" if summary.dropped else "")
         print(f"{summary.rows} rows: {summary.explained} explained now, {summary.skipped} done before, "
-              f"{summary.failed} failed{' (see the error column)' if summary.failed else ''}; "
+              f"{summary.failed} failed{' (see the error column)' if summary.failed else ''}{dropped}; "
               f"{summary.seconds:.1f} s\nresults -> {out / RESULTS}\nreport -> {out / REPORT}")
     if summary.failed:
         print(f"error: {summary.failed} of {summary.rows} rows failed", file=sys.stderr)
@@ -265,7 +294,8 @@ def _explain(model: ClipModel, question: Question, image: ImageSource, args: arg
 
 
 def _load(args: argparse.Namespace) -> ClipModel:
-    return load(args.model, weights=args.weights, device=args.device, precision=args.precision)
+    return load(args.model, weights=args.weights, device=args.device, precision=args.precision,
+                revision=args.revision, trust_checkpoint=args.trust_checkpoint)
 
 
 def _method(args: argparse.Namespace) -> dict:
@@ -304,7 +334,8 @@ def _report_explanation(answer: Explanation, image: str, paths: dict[str, str | 
     style = {"opacity": args.opacity, "scale": None if args.scale == "auto" else args.scale, "cmap": args.cmap}
     answer.save(overlay=paths["out"], heatmap=paths["heatmap"], **style)
     if paths["colorbar"]:
-        answer.colorbar(scale=style["scale"], cmap=args.cmap).save(paths["colorbar"], format="PNG")
+        with writing(paths["colorbar"]):
+            answer.colorbar(scale=style["scale"], cmap=args.cmap).save(paths["colorbar"], format="PNG")
     for note in answer.notes:
         print(f"note: {note}", file=sys.stderr)
     if args.json:

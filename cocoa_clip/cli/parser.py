@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..batch import ENGINES
+from ..engine.auto import AUTO, AUTO_CAP, MAX_MASKS
 from ..engine.compare import MAX_CAPTIONS
 from ..engine.evaluate import MEASURES
 from ..engine.explain import METHODS
@@ -11,9 +12,10 @@ from ..engine.gradients import GradientSettings
 from ..engine.images import BASELINES, FRAMING_ALIASES, FRAMINGS
 from ..engine.presets import DEFAULT_TEMPLATE, FOIL_PRESETS
 from ..engine.render import SCALES
-from ..engine.rise import AUTO, DEFAULT_ESTIMATOR, ESTIMATORS
+from ..engine.rise import DEFAULT_ESTIMATOR, ESTIMATORS
 from ..engine.targets import SIMILARITIES, TARGETS
 from ..models import DEFAULT_MODEL, PRECISIONS
+from ..models.trust import TRUST_HELP
 
 
 class _Help(argparse.HelpFormatter):
@@ -68,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       "probability of the corpus against the foil classes (the paper's corpus "
                                       "majority probability)")
     evaluate_parser.add_argument("--plot", metavar="PNG", help="save the curves as a plot")
+    evaluate_parser.add_argument("--methods", type=method_list, default=None, metavar="M1,M2,...",
+                                 help="one table instead: each method's map scored in both measures, ranked by "
+                                      "--measure (e.g. rise,integrated-gradients,legrad,attention-relevance)")
 
     compare_parser = commands.add_parser(
         "compare", help="which of several captions each region of an image looks like", formatter_class=_Help,
@@ -102,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "cache (from its URL) or the Hugging Face hub's cache (HF_HOME; HF_ENDPOINT for a mirror).")
     download_parser.add_argument("name", metavar="NAME", help="a model name (see `models`), e.g. ViT-B/32, "
                                  "open_clip:ViT-B-32:laion2b_s34b_b79k or hf:google/siglip-base-patch16-224")
+    _trust_options(download_parser)
     _batch_parser(commands)
     # `serve` hands its arguments to the web app's own parser (main() routes them before this one).
     commands.add_parser("serve", help="the web app and its HTTP API, as app.py serves it (options: serve --help; "
@@ -166,15 +172,18 @@ def _method_options(parser: argparse.ArgumentParser, estimator: bool) -> None:
     how = parser.add_argument_group("method")
     how.add_argument("--method", choices=METHODS, default="rise", help="attribution method")
     how.add_argument("--masks", type=count_or_auto, default=None,
-                     help="RISE masks, or auto: until the map is stable (default: 20000 on a GPU, 2000 on a CPU)")
+                     help=f"RISE masks, 1 to {MAX_MASKS['cpu']:,} on a CPU or {MAX_MASKS['cuda']:,} on a GPU; or auto "
+                          "(or 0): until the map is stable (default: auto on a CPU, 20000 on a GPU)")
     how.add_argument("--stability", type=float, default=0.97,
                      help="with --masks auto: stop when every map's estimated correlation with its limit reaches "
-                          "this (default 0.97)")
+                          "this at two checkpoints in a row (default 0.97)")
     how.add_argument("--max-masks", type=int, default=None,
-                     help="with --masks auto: the most masks to draw (default: 20000 on a GPU, 4000 on a CPU)")
+                     help=f"with --masks auto: the most masks to draw (default: {AUTO_CAP['cpu']:,} on a CPU, "
+                          f"{AUTO_CAP['cuda']:,} on a GPU)")
     how.add_argument("--seed", type=int, default=0, help="random seed of the masks / noise")
     how.add_argument("--baseline", choices=BASELINES, default="blur",
-                     help="what removed pixels show: the blurred picture (the paper's), CLIP's mean colour, or black")
+                     help="what removed pixels show: the blurred picture (the paper's), the model's mean colour "
+                          "(zero after its normalisation), or black")
     how.add_argument("--blur-sigma", type=float, default=None, metavar="PIXELS",
                      help="the blur's sigma in pixels of the model's input (default: 5 x input size / 224; "
                           "5 reproduces the paper's code, kernel 21, at any size)")
@@ -203,13 +212,32 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
                        help="an OpenAI CLIP name (ViT-B/32 ...), open_clip:ARCH[:TAG] or hf:REPO_OR_DIR (see `models`)")
     model.add_argument("--weights", metavar="PATH", help="local checkpoint: an OpenAI CLIP .pt (JIT archive or state "
                        "dict), or with --model open_clip:ARCH one for that architecture")
+    _trust_options(model)
     model.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     model.add_argument("--precision", choices=PRECISIONS, default="auto",
-                       help="auto: fp16 on CUDA, bf16 autocast on CPUs that have it, else fp32")
+                       help="auto: fp16 on CUDA, bf16 autocast on CPUs with bf16 arithmetic, else fp32; int8 (CPU): "
+                            "the image tower's Linear layers in int8 for RISE's passes")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, no line per weights source tried")
 
 
+def _trust_options(group: argparse._ActionsContainer) -> None:
+    """--revision and --trust-checkpoint: where every command that loads a model takes them."""
+    group.add_argument("--revision", metavar="REV", help="hub revision (branch, tag or commit) to pin; same as "
+                       "NAME@REV")
+    group.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
+
+
+def method_list(text: str) -> list[str]:
+    """Comma-separated method names, each one of METHODS."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    wrong = [name for name in names if name not in METHODS]
+    if not names or wrong:
+        raise argparse.ArgumentTypeError(f"{wrong[0] if wrong else text!r} is not a method; give some of "
+                                         f"{','.join(METHODS)}, separated by commas")
+    return names
+
+
 def count_or_auto(text: str) -> int | str:
-    """--masks: a whole number or "auto"."""
+    """--masks: a whole number (0 means auto) or "auto"; the range is the library's, checked for the device."""
     return AUTO if text.strip().lower() == AUTO else int(text)

@@ -9,8 +9,8 @@ so that targets can be compared as in its tables:
 
 - "similarity": the contrastive corpus similarity;
 - "probability": the corpus majority probability, with the model's own zero-shot head as the
-  downstream classifier (`CorpusProbability`): a softmax over corpus and foil for CLIP-style
-  models, the sigmoid with the model's logit bias for SigLIP.
+  downstream classifier (`CorpusProbability`): a softmax over the corpus and foil logits, for
+  CLIP-style and SigLIP models alike.
 
 A faithful heatmap gives a high insertion area and a low deletion area; a random ranking of
 the pixels gives the baseline both should beat.
@@ -112,23 +112,22 @@ def alike(*values: float, digits: int = 4) -> list[str]:
 
 @dataclass(frozen=True)
 class CorpusProbability:
-    """The model's zero-shot probability that a picture shows the corpus (rather than any foil item).
+    """The model's zero-shot probability that a picture shows the corpus rather than any foil item.
 
     The classes are the corpus (its mean unit embedding, renormalised, as CLIP's prompt
     ensembles) and each foil caption or image on its own; the logits are the model's learnt scale
-    times cosine similarity, plus its learnt bias for sigmoid heads.
+    times cosine similarity. The probability is the softmax over them, the corpus's share: the
+    paper's corpus majority probability with the model's own head as the classifier (with the
+    CIFAR-100 foil preset, the zero-shot CIFAR-100 probability of the corpus class). With one
+    caption each it is sigmoid(scale x contrastive corpus similarity), a monotone function of it.
 
-    - Softmax heads (CLIP, `bias` None): the softmax over corpus and foil logits. With one caption
-      each, it is sigmoid(scale x contrastive corpus similarity); with the CIFAR-100 foil preset,
-      the zero-shot CIFAR-100 probability of the corpus class: the paper's corpus majority
-      probability, the model's own head as the classifier.
-    - Sigmoid heads (SigLIP): sigmoid(corpus logit), as SigLIP scores each class on its own; the
-      foil does not enter it.
+    Sigmoid heads (SigLIP) get the same softmax over their logits: their learnt bias adds the same
+    to every class's logit and cancels. Their own sigmoid, sigmoid(corpus logit + bias), would
+    score the corpus alone, and the foil would play no part in the measure.
     """
 
     classes: torch.Tensor  # (1 + F, D) unit rows, the corpus first
     scale: float  # the model's logit scale, exp(logit_scale): 100 for OpenAI's released models
-    bias: float | None = None  # the logit bias of sigmoid heads (SigLIP); None for softmax heads
 
     def __call__(self, embeddings: torch.Tensor) -> torch.Tensor:
         """(B, D) raw image embeddings -> (B,) probabilities in [0, 1]."""
@@ -136,11 +135,9 @@ class CorpusProbability:
 
     def distribution(self, embeddings: torch.Tensor) -> torch.Tensor:
         """(B, D) raw image embeddings -> (B, 1 + F) probabilities of every class, the corpus first: a softmax
-        (each row sums to 1), or for sigmoid heads each class's own probability."""
+        (each row sums to 1), for sigmoid heads too (their bias cancels, as above)."""
         units = embeddings.float() / embeddings.float().norm(dim=-1, keepdim=True)
-        logits = self.scale * units @ self.classes.T
-        if self.bias is not None:
-            return torch.sigmoid(logits + self.bias)
+        logits = self.scale * units @ self.classes.T  # shape = [B, 1 + F]
         return torch.softmax(logits, dim=-1)
 
 
@@ -166,7 +163,7 @@ def measure_score(model: Model, question: Question, measure: str = "similarity",
     corpus = corpus / corpus.norm(dim=-1, keepdim=True)
     prototype = corpus.mean(0, keepdim=True)
     classes = torch.cat([prototype / prototype.norm(), foil / foil.norm(dim=-1, keepdim=True)])
-    return CorpusProbability(classes=classes, scale=model.logit_scale, bias=model.logit_bias)
+    return CorpusProbability(classes=classes, scale=model.logit_scale)
 
 
 def insertion_deletion(
@@ -208,7 +205,7 @@ def insertion_deletion(
                             f"but the image is {picture.width}x{picture.height}.")
     framed = frame(picture, model.preprocessing, framing)
     content = framed.content.to(model.device)
-    removed = baseline_of(content, model.n_px, baseline, blur_sigma)
+    removed = baseline_of(content, model.preprocessing, baseline, blur_sigma)
     target = measure_score(model, question, measure, framing)
 
     ranking = content_ranking(heatmap, framed) if content_map is None else native_ranking(content_map, framed)

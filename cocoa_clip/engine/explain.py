@@ -17,16 +17,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import SettingsError
+from ..errors import SettingsError, writing
 from ..models import Model
 from . import render
+from .attention import ATTENTION_METHODS, SELF_NOTE, attention_map, trace
 from .gradients import GRADIENT_METHODS, GradientSettings, attribute, precision
 from .images import Framed, ImageSource, frame, load_image, unframe
 from .rise import DEFAULT_ESTIMATOR, ESTIMATORS, PassCache, Progress, RiseResult, RiseSettings, run_rise
 from .targets import Question, Target, resolve
 from .zeroshot import ZeroShot, zero_shot
 
-METHODS = ("rise",) + GRADIENT_METHODS
+METHODS = ("rise",) + GRADIENT_METHODS + ATTENTION_METHODS
 FLAT_NOTE = ("The map is flat (its range is below numerical noise): no region of the picture changes the score, "
              "so it is shown in one colour.")
 DEFAULT_CACHE = PassCache()  # masked passes of recent pictures, so a new question costs no forward pass
@@ -63,8 +64,9 @@ class Explanation:
 
     @property
     def scale(self) -> str:
-        """The colour scale that suits the method: min-max for RISE (as in the paper), signed otherwise."""
-        return "minmax" if self.method == "rise" else "signed"
+        """The colour scale that suits the method: signed for gradient attributions, min-max otherwise (RISE, as
+        in the paper; the attention methods, whose maps are not negative)."""
+        return "signed" if self.method in GRADIENT_METHODS else "minmax"
 
     def overlay(self, *, opacity: float = 0.5, scale: str | None = None, cmap: str | None = None) -> Image.Image:
         """The heatmap over the picture, at the picture's size (RGB)."""
@@ -79,7 +81,8 @@ class Explanation:
              **style: object) -> None:
         """Write the overlay as PNG and/or the raw heatmap as float32 .npy."""
         if overlay is not None:
-            self.overlay(**style).save(overlay, format="PNG")
+            with writing(overlay):
+                self.overlay(**style).save(overlay, format="PNG")
         if heatmap is not None:
             render.save_heatmap(heatmap, self.heatmap)
 
@@ -104,22 +107,29 @@ def explain(
     stability: float = 0.97,
     max_masks: int | None = None,
     on_update: Callable[[Explanation | list[Explanation]], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Explanation | list[Explanation]:
     """Explain one picture for one question, or for several at the price of one RISE pass.
 
-    image: a path, bytes, PIL image or array. masks: RISE masks (default 20,000 on a GPU, 2,000
-    on a CPU), or "auto": draw masks until every map's estimated correlation with its
-    infinite-mask limit reaches `stability`, at most `max_masks` (default 20,000 on a GPU, 4,000
-    on a CPU). framing: "pad" (whole picture, default), "model" (the model's own preprocessing;
-    alias "crop") or "squash".
+    image: a path, bytes, PIL image or array. masks: a number of RISE masks (1 to 20,000 on a CPU,
+    to 200,000 on a GPU), or "auto" (or 0): draw masks until every map's estimated correlation
+    with its infinite-mask limit reaches `stability` at two checkpoints in a row, at most
+    `max_masks` (default 4,000 on a CPU, 20,000 on a GPU). Default (None): auto on a CPU,
+    20,000 masks on a GPU (the paper's setting). framing: "pad" (whole picture, default), "model"
+    (the model's own preprocessing; alias "crop") or "squash".
     estimator: "regression" (default, least noise), "centered" or "paper" (the paper's).
     time_budget: seconds after which RISE stops and answers from the masks done. seed: RISE's
     masks, or GradientSHAP's noise. on_update: called with the answers so far as RISE runs
-    (after the first batch, then about every half second), last with the final answers.
+    (after a small first batch of rise.FIRST_BATCH masks, then after full batches at most every
+    half second), last with the final answers.
     details carry "masks" (masks used) and "stability".
     baseline: what removed pixels show, "blur" (the paper's), "mean" or "black"; blur_sigma: the
     blur's sigma in input pixels (default 5 x n_px / 224; 5 is the paper's code at any size).
     gradient: Integrated Gradients' steps, GradientSHAP's samples and noise.
+    should_stop: asked between batches of masks (or of gradient steps); True raises errors.Cancelled,
+    e.g. when the person who asked has gone.
+    method: "rise" (default), "integrated-gradients", "gradient-shap", or for vision transformers
+    "legrad" and "attention-relevance" (one forward pass; see engine/attention.py).
     Returns a list when given a list.
 
     >>> model = load("shapes-demo")                                         # doctest: +SKIP
@@ -142,7 +152,7 @@ def explain(
 
     if method == "rise":
         settings = RiseSettings(masks, seed=seed, batch_size=batch_size, stability=stability, max_masks=max_masks,
-                                baseline=baseline, blur_sigma=blur_sigma)
+                                baseline=baseline, blur_sigma=blur_sigma).for_device(model.device)
         key = PassCache.key(model, framed, settings)
         cached = cache.get(key) if cache is not None else None
         image_embedding = cached.image_embedding if cached is not None else model.encode_canvas(framed.canvas)
@@ -167,19 +177,27 @@ def explain(
 
         deadline = time.monotonic() + time_budget if time_budget is not None else None
         result = run_rise(model, framed, settings, targets, estimator, resume=cached, progress=progress,
-                          deadline=deadline, on_frame=on_frame)
+                          deadline=deadline, on_frame=on_frame, should_stop=should_stop)
         if cache is not None:
             cache.put(key, result.run)
         answers = answers_of(result)
         if on_update is not None:
             on_update(answers[0] if single else answers)
+    elif method in ATTENTION_METHODS:
+        traced, image_embedding = trace(model, framed)  # the one forward pass; the score and the maps share it
+        targets = [_noted(resolve(model, q, image_embedding, framing), method) for q in questions]
+        words = [zero_shot(model, q, image_embedding, framing) for q in questions]
+        maps = [attention_map(traced, framed, model.n_px, t, method) for t in targets]
+        answers = _answers(maps, targets, words, framed, picture, image_embedding, method, model, framing,
+                           {"precision": precision(model), "patch_grid": list(traced.grid)}, started,
+                           baseline=baseline, blur_sigma=blur_sigma)
     else:
         settings = dataclasses.replace(gradient, seed=seed, baseline=baseline, blur_sigma=blur_sigma)
         with torch.no_grad():  # in the precision the gradients use, so that the score and the map agree
             image_embedding = model.encode_images(framed.canvas[None].to(model.device))[0]
         targets = [resolve(model, q, image_embedding, framing) for q in questions]
         words = [zero_shot(model, q, image_embedding, framing) for q in questions]
-        results = [attribute(model, framed, t, method, settings) for t in targets]
+        results = [attribute(model, framed, t, method, settings, should_stop) for t in targets]
         own = {"steps": settings.n_steps} if method == "integrated-gradients" else {
             "samples": settings.n_samples, "stdev": settings.stdev}
         details = {"convergence_delta": [d for _, d in results], "seed": seed, "precision": precision(model), **own}
@@ -195,7 +213,8 @@ def _answers(maps: Sequence[torch.Tensor], targets: Sequence[Target], words: Seq
     """One Explanation per map and target (with its zero-shot answer in words), with the shared details (and each
     answer's own, if given)."""
     details = {"precision": model.precision, **details, "device": str(model.device), "framing": framing,
-               "model": model.name, "baseline": baseline, "blur_sigma": blur_sigma,
+               "model": model.name, "provenance": dataclasses.asdict(model.provenance) if model.provenance else None,
+               "baseline": baseline, "blur_sigma": blur_sigma,
                "seconds": time.perf_counter() - started}
     return [
         Explanation(heatmap=unframe(heat, framed), score=float(target(image_embedding[None])[0]), image=picture,
@@ -204,6 +223,14 @@ def _answers(maps: Sequence[torch.Tensor], targets: Sequence[Target], words: Seq
                     content_map=heat.float().cpu().numpy(), zero_shot=said)
         for index, (heat, target, said) in enumerate(zip(maps, targets, words, strict=True))
     ]
+
+
+def _noted(target: Target, method: str) -> Target:
+    """The target, with a note where its gradient vanishes by construction (see attention.SELF_NOTE)."""
+    itself = target.question.target == "label-free" and target.normalize
+    if method == "attention-relevance" and itself:
+        return dataclasses.replace(target, notes=(*target.notes, SELF_NOTE))
+    return target
 
 
 def _rounded(value: float) -> float | None:

@@ -7,7 +7,9 @@ Framing is how a photo of any shape becomes the model's n_px x n_px input:
   nothing distorted, so the heatmap covers the whole photo at its own aspect ratio.
 - "model" (alias "crop"): the model's own preprocessing, as its library does it: for CLIP short
   side to n_px and centre crop (the heatmap covers the crop only; pixels outside it are NaN),
-  for SigLIP the whole photo squashed to the square; with the model's interpolation.
+  for SigLIP the whole photo squashed to the square; with the model's interpolation. SigLIP 2
+  (NaFlex) is squashed too, where its own processor keeps the aspect ratio (a grid of patches
+  of the picture's shape): "pad" keeps it undistorted.
 - "squash": the whole photo resized to the square, aspect ratio ignored.
 
 RISE masks are laid over the photo's content box only, so its 7x7 grid follows the photo
@@ -28,7 +30,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageError, SettingsError
-from ..models.encoder import MEAN, Preprocessing
+from ..models.encoder import Preprocessing
 
 FRAMINGS = ("pad", "model", "squash")
 FRAMING_ALIASES = {"crop": "model"}  # the name before other families came: CLIP's own preprocessing is a crop
@@ -41,9 +43,10 @@ def load_image(source: ImageSource, max_pixels: int = MAX_PIXELS) -> Image.Image
     """Read an image as 8-bit RGB, upright as its EXIF orientation says.
 
     Accepts a path, encoded bytes, a PIL image or an (H, W[, C]) array: uint8, uint16 (0..65535),
-    other integers (0..255), bool, or float (0..1; 0..255 when any value exceeds 1).
-    Grayscale, palette, 16-bit and CMYK images are converted; transparency is composited
-    on white. Raises ImageError with a plain sentence for anything unreadable.
+    other integers (0..255), bool, or float (0..1; 0..255 when any value exceeds 1). Float image
+    files (PIL mode F, e.g. a 32-bit TIFF) are read like float arrays, in their own units, never
+    stretched by their own maximum. Grayscale, palette, 16-bit and CMYK images are converted;
+    transparency is composited on white. Raises ImageError with a plain sentence for anything unreadable.
     """
     if isinstance(source, Image.Image):
         image = source
@@ -118,11 +121,13 @@ def _from_array(array: np.ndarray) -> Image.Image:
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        # PIL's convert("RGB") clips 16-bit values at 255; rescale to 8 bits instead.
+        # PIL's convert("RGB") clips 16-bit values at 255; rescale to 8 bits instead. Floats as float arrays:
+        # 0..1, or 0..255 when any value exceeds 1 (their own units, so a dark picture stays dark).
         values = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
         if image.mode == "F":
-            top = max(values.max(initial=0), 1e-12)
+            top = 1.0 if values.max(initial=0) <= 1.0 else 255.0
+        else:
+            top = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
         image = Image.fromarray(np.clip(values / top * 255.0, 0, 255).round().astype(np.uint8))
     if image.mode == "P":
         image = image.convert("RGBA")
@@ -244,16 +249,20 @@ def default_sigma(n_px: int) -> float:
     return 5.0 * n_px / 224
 
 
-def baseline(content: torch.Tensor, n_px: int, kind: str = "blur", sigma: float | None = None) -> torch.Tensor:
+def baseline(content: torch.Tensor, preprocessing: Preprocessing | int, kind: str = "blur",
+             sigma: float | None = None) -> torch.Tensor:
     """What "removed" pixels show, for RISE, gradients and insertion/deletion: content's shape.
 
-    kind: "blur" (the paper's; `sigma` as in `blur`), "mean" (CLIP's mean colour, zero after
-    normalisation, as the padding) or "black".
+    preprocessing: the model's (`model.preprocessing`); a bare n_px means OpenAI CLIP's at that size.
+    kind: "blur" (the paper's; `sigma` as in `blur`), "mean" (the model's own normalisation mean, so
+    zero after its normalisation, as the padding) or "black".
     """
     check_baseline(kind, sigma)
+    if isinstance(preprocessing, int):
+        preprocessing = Preprocessing(preprocessing)
     if kind == "blur":
-        return blur(content, n_px, sigma)
-    colour = content.new_tensor(MEAN if kind == "mean" else (0.0, 0.0, 0.0)).view(3, 1, 1)
+        return blur(content, preprocessing.n_px, sigma)
+    colour = content.new_tensor(preprocessing.mean if kind == "mean" else (0.0, 0.0, 0.0)).view(3, 1, 1)
     return colour.expand(content.shape).clone()
 
 

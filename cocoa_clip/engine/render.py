@@ -19,7 +19,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
 
-from ..errors import SettingsError
+from ..errors import SettingsError, writing
 from . import fonts
 
 SCALES = ("minmax", "signed")
@@ -200,7 +200,7 @@ def save_heatmap(path: str | os.PathLike, heatmap: np.ndarray) -> None:
 
 def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
     """Write an array as .npy at exactly `path` (numpy.save given a name adds .npy to it)."""
-    with open(path, "wb") as stream:
+    with writing(path), open(path, "wb") as stream:
         np.save(stream, array)
 
 

@@ -2,8 +2,9 @@
 
 COCOA's score says how much more the picture looks like the corpus than the foil, in cosine similarity; the
 model's own classifier answers the question in words: "rocket 87%, woman 13%". It is the head the probability
-measure of insertion and deletion uses (evaluate.CorpusProbability): the model's logit scale (and bias, for
-SigLIP) over the corpus (its captions as one class, as CLIP's prompt ensembles) and each foil class.
+measure of insertion and deletion uses (evaluate.CorpusProbability): a softmax of the model's logits (its logit
+scale times cosine similarity; a SigLIP bias adds the same to every logit and cancels) over the corpus (its
+captions as one class, as CLIP's prompt ensembles) and each foil class.
 """
 from __future__ import annotations
 
@@ -23,13 +24,11 @@ SHOWN_FOILS = 3  # foil classes named (the most probable); a preset's other clas
 class ZeroShot:
     """The model's zero-shot answer: class names and probabilities, the most probable first.
 
-    independent: a sigmoid head (SigLIP) scores each class on its own, so the probabilities need not sum to 1.
-    others: how many foil classes are not named; others_probability: their total (softmax heads only).
+    others: how many foil classes are not named; others_probability: their total.
     """
 
     labels: tuple[str, ...]
     probabilities: tuple[float, ...]
-    independent: bool = False
     others: int = 0
     others_probability: float = 0.0
 
@@ -43,14 +42,14 @@ class ZeroShot:
         """The answer in words, e.g. "rocket 87%, woman 13%"."""
         parts = [f"{label} {percent(p)}" for label, p in zip(self.labels, self.probabilities, strict=True)]
         if self.others:
-            rest = "less each" if self.independent else percent(self.others_probability)
-            parts.append(f"{self.others} other class{'es' if self.others > 1 else ''} {rest}")
-        return ", ".join(parts) + (" (each scored on its own)" if self.independent else "")
+            classes = f"{self.others} other class{'es' if self.others > 1 else ''}"
+            parts.append(f"{classes} {percent(self.others_probability)}")
+        return ", ".join(parts)
 
     def to_dict(self) -> dict:
         return {"text": self.text, "pick": self.pick, "labels": list(self.labels),
-                "probabilities": [round(p, 4) for p in self.probabilities], "independent": self.independent,
-                "others": self.others, "others_probability": round(self.others_probability, 4)}
+                "probabilities": [round(p, 4) for p in self.probabilities], "others": self.others,
+                "others_probability": round(self.others_probability, 4)}
 
 
 def percent(probability: float) -> str:
@@ -73,10 +72,8 @@ def zero_shot(model: Model, question: Question, image_embedding: torch.Tensor, f
     corpus, foils = probabilities[0], sorted(zip(probabilities[1:], labels[1:], strict=True), reverse=True)
     shown = sorted([(corpus, labels[0]), *foils[:SHOWN_FOILS]], reverse=True)
     rest = [p for p, _ in foils[SHOWN_FOILS:]]
-    independent = head.bias is not None  # sigmoid probabilities do not add up: no total for the rest
     return ZeroShot(labels=tuple(label for _, label in shown), probabilities=tuple(p for p, _ in shown),
-                    independent=independent, others=len(rest),
-                    others_probability=0.0 if independent else float(sum(rest)))
+                    others=len(rest), others_probability=float(sum(rest)))
 
 
 def class_labels(question: Question) -> list[str]:

@@ -32,6 +32,7 @@ class Family:
     example: str
     module: str  # cocoa_clip.models.families.<module>: load(rest, ...), on_disk(rest), cached(repos)
     package: str  # the PyPI distribution it needs
+    note: str = ""  # where the family's models are read otherwise than their own library reads them
 
     def adapter(self) -> ModuleType:
         return importlib.import_module(f"{__package__}.families.{self.module}")
@@ -41,13 +42,17 @@ class Family:
         return name[len(self.prefix) + 1:] if self.prefix else name
 
 
+SIGLIP2_SQUASHED = ("SigLIP 2 (Siglip2Model, NaFlex) sees a square grid of patches: --framing model squashes a "
+                    "non-square picture to the square, where its own processor keeps the aspect ratio; --framing pad "
+                    "(the default) keeps the whole picture undistorted.")
 OPENAI = Family("", "OpenAI CLIP (the clip package)", "ViT-B/32, RN50, ... or a CLIP .pt file", "ViT-B/32",
                 "openai", "openai-clip")
 FAMILIES = (
     Family("open_clip", "OpenCLIP (incl. SigLIP)", "open_clip:ARCH[:TAG]", "open_clip:ViT-B-32:laion2b_s34b_b79k",
            "openclip", "open_clip_torch"),
     Family("hf", "Hugging Face transformers (CLIPModel, SiglipModel, Siglip2Model)", "hf:REPO_ID or hf:DIR",
-           "hf:google/siglip-base-patch16-224", "hf", "transformers"),
+           "hf:google/siglip-base-patch16-224", "hf", "transformers",
+           SIGLIP2_SQUASHED),
 )
 
 

@@ -117,7 +117,7 @@ def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True,
     demo.queue(max_size=2 * QUEUE_SIZE, api_open=False)
     app.admission = hosting.Admission(lambda: hosting.queued_jobs(demo, "model"), max_waiting=QUEUE_SIZE)
     app.disk.keep_present()  # the examples Gradio has just copied in stay, however old
-    app.disk.watch()
+    hosting.every(5.0, app.housekeeping, "cocoa-housekeeping")
     demo.cocoa_app = app  # for tests and scripts
     return demo
 
@@ -151,7 +151,7 @@ def _options(w: SimpleNamespace, app: CocoaApp) -> None:
     w.method = gr.Dropdown(METHOD_CHOICES, value="rise", label="Method", elem_id="method")
     # A number box, not a slider: a slider clamps a typed 999999 to its maximum and runs that.
     w.masks = gr.Number(app.default_masks, label="RISE masks", precision=0, elem_id="masks",
-                        info=f"100 to {app.max_masks:,}: more masks, smoother map, longer run; "
+                        info=f"1 to {app.max_masks:,}: more masks, smoother map, longer run; "
                              "0: auto, until the map is stable")
     paper = GradientSettings()
     w.steps = gr.Number(paper.n_steps, label="Integrated Gradients steps", precision=0, visible=False,
@@ -212,6 +212,9 @@ def _answer(w: SimpleNamespace) -> None:
     w.curves = gr.Image(label="Insertion and deletion curves", show_label=False, format="png",
                         interactive=False, elem_id="curves")
     w.curves_text = gr.Markdown(label="Areas", elem_id="curves-text")
+    w.check_methods = gr.Button("Compare the methods on this question (every method's map, checked the same way)",
+                                elem_id="check-methods")
+    w.methods_table = gr.Markdown(label="Methods compared", elem_id="methods-table")
 
 
 def _comparison(w: SimpleNamespace) -> None:
@@ -250,6 +253,10 @@ def _wire(w: SimpleNamespace, app: CocoaApp) -> None:
     _ready_again(_one_at_a_time(w.check, "Checking…").then(
         app.check, [w.answer_token, w.measure], [w.curves, w.curves_text], api_name="check", concurrency_limit=1,
         concurrency_id="model", show_progress_on=[w.curves], validator=app.admit(app.check, 2, where=1)), w.check)
+    _ready_again(_one_at_a_time(w.check_methods, "Comparing methods…").then(
+        app.check_methods, [w.answer_token, w.measure], w.methods_table, api_name="check_methods",
+        concurrency_limit=1, concurrency_id="model", show_progress_on=[w.methods_table],
+        validator=app.admit(app.check_methods, 2, where=1)), w.check_methods)
     compare_inputs = [w.image, w.compare_captions, w.template, w.method, w.masks, w.seed, w.framing, w.baseline,
                       w.blur_sigma, w.steps, w.samples, w.stdev, *w.choice]
     _ready_again(_one_at_a_time(w.compare, "Comparing…").then(

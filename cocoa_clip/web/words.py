@@ -11,12 +11,13 @@ from cocoa_clip.engine.targets import SAME_NOTE
 
 FOIL_PRESET_CHOICES = [("none", "none"), ("CIFAR-100 classes (the paper's foil)", "cifar100"),
                        ("ImageNet-1k classes", "imagenet")]
-BASELINE_CHOICES = [("blurred picture (the paper's)", "blur"), ("CLIP's mean colour", "mean"), ("black", "black")]
+BASELINE_CHOICES = [("blurred picture (the paper's)", "blur"), ("the model's mean colour", "mean"), ("black", "black")]
 TARGET_CHOICES = [("COCOA: corpus rather than foil", "cocoa"), ("corpus only", "corpus"),
                   ("label-free: the image itself", "label-free"),
                   ("contrastive label-free: the image itself rather than the foil", "contrastive-label-free")]
 METHOD_CHOICES = [("RISE (as in the paper)", "rise"), ("Integrated Gradients", "integrated-gradients"),
-                  ("GradientSHAP", "gradient-shap")]
+                  ("GradientSHAP", "gradient-shap"), ("LeGrad (vision transformers)", "legrad"),
+                  ("Attention relevance, Chefer et al. (vision transformers)", "attention-relevance")]
 SCALE_CHOICES = [("auto (min-max for RISE, signed for gradients)", "auto"), ("min-max", "minmax"),
                  ("signed, centred on zero", "signed")]
 MEASURE_CHOICES = [("contrastive corpus similarity", "similarity"),
@@ -70,7 +71,11 @@ def noted(answers: list[cc.Explanation], note: str) -> list[cc.Explanation]:
 def status(answer: cc.Explanation) -> str:
     details = answer.details
     where = f"{details.get('precision')} on {details.get('device')}"
-    if answer.method != "rise":
+    if "patch_grid" in details:  # the attention methods: one pass, read at the model's patch grid
+        rows, cols = details["patch_grid"]
+        text = (f"{label(METHOD_CHOICES, answer.method)}: {details['seconds']:.2f} s, one pass, a map of "
+                f"{rows} x {cols} patches ({where}).")
+    elif answer.method != "rise":
         settings = (f"{details['steps']} steps" if "steps" in details
                     else f"{details['samples']} samples, noise {details['stdev']:g}")
         text = f"{label(METHOD_CHOICES, answer.method)} ({settings}): {details['seconds']:.1f} s ({where})."
@@ -95,5 +100,5 @@ def public_name(name: str) -> str:
 def live_status(answer: cc.Explanation) -> str:
     """The status line while RISE runs: masks so far and how stable the map already is."""
     stability = answer.details.get("stability")
-    return (f"RISE running: {answer.details['masks']:,} masks so far"
-            + (f", stability {stability:.3f}" if stability is not None else "") + "; the map refines as masks come.")
+    return (f"RISE running, the map is still forming: {answer.details['masks']:,} masks so far"
+            + (f", stability {stability:.3f}" if stability is not None else "") + "; it refines as masks come.")
