@@ -18,6 +18,11 @@ random deletion AUC - deletion AUC; both higher is better) of the paper's two me
 contrastive corpus similarity and the zero-shot probability of A against B (its corpus majority
 probability). Raw areas would cancel: the two questions of a scene measure opposite things.
 "random" is a map of uniform noise.
+
+Every method (RISE, the gradient methods, and the vision-transformer methods legrad and
+attention-relevance; shapes-demo is a ViT) then meets the model-randomisation sanity check
+(Adebayo et al., 2018): the same scenes with every weight redrawn; a method whose maps still point
+at the object explains the picture, not what the model learnt.
 """
 from __future__ import annotations
 
@@ -126,10 +131,19 @@ def main() -> None:
         accuracy = compare_accuracy(model, args.scenes, args.masks)
         print(f"\nwhich caption where (cc.compare, the two object names): {accuracy:.1%} of each object's pixels "
               "go to its own caption (chance 50%)")
-        sanity = run(randomised(model), args.scenes, args.masks, ("rise",), curves=False)
-        print("sanity check, the same scenes with shapes-demo's weights redrawn (RISE pointing game): "
-              + ", ".join(f"{target} {metrics['pointing']:.2f}" for (method, target), metrics in sanity.items()
-                          if method == "rise"))
+    sanity = run(randomised(model), args.scenes, args.masks, tuple(args.methods), curves=False)
+    print("\nsanity check, the same scenes with shapes-demo's weights redrawn (Adebayo et al.): pointing game\n")
+    print(sanity_table(results, sanity))
+
+
+def sanity_table(trained: dict, redrawn: dict) -> str:
+    """Pointing game per method and target with the trained weights and with the weights redrawn."""
+    lines = ["| method | target | pointing, trained | pointing, weights redrawn |", "|---|---|---|---|"]
+    for (method, target), metrics in trained.items():
+        if method != "-":
+            lines.append(f"| {method} | {target} | {metrics['pointing']:.2f} | "
+                         f"{redrawn[(method, target)]['pointing']:.2f} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -23,12 +23,13 @@ cli/, batch/ and web/. Imports run surfaces -> engine -> models, never back.
 from .engine.compare import Comparison, compare
 from .engine.evaluate import MEASURES, Curves, insertion_deletion
 from .engine.explain import METHODS, Explanation, explain, score
+from .engine.faithfulness import MethodTable, compare_methods
 from .engine.images import FRAMINGS, load_image
 from .engine.presets import DEFAULT_TEMPLATE, FOIL_PRESETS, class_names
 from .engine.render import overlay, save_heatmap
 from .engine.rise import ESTIMATORS, PassCache, RiseSettings
 from .engine.targets import TARGETS, Question, Target
-from .errors import CocoaError, ImageError, ModelLoadError, QuestionError, SettingsError
+from .errors import CocoaError, ImageError, ModelLoadError, QuestionError, SettingsError, UnsafeCheckpointError
 from .models import ClipModel, Model, Preprocessing, available_models, load
 from .models.families.wrapped import wrap
 
@@ -36,7 +37,7 @@ __all__ = [
     "load", "available_models", "ClipModel", "Model", "Preprocessing", "wrap",
     "Question", "Target", "explain", "score", "Explanation",
     "load_image", "overlay", "save_heatmap", "class_names", "PassCache", "RiseSettings",
-    "insertion_deletion", "Curves", "compare", "Comparison",
+    "insertion_deletion", "Curves", "compare", "Comparison", "compare_methods", "MethodTable",
     "METHODS", "TARGETS", "FRAMINGS", "ESTIMATORS", "MEASURES", "FOIL_PRESETS", "DEFAULT_TEMPLATE",
-    "CocoaError", "ImageError", "ModelLoadError", "QuestionError", "SettingsError",
+    "CocoaError", "ImageError", "ModelLoadError", "QuestionError", "SettingsError", "UnsafeCheckpointError",
 ]

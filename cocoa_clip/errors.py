@@ -2,9 +2,20 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import os
 from collections.abc import Iterator
+
+# Who reads the messages raised in this context, so that advice names what they would type: "python" (the
+# library's callers: the default), "cli" (a command line: cocoa-clip, app.py) or "download" (`cocoa-clip download`,
+# which must not advise running itself). A surface sets it around its work and resets it after.
+AUDIENCE: contextvars.ContextVar[str] = contextvars.ContextVar("audience", default="python")
+
+
+def spelled(python: str, cli: str) -> str:
+    """A step of advice as its reader types it: a Python call for the library, flags and commands otherwise."""
+    return python if AUDIENCE.get() == "python" else cli
 
 
 class CocoaError(ValueError):
@@ -23,12 +34,22 @@ class ModelLoadError(CocoaError):
         self.tried = tuple(tried)
 
 
+class UnsafeCheckpointError(ModelLoadError):
+    """A weights file would run code when loaded (a pickle with more than tensors, an unknown TorchScript archive)."""
+
+
 class QuestionError(CocoaError):
     """Corpus, foil, template or target do not make a question."""
 
 
 class SettingsError(CocoaError):
     """A method setting (masks, seed, device, ...) is out of range."""
+
+
+def shown(value: object) -> str:
+    """A refused value as a message shows it: a whole number with thousands separators, like the limits beside it
+    ("from 1 to 100,000; got 1,000,000,000"), anything else as Python writes it."""
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else repr(value)
 
 
 class DiskFullError(CocoaError):

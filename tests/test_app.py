@@ -60,6 +60,8 @@ def test_overlay_covers_the_uploaded_picture_at_its_size(web, tiny, photo_file):
     expected = cc.explain(tiny, photo_file, cc.Question(corpus=["dog"], foil=["cat"]), masks=MASKS, cache=None)
     assert answer["score"] == f"{expected.score:+.4f}" and answer["score"] in answer["reading"]
     assert '"dog"' in answer["reading"] and '"cat"' in answer["reading"]
+    # The answer first, the map second: the model's own zero-shot answer heads the reading, above the score.
+    assert answer["reading"].startswith(f"**The model's own answer:** {expected.zero_shot.text}\n\nScore ")
     assert answer["status"].startswith(f"RISE: {MASKS} masks")
     overlay_png, heatmap_npy = map(Path, answer["files"])
     assert Image.open(overlay_png).format == "PNG" and Image.open(overlay_png).size == (70, 45)
@@ -210,7 +212,7 @@ BAD_INPUTS = {
     "doubled braces": (dict(template="{{}}"), "'{{}}' is a literal '{}', not a place for the caption"),
     "named field": (dict(template="a {name} of {}"), "stray braces"),
     "masks negative": (dict(masks=-100), "masks must be a whole number from 1 to 20,000, or 0 for auto"),
-    "masks too many": (dict(masks=20_001), "masks must be a whole number from 1 to 20,000"),
+    "masks too many": (dict(masks=20_001), "from 1 to 20,000, or 0 for auto (until the map is stable); got 20,001."),
     "masks fractional": (dict(masks=10.5), "masks must be a whole number"),
     "masks as text": (dict(masks="many"), "masks must be a whole number"),
     "negative seed": (dict(seed=-1), "seed must be a whole number from 0"),
@@ -485,7 +487,25 @@ def test_gradient_and_baseline_settings_reach_the_answer(web, photo_file):
     assert web.answers.get(webhost.LOCAL, default["token"])[0].details["blur_sigma"] is None
 
 
+def test_the_attention_methods_answer_in_one_pass(web, photo_file):
+    answer = ask(web, str(photo_file), method="legrad")
+    assert answer["status"].startswith("LeGrad (vision transformers): ") and "4 x 4 patches" in answer["status"]
+    assert web.answers.get(webhost.LOCAL, answer["token"])[0].method == "legrad"
+    assert web.estimate("attention-relevance").startswith("One forward and one backward pass")
+    table = web.check_methods(answer["token"], "similarity")  # every method that applies, best first
+    rows = [line.split()[0] for line in table.splitlines()[2:7]]
+    assert sorted(rows) == sorted(cc.METHODS) and "insertion area minus deletion area" in table
+
+
 def test_zero_masks_is_auto_in_the_estimate_too(web):
     """The masks box says 0 means auto: the estimate line says what auto does rather than refusing 0."""
     assert web.estimate("rise", 0) == f"Auto: masks are drawn until the map is stable (at most {web.max_masks:,})."
     assert "or 0 for auto" in web.estimate("rise", -3)
+
+
+def test_the_servers_help_gives_each_option_a_sentence_and_no_none_default(capsys):
+    with pytest.raises(SystemExit):
+        app.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps to the terminal's width
+    assert "(default: None)" not in text and "(default 1,024)" in text
+    assert "--port PORT port to listen on (default: GRADIO_SERVER_PORT if set, else 7860)" in text

@@ -18,6 +18,7 @@ from PIL import Image
 import cocoa_clip as cc
 from cocoa_clip import batch
 from cocoa_clip.batch import Job, ModelSpec, collect
+from cocoa_clip.batch.report import write_report
 from cocoa_clip.batch.work import summarize
 from cocoa_clip.cli import main
 from cocoa_clip.engine.evaluate import curves_of
@@ -89,6 +90,7 @@ def test_each_row_is_what_explain_gives(local_run, tiny):
         assert result["score"] == pytest.approx(answer.score, abs=1e-7)
         assert (result["peak_x"], result["peak_y"], result["top10_share"]) == pytest.approx(summarize(heatmap))
         assert result["masks"] == MASKS and result["seconds"] > 0
+        assert result["zero_shot"] == answer.zero_shot.text and "dog" in result["zero_shot"]  # the answer in words
         assert (Path(job.out_dir) / "thumbnails" / (Path(result["heatmap"]).stem + ".jpg")).is_file()
 
 
@@ -110,6 +112,17 @@ def test_manifest_and_report(local_run):
     assert scores[-1] == "" and len(scores) == 5  # the failed row has no score, and comes last
     assert [float(s) for s in scores[:-1]] == sorted((float(s) for s in scores[:-1]), reverse=True)
     assert not (out / "parts").exists()
+    assert ">zero-shot answer</th>" in page and page.count('class="zero_shot"') == 5
+
+
+@pytest.mark.parametrize(("masks", "shown"), [(200, False), ("auto", True)])
+def test_the_report_names_the_stopping_rule_only_for_auto_masks(tmp_path, masks, shown):
+    """A fixed-count run did not stop at a stability: its settings line must not say "stability 0.97"."""
+    explain = {"masks": masks, "stability": 0.97, "max_masks": None}
+    write_report(tmp_path / "report.html", [], {"settings": {"model": {"name": "shapes-demo", "weights": ""},
+                                                             "explain": explain, "evaluate": False}})
+    page = (tmp_path / "report.html").read_text()
+    assert f"masks {masks}" in page and ("stability 0.97" in page) == shown and "max_masks" not in page
 
 
 def test_summarize_peak_and_top_share():

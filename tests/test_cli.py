@@ -1,6 +1,7 @@
 import errno
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -146,6 +147,9 @@ def test_output_paths_are_exactly_the_ones_given(tiny_checkpoint, picture, tmp_p
     (["explain", "--corpus", "dog", "--foil", "cat", "--blur-sigma", "0"], "blur sigma"),
     (["explain", "--corpus", "dog", "--method", "integrated-gradients", "--steps", "0"], "n_steps"),
     (["explain", "--corpus", "dog", "--method", "gradient-shap", "--stdev", "-1"], "stdev"),
+    # A refused number is written as the limits beside it are, with thousands separators.
+    (["explain", "--corpus", "dog", "--foil", "cat", "--masks", "1000000000"], "200,000 or auto; got 1,000,000,000."),
+    (["explain", "--corpus", "dog", "--method", "gradient-shap", "--samples", "123456"], "10,000; got 123,456."),
 ])
 def test_settings_are_checked_before_the_model_loads(picture, command, message, capsys):
     assert main([command[0], picture, *command[1:], "--weights", "/no/such/weights.pt"]) == 2
@@ -173,6 +177,19 @@ def test_json_output_and_gradient_method(tiny_checkpoint, picture, tmp_path, cap
     answer = json.loads(capsys.readouterr().out)
     assert answer["method"] == "integrated-gradients" and isinstance(answer["score"], float)
     assert answer["question"] == '"dog" rather than the CIFAR-100 classes'
+    words = answer["zero_shot"]  # "dog" against the top 3 of the 100 CIFAR-100 classes (none is a dog), the rest summed
+    assert "dog" in words["labels"] and words["others"] == 100 - 3 and words["text"].startswith(words["pick"])
+    assert sum(words["probabilities"]) + words["others_probability"] == pytest.approx(1, abs=1e-3)
+
+
+def test_the_text_answer_gives_the_zero_shot_answer_in_words_below_the_score(tiny_checkpoint, picture, tmp_path,
+                                                                                capsys):
+    assert main(["explain", picture, "--corpus", "dog", "--foil", "cat", "--weights", tiny_checkpoint, "--masks", "16",
+                 "--out", str(tmp_path / "o.png"), "--quiet"]) == 0
+    score, words = capsys.readouterr().out.splitlines()[:2]
+    assert score.startswith("score ") and words.startswith("zero-shot answer: ")
+    assert sorted(part.rsplit(" ", 1)[0] for part in words.removeprefix("zero-shot answer: ").split(", ")) == [
+        "cat", "dog"]
 
 
 def test_auto_masks_report_masks_and_stability(tiny_checkpoint, picture, tmp_path, capsys):
@@ -193,9 +210,12 @@ def test_evaluate_prints_the_four_areas_as_json(tiny_checkpoint, picture, tmp_pa
     code = main(["evaluate", picture, "--corpus", "dog", "--foil", "cat", "--weights", tiny_checkpoint,
                  "--masks", "50", "--curve-steps", "10", "--json", "--plot", str(tmp_path / "curves.png")])
     assert code == 0
-    result = json.loads(capsys.readouterr().out)
+    printed = capsys.readouterr().out
+    result = json.loads(printed)
     trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2 has only the old name
-    assert result["fractions"] == pytest.approx(np.linspace(0, 1, 11).tolist())
+    assert result["fractions"] == [step / 10 for step in range(11)]  # 0.7, not 0.7000000000000001
+    numbers = [float(number) for number in re.findall(r"-?\d+\.\d+(?:e-?\d+)?", printed)]
+    assert numbers and all(number == float(f"{number:.7g}") for number in numbers)  # 7 significant digits at most
     for name in ("insertion", "deletion", "random_insertion", "random_deletion"):
         assert len(result[name]) == 11
         assert result[f"{name}_auc"] == pytest.approx(trapezoid(result[name], result["fractions"]), abs=1e-6)

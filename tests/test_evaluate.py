@@ -5,7 +5,7 @@ from conftest import PLANTED_REGION
 from PIL import Image
 
 import cocoa_clip as cc
-from cocoa_clip.engine.evaluate import Curves, content_ranking, insertion_deletion, pointing_hit, positive_share
+from cocoa_clip.engine.evaluate import Curves, alike, content_ranking, insertion_deletion, pointing_hit, positive_share
 from cocoa_clip.engine.images import blur, frame
 from cocoa_clip.engine.targets import resolve
 from cocoa_clip.models import clip_package, normalize
@@ -211,3 +211,19 @@ def test_the_curves_remove_pixels_to_the_heatmaps_baseline(planted, noise_square
     assert curves.deletion[-1] == pytest.approx(cc.score(planted, black, DOG_CAT), abs=1e-5)
     blurred = insertion_deletion(planted, noise_square, answer.heatmap, DOG_CAT, steps=10)
     assert abs(blurred.deletion[-1] - curves.deletion[-1]) > 0.5  # black is all contrast to the planted encoder
+
+
+@pytest.mark.parametrize(("values", "texts"), [
+    ((0.041, -0.03452), ["+0.04100", "-0.03452"]),  # the "+0.041 (random order -0.03452)"
+    ((2.5e-5, -3e-6), ["+0.00002500", "-0.00000300"]),  # tiny areas keep 4 significant digits of the largest
+    ((12.5, 0.001), ["+12.50", "+0.00"]), ((0.0, 0.0), ["+0.0000", "+0.0000"])])
+def test_numbers_in_one_sentence_share_their_decimals(values, texts):
+    assert alike(*values) == texts
+
+
+def test_the_verdict_writes_both_areas_alike():
+    fractions = np.linspace(0, 1, 3)
+    curves = Curves(fractions, insertion=np.array([0.0, 0.3, 0.4]), deletion=np.array([0.4, 0.1, 0.0]),
+                    random_insertion=np.array([0.0, 0.2, 0.4]), random_deletion=np.array([0.4, 0.2, 0.0]))
+    numbers = curves.verdict().split("insertion area ")[1].replace(" and deletion area", "").split()[:2]
+    assert [len(number.split(".")[1]) for number in numbers] == [5, 5], curves.verdict()  # +0.05000, -0.05000

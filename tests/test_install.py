@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import site
 import subprocess
 import sys
 from pathlib import Path
@@ -16,8 +17,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
-    """A venv that sees the system's packages (torch, gradio: no downloads) with cocoa-clip installed from a copy
-    of the source (so that the build leaves nothing in the repository). Returns its bin folder."""
+    """A venv that sees the packages of the Python running the tests (torch, gradio: no downloads) with cocoa-clip
+    installed from a copy of the source (so that the build leaves nothing in the repository). Returns its bin folder.
+
+    The running Python may itself be a venv: `--system-site-packages` would then expose the base interpreter's
+    packages, not the venv's, so a .pth file adds the running interpreter's own site-packages instead."""
     work = tmp_path_factory.mktemp("install")
     source = work / "source"
     source.mkdir()
@@ -25,10 +29,15 @@ def installed(tmp_path_factory) -> Path:
         shutil.copy(ROOT / name, source / name)
     shutil.copytree(ROOT / "cocoa_clip", source / "cocoa_clip", ignore=shutil.ignore_patterns("__pycache__"))
     venv = work / "venv"
-    # Without the venv's own seed packages (an old setuptools), so the build uses the system's setuptools.
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True,
-                   timeout=120)
-    pip = [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q", "--no-deps",
+    # Without the venv's own seed packages (an old setuptools), so the build uses the running Python's setuptools.
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    own = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                         capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+    # addsitedir, not bare paths: the .pth files in those folders (a venv's own, editable installs) run too.
+    additions = "; ".join(f"site.addsitedir({folder!r})" for folder in site.getsitepackages())
+    (Path(own) / "running-python.pth").write_text(f"import site; {additions}\n")
+    pip = [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
            "--no-build-isolation", "--disable-pip-version-check", str(source)]
     result = subprocess.run(pip, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import cocoa_clip as cc
-from cocoa_clip.models import BUNDLED, clip_package, normalize, resolve_precision
+from cocoa_clip.models import BUNDLED, clip_package, resolve_precision
 from cocoa_clip.models.random_models import write_checkpoint
 
 
@@ -79,30 +79,6 @@ def test_clip_package_imports_in_a_fresh_interpreter():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "RN50"
-
-
-def test_an_openai_style_jit_archive_loads(tmp_path):
-    """OpenAI's downloads are TorchScript archives with fp16 weights; they load and embed as the plain model does."""
-    import warnings
-
-    from cocoa_clip.models.random_models import random_state_dict
-
-    clip = clip_package()
-    weights = {name: tensor.half().float() for name, tensor in random_state_dict("tiny", seed=3).items()}
-    reference = clip.model.build_model(weights).float().eval()  # weights exact in fp16, as the archive keeps them
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.jit's deprecation notices
-        traced = torch.jit.trace(reference, (torch.rand(1, 3, 32, 32), clip.tokenize(["a dog"])))
-    pixels = torch.rand(3, 3, 32, 32)
-    with torch.no_grad():
-        expected = reference.encode_image(normalize(pixels))
-        texts = reference.encode_text(clip.tokenize(["a dog", "a cat"]))
-    traced.half().save(str(tmp_path / "ViT-tiny.pt"))
-
-    model = cc.load(weights=tmp_path / "ViT-tiny.pt", device="cpu", precision="fp32")
-    assert isinstance(model.net, clip.model.CLIP) and next(model.net.parameters()).dtype == torch.float32
-    torch.testing.assert_close(model.encode_images(pixels), expected, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(model.encode_texts(["a dog", "a cat"])[0], texts, atol=1e-5, rtol=1e-4)
 
 
 def test_a_resnet_clip_explains_with_rise_and_gradients(tmp_path, photo):

@@ -1,9 +1,13 @@
+import warnings
+
 import numpy as np
 import pytest
 from PIL import Image
 
 import cocoa_clip as cc
-from cocoa_clip.engine.render import colorbar_figure, colorize, limits, overlay, save_heatmap
+from cocoa_clip.engine import fonts
+from cocoa_clip.engine.evaluate import Curves
+from cocoa_clip.engine.render import colorbar_figure, colorize, label_overlay, limits, overlay, save_heatmap
 
 
 def test_limits_minmax_and_signed():
@@ -78,3 +82,32 @@ def test_exports_keep_size_and_dtype(tiny, photo, tmp_path):
         assert image.format == "PNG" and image.size == (70, 45)
     save_heatmap(tmp_path / "x.npy", np.ones((2, 2), dtype=np.float64))
     assert np.load(tmp_path / "x.npy").dtype == np.float32
+
+
+def test_captions_in_any_script_draw_without_glyph_warnings(monkeypatch):
+    """CJK and emoji captions in the legend and the colour bar's title: no `Glyph ... missing` warning, whether or
+    not a font with those glyphs is installed (without one, they are drawn as boxes on purpose)."""
+    names = ["赤い十字", "red cross 🚀"]
+    labels = np.zeros((40, 80), dtype=np.int16)
+    labels[:, 40:] = 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        legend = label_overlay(Image.new("RGB", (80, 40)), labels, np.ones((40, 80)), names=names)
+        colorbar_figure(np.random.default_rng(0).random((8, 8)), title=f'"{names[0]}" rather than "{names[1]}"')
+        Curves(*(np.linspace(0, 1, 3),) * 5).plot(title=names[0])
+    assert legend.height > 40
+
+
+def test_glyphs_no_installed_font_has_are_boxes(monkeypatch):
+    dejavu = [entry for entry in fonts.installed() if entry[0] == "DejaVu Sans"]
+    monkeypatch.setattr(fonts, "installed", lambda: tuple(dejavu))
+    assert fonts.drawable("赤い 十字 red Ωmega") == f"{fonts.MISSING * 2} {fonts.MISSING * 2} red Ωmega"
+    assert fonts.families() == ["DejaVu Sans"]
+
+
+def test_a_line_is_drawn_in_the_first_installed_font_with_all_its_glyphs():
+    cjk = [path for _, path, points in fonts.installed() if ord("赤") in points]
+    if not cjk:
+        pytest.skip("no font with CJK glyphs is installed (Debian: fonts-noto-cjk, as packages.txt asks)")
+    assert fonts.drawable("赤い十字") == "赤い十字" and fonts.legend_font("赤い十字", 20).path == cjk[0]
+    assert fonts.legend_font("red cross", 20).path == fonts.installed()[0][1]  # Latin stays in DejaVu Sans

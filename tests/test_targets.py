@@ -162,3 +162,17 @@ def test_bad_questions_say_what_is_wrong(kwargs, message):
 
 def test_label_free_needs_no_corpus():
     assert cc.Question(target="label-free").describe() == "the image itself"
+
+
+@pytest.mark.parametrize(("corpus", "foil", "named"), [
+    (["赤い十字"], ["blue star"], "'赤い十字' is"), (["rocket"], ["🚀", "Москва"], "'🚀', 'Москва' are")])
+def test_a_caption_mostly_in_another_script_gets_one_note(tiny, photo, corpus, foil, named):
+    answer = cc.explain(tiny, photo, cc.Question(corpus=corpus, foil=foil), masks=8)
+    english = [note for note in answer.notes if note.startswith("CLIP reads English")]
+    assert len(english) == 1 and named in english[0]
+
+
+@pytest.mark.parametrize("caption", ["café au lait", "a 🚀 rocket", "Ωmega red circle", "no. 3-4"])
+def test_latin_captions_with_accents_a_symbol_or_digits_get_no_note(tiny, photo, caption):
+    answer = cc.explain(tiny, photo, cc.Question(corpus=[caption], foil=["cat"]), masks=8)
+    assert not any(note.startswith("CLIP reads English") for note in answer.notes)

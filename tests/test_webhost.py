@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import platform
+import select
 import signal
 import subprocess
 import sys
@@ -101,7 +102,7 @@ def test_the_app_removes_its_workspace_on_sigterm(tiny_checkpoint, tmp_path):
     server = subprocess.Popen(
         [sys.executable, "-m", "cocoa_clip.web.app", "--weights", tiny_checkpoint, "--device", "cpu",
          "--port", str(port)], cwd=REPO, env={**os.environ, "TMPDIR": str(tmp_path), "GRADIO_TEMP_DIR": ""},
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -111,6 +112,9 @@ def test_the_app_removes_its_workspace_on_sigterm(tiny_checkpoint, tmp_path):
             except OSError:
                 assert server.poll() is None and time.monotonic() < deadline, "the app did not start"
                 time.sleep(0.5)
+        # Where it runs, and no hint to share it (sharing is off on purpose): its first line, printed once serving.
+        console = server.stdout.readline() if select.select([server.stdout], [], [], 60)[0] else ""
+        assert console == f"* Running on http://127.0.0.1:{port}/ (Ctrl-C stops it)\n"
         workspaces = list(tmp_path.glob(f"{webhost.PREFIX}*"))
         assert len(workspaces) == 1 and (workspaces[0] / "gradio").is_dir()  # the stale one went at start
         assert list((workspaces[0] / "gradio").rglob("*.jpg"))  # the examples Gradio copied in
@@ -120,4 +124,4 @@ def test_the_app_removes_its_workspace_on_sigterm(tiny_checkpoint, tmp_path):
     finally:
         server.kill()
         server.wait()
-    assert "Traceback" not in server.stderr.read()
+    assert "Traceback" not in server.stderr.read() and "share=True" not in server.stdout.read()

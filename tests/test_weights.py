@@ -160,7 +160,7 @@ def test_clip_cache_is_used_only_with_the_right_checksum(sources, server, tiny_c
     monkeypatch.setattr(weights, "package_url", lambda name: f"{server.url}/clip/models/{sha}/ViT-B-32.pt")
     server.requests.clear()
     found = weights.find(NAME, sources)
-    assert found == weights.Found(cached, "clip cache") and server.requests == []
+    assert found == weights.Found(cached, "clip cache", sha256=sha) and server.requests == []
 
 
 def test_the_package_url_downloads_into_the_clip_cache_after_its_checksum(sources, server, tiny_checkpoint,
@@ -170,7 +170,8 @@ def test_the_package_url_downloads_into_the_clip_cache_after_its_checksum(source
     monkeypatch.setattr(weights, "package_url", lambda name: f"{server.url}/clip/models/{sha}/ViT-B-32.pt")
     server.files[f"/clip/models/{sha}/ViT-B-32.pt"] = data
     found = weights.find(NAME, sources)
-    assert found == weights.Found(sources / "ViT-B-32.pt", "clip URL") and found.path.read_bytes() == data
+    assert found == weights.Found(sources / "ViT-B-32.pt", "clip URL", sha256=sha)
+    assert found.path.read_bytes() == data
 
     found.path.unlink()  # a corrupted download is refused and leaves no file behind
     server.files[f"/clip/models/{sha}/ViT-B-32.pt"] = data[:-10] + b"0123456789"
@@ -185,10 +186,33 @@ def test_offline_gives_one_message_with_what_to_do(sources, server, monkeypatch)
         cc.load(NAME, download_root=str(sources), device="cpu")
     message = str(refused.value)
     assert server.requests == []  # nothing went to the network
-    for advice in ("HF_HUB_OFFLINE", str(sources / "ViT-B-32.pt"), "--weights PATH", "HF_ENDPOINT",
-                   "cocoa-clip download ViT-B/32", "--model shapes-demo"):
+    # From Python, the advice is Python: what a caller of cc.load would type.
+    for advice in ("HF_HUB_OFFLINE", str(sources / "ViT-B-32.pt"), "weights=PATH", "HF_ENDPOINT",
+                   'cocoa_clip.models.download("ViT-B/32")', 'cc.load("shapes-demo")'):
         assert advice in message
+    assert "--" not in message and "cocoa-clip " not in message
     assert "\n" not in message and "Traceback" not in message
+
+
+@pytest.mark.parametrize(("command", "fits", "does_not_fit"), [
+    (["explain", "photo.jpg", "--corpus", "dog", "--foil", "cat"],
+     ("--weights PATH", "cocoa-clip download ViT-B/32", "--model shapes-demo"), ("cc.load", "weights=PATH")),
+    (["download"], ("connect this machine to the internet", "HF_ENDPOINT"),
+     ("cocoa-clip download", "--model shapes-demo", "--weights", "cc.load")),
+])
+def test_offline_advice_fits_the_command(sources, server, monkeypatch, capsys, tmp_path, command, fits,
+                                        does_not_fit):
+    """The command line advises commands and flags; `download` offline does not advise `download`."""
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(weights, "default_root", lambda: sources)
+    Image.new("RGB", (8, 8)).save(tmp_path / "photo.jpg")
+    command = [part.replace("photo.jpg", str(tmp_path / "photo.jpg")) for part in command]
+    assert cli.main([*command, NAME] if command == ["download"] else [*command, "--model", NAME, "--quiet"]) == 2
+    error = capsys.readouterr().err
+    assert all(advice in error for advice in fits), error
+    assert not any(advice in error for advice in does_not_fit), error
+    with pytest.raises(cc.ModelLoadError, match=r'cc\.load\("shapes-demo"\)'):  # Python again once the command ends
+        cc.load(NAME, download_root=str(sources), device="cpu")
 
 
 def test_download_then_load_offline(sources, server, safetensors_bytes, state_dict, monkeypatch, capsys):

@@ -17,7 +17,7 @@ import torch
 from ..engine.rise import DEFAULT_ESTIMATOR, RiseSettings
 from ..engine.targets import Question
 from ..errors import CocoaError, SettingsError, check_seed
-from ..models import ClipModel, available_models, load
+from ..models import ClipModel, available_models, load, split_revision
 from ..models.loading import default_device, resolve_precision
 from ..models.registry import BUNDLED, family_of, resolve
 from ..models.weights import sha256
@@ -36,13 +36,17 @@ class ModelSpec:
     weights: str | None = None
     device: str | None = None
     precision: str = "auto"
+    revision: str | None = None
+    trust_checkpoint: bool = False  # unsafe: lets the weights file run code (models/trust.py)
 
     def load(self) -> ClipModel:
-        return load(self.name, weights=self.weights, device=self.device, precision=self.precision)
+        return load(self.name, weights=self.weights, device=self.device, precision=self.precision,
+                    revision=self.revision, trust_checkpoint=self.trust_checkpoint)
 
     def check(self, gpus_per_worker: float) -> None:
         """Refuse, before Ray starts, what every actor would fail on (each loads the model on its node)."""
-        if self.weights is None and family_of(self.name) is None and self.name not in available_models():
+        name, _ = split_revision(self.name, self.revision)
+        if self.weights is None and family_of(name) is None and name not in available_models():
             raise SettingsError(f"Unknown model {self.name!r}; choose one of: {', '.join(available_models())}.")
         if self.weights is not None and not Path(self.weights).is_file():
             raise SettingsError(f"No checkpoint file at {self.weights}; the Ray actors load it from that path.")

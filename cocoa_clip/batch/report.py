@@ -15,7 +15,8 @@ from ..errors import writing
 
 # (column key, header, kind): "number" columns sort numerically, with empty cells last either way.
 COLUMNS = (("index", "#", "number"), ("thumbnail", "overlay", "none"), ("image", "image", "text"),
-           ("question", "question", "text"), ("score", "score", "number"), ("top10_share", "top 10% share", "number"),
+           ("question", "question", "text"), ("zero_shot", "zero-shot answer", "text"), ("score", "score", "number"),
+           ("top10_share", "top 10% share", "number"),
            ("peak", "peak (x, y)", "none"), ("insertion_auc", "insertion AUC", "number"),
            ("deletion_auc", "deletion AUC", "number"), ("seconds", "seconds", "number"), ("error", "error", "text"))
 
@@ -69,7 +70,7 @@ def write_report(path: Path, table: Sequence[dict], manifest: dict) -> None:
     settings = manifest["settings"]
     model = settings["model"]
     facts = {"model": f"{model['weights'] or model['name']} ({model['precision']} on {model['device']})",
-             "settings": ", ".join(f"{k} {v}" for k, v in settings["explain"].items() if v is not None),
+             "settings": ", ".join(f"{k} {v}" for k, v in _explain_settings(settings["explain"]).items()),
              "rows": counts.get("rows", len(table)),
              "failed": counts.get("failed", "?"), "engine": last.get("engine", "?"),
              "finished": last.get("finished", "?"), "runs": len(manifest["runs"])}
@@ -98,6 +99,12 @@ def _page(summary: str, head: str, body: str) -> str:
 <script>{SCRIPT}</script>
 </body></html>
 """
+
+
+def _explain_settings(options: dict) -> dict:
+    """The explain settings that shaped the maps: those given, and the stopping rule only where masks were auto."""
+    auto_only = ("stability", "max_masks") if options.get("masks") != "auto" else ()
+    return {key: value for key, value in options.items() if value is not None and key not in auto_only}
 
 
 def _initial_sort(key: str) -> str:

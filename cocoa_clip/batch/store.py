@@ -85,8 +85,8 @@ class ResultStore:
                    ("foil_preset", pa.string()), ("target", pa.string()), ("seed", pa.int64()),
                    ("method", pa.string()), ("score", pa.float64()), ("heatmap", pa.string()),
                    ("overlay", pa.string()), ("peak_x", pa.int64()), ("peak_y", pa.int64()),
-                   ("top10_share", pa.float64()), ("masks", pa.int64()), ("seconds", pa.float64()),
-                   ("error", pa.string())]
+                   ("top10_share", pa.float64()), ("masks", pa.int64()), ("zero_shot", pa.string()),
+                   ("seconds", pa.float64()), ("error", pa.string())]
         if evaluate:
             columns += [("insertion_auc", pa.float64()), ("deletion_auc", pa.float64())]
         self.schema = pa.schema(columns)

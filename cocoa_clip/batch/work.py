@@ -34,7 +34,8 @@ def explain_row(model: ClipModel, job: Job, row: dict) -> dict:
     started = time.perf_counter()
     result = {name: row[name] for name in ("image", "stamp", "corpus", "foil", "foil_preset", "target")}
     result.update(seed=int(row["seed"]), method=job.options.get("method", "rise"), score=math.nan, heatmap="",
-                  overlay="", peak_x=-1, peak_y=-1, top10_share=math.nan, masks=0, error=str(row["error"]))
+                  overlay="", peak_x=-1, peak_y=-1, top10_share=math.nan, masks=0, zero_shot="",
+                  error=str(row["error"]))
     if job.evaluate:
         result.update(insertion_auc=math.nan, deletion_auc=math.nan)
     if not result["error"]:
@@ -67,7 +68,8 @@ def _explain(model: ClipModel, job: Job, row: dict) -> dict:
         overlay.save(folder / paths["thumbnail"], format="JPEG", quality=85)
     peak_x, peak_y, share = summarize(answer.heatmap)
     result = {"score": answer.score, "heatmap": paths["heatmap"], "overlay": paths["overlay"] if job.overlays else "",
-              "peak_x": peak_x, "peak_y": peak_y, "top10_share": share, "masks": answer.details.get("masks", 0)}
+              "peak_x": peak_x, "peak_y": peak_y, "top10_share": share, "masks": answer.details.get("masks", 0),
+              "zero_shot": answer.zero_shot.text if answer.zero_shot else ""}
     if job.evaluate:
         # What `cocoa-clip evaluate` and the app give: the answer's framing, baseline and map as computed.
         aucs = curves_of(model, answer, seed=int(row["seed"])).aucs()

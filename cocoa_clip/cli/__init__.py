@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from ..errors import CocoaError
+from ..errors import AUDIENCE, CocoaError
 from ..models import download
 from ..models.weights import report_sources
 from . import commands
@@ -26,13 +26,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv) if argv[:1] != ["serve"] else None
     if args is not None:
         report_sources(not getattr(args, "quiet", False) and args.command != "models")  # models: a listing, no log
+    # Advice in errors names commands and flags (`download` never advises itself), not Python calls.
+    audience = AUDIENCE.set("download" if args is not None and args.command == "download" else "cli")
     try:
         if args is None:
             return commands.serve(argv[1:])
         if args.command == "models":
             return commands.models_command(args.all)
         if args.command == "download":
-            found = download(args.name)
+            found = download(args.name, revision=args.revision, trust_checkpoint=args.trust_checkpoint)
             print(f"{args.name}: {found.path} ({found.source})")
             return 0
         return commands.run(args)
@@ -45,3 +47,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as error:
         print(f"error: {error.strerror or error} ({error.filename or 'file'})", file=sys.stderr)
         return 2
+    finally:
+        AUDIENCE.reset(audience)

@@ -17,14 +17,23 @@ from ..batch import run as run_batch
 from ..engine.compare import caption_questions, compare
 from ..engine.evaluate import MEASURE_LABELS, check_steps, curves_of, insertion_deletion, measure_of
 from ..engine.explain import Explanation, explain
+from ..engine.faithfulness import compare_methods
 from ..engine.gradients import GradientSettings
 from ..engine.images import ImageSource, check_baseline, load_image
 from ..engine.render import check_style, save_npy
 from ..engine.rise import RiseSettings
 from ..engine.targets import Question
-from ..errors import CocoaError, ImageError, check_seed, writing
+from ..errors import CocoaError, ImageError, SettingsError, check_seed, writing
 from ..models import ClipModel, available_models, load, weights_on_disk
 from ..models import registry as families
+from ..models.trust import commit_of
+from ..models.weights import Found
+
+
+def _pins(found: Found) -> str:
+    """What pins a file on disk, where it is known without reading it again: its hub commit, its SHA-256."""
+    commit, digest = commit_of(found.path), found.sha256
+    return (f"  commit {commit}" if commit else "") + (f"  sha256 {digest}" if digest else "")
 
 
 def models_command(every: bool = False) -> int:
@@ -34,8 +43,8 @@ def models_command(every: bool = False) -> int:
     width = max(map(len, names))
     for name in names:
         found = weights_on_disk(name)
-        where = f"on disk ({found.source}): {found.path}" if found else "not on disk: fetched on first use " \
-            f"(or now: cocoa-clip download {name})"
+        where = f"on disk ({found.source}): {found.path}{_pins(found)}" if found else \
+            f"not on disk: fetched on first use (or now: cocoa-clip download {name})"
         print(f"{name:{width}s}  {where}")
     cached = families.cached_names()
     for family in families.FAMILIES:
@@ -102,6 +111,8 @@ def _explain_command(args: argparse.Namespace) -> int:
 def _evaluate_command(args: argparse.Namespace) -> int:
     """Insertion and deletion curves of a heatmap (computed, or read with --from-heatmap)."""
     question = _question(args)
+    if args.methods:
+        return _methods_table(args, question)
     measure_of(question)  # a corpus and a foil, checked before any work
     check_steps(args.curve_steps)
     check_seed(args.seed)
@@ -124,13 +135,24 @@ def _evaluate_command(args: argparse.Namespace) -> int:
         with writing(args.plot):
             curves.plot(question.describe()).save(args.plot, format="PNG")
     if args.json:
-        print(json.dumps({**curves.to_dict(), "question": question.describe(), "target": args.target,
+        print(to_json({**curves.to_dict(), "question": question.describe(), "target": args.target,
                           "method": args.method}))
     else:
         for name, value in curves.aucs().items():
             print(f"{name:22s} {value: .4f}")
         print(f"({MEASURE_LABELS[args.measure]}; insertion: higher is better, deletion: lower is better)")
         print(curves.verdict())
+    return 0
+
+
+def _methods_table(args: argparse.Namespace, question: Question) -> int:
+    """evaluate --methods: every method's map of the question, scored side by side (engine/faithfulness.py)."""
+    if args.from_heatmap or args.plot:
+        raise SettingsError("--methods scores the maps it computes itself; drop --from-heatmap and --plot.")
+    table = compare_methods(_load(args), args.image, question, args.methods, rank_by=args.measure,
+                            framing=args.framing, steps=args.curve_steps, seed=args.seed, masks=args.masks,
+                            gradient=_gradient(args), baseline=args.baseline)
+    print(json.dumps(table.to_dict()) if args.json else table.text())
     return 0
 
 
@@ -154,7 +176,7 @@ def _compare_command(args: argparse.Namespace) -> int:
               "score": answer.score}
              for (caption, share), answer in zip(comparison.shares.items(), comparison.answers, strict=True)]
     if args.json:
-        print(json.dumps({"image": args.image, "captions": parts, "undecided_share": comparison.undecided_share,
+        print(to_json({"image": args.image, "captions": parts, "undecided_share": comparison.undecided_share,
                           "tie_margin": comparison.tie_margin, "overlay": paths["out"], "labels": paths["labels"],
                           "details": comparison.answers[0].details}))
         return 0
@@ -178,7 +200,8 @@ def _batch_command(args: argparse.Namespace) -> int:
     if _gradient(args) != GradientSettings():  # the job's settings are stored as JSON, which holds no dataclass
         raise CocoaError("batch runs gradient methods with the paper's settings; leave out --steps, --samples "
                          "and --stdev (or use explain).")
-    job = Job(out_dir=args.out_dir, model=ModelSpec(args.model, args.weights, args.device, args.precision),
+    job = Job(out_dir=args.out_dir, model=ModelSpec(args.model, args.weights, args.device, args.precision,
+                                                    args.revision, args.trust_checkpoint),
               question=question, options={**options, "estimator": args.estimator}, seed=args.seed,
               evaluate=args.evaluate, overlays=args.overlays)
     rows = collect(args.input, job)
@@ -188,7 +211,7 @@ def _batch_command(args: argparse.Namespace) -> int:
                             resume=args.resume, on_result=progress)
     out = summary.out_dir
     if args.json:
-        print(json.dumps({**dataclasses.asdict(summary), "out_dir": str(out), "results": str(out / RESULTS),
+        print(to_json({**dataclasses.asdict(summary), "out_dir": str(out), "results": str(out / RESULTS),
                           "report": str(out / REPORT)}))
     else:
         dropped = (f"; {summary.dropped} earlier results dropped, their pictures no longer in {args.input} "
@@ -271,7 +294,8 @@ def _explain(model: ClipModel, question: Question, image: ImageSource, args: arg
 
 
 def _load(args: argparse.Namespace) -> ClipModel:
-    return load(args.model, weights=args.weights, device=args.device, precision=args.precision)
+    return load(args.model, weights=args.weights, device=args.device, precision=args.precision,
+                revision=args.revision, trust_checkpoint=args.trust_checkpoint)
 
 
 def _method(args: argparse.Namespace) -> dict:
@@ -315,19 +339,21 @@ def _report_explanation(answer: Explanation, image: str, paths: dict[str, str | 
     for note in answer.notes:
         print(f"note: {note}", file=sys.stderr)
     if args.json:
-        print(json.dumps({"image": image, "score": answer.score, "question": answer.question.describe(),
+        print(to_json({"image": image, "score": answer.score, "question": answer.question.describe(),
                           "target": args.target, "method": answer.method, "overlay": paths["out"],
                           "heatmap": paths["heatmap"], "colorbar": paths["colorbar"],
+                          "zero_shot": answer.zero_shot.to_dict() if answer.zero_shot else None,
                           "details": answer.details, "notes": list(answer.notes)}), flush=True)
         return
     indent = "  " if several else ""
     label = "contrastive corpus similarity" if args.target == "cocoa" else f"{args.target} score"
     details = answer.details
-    lines = [f"score {answer.score:+.4f}  ({label}: {answer.question.describe()})",
-             f"{answer.method}, {details['precision']} on {details['device']}, {details['seconds']:.1f} s"
-             + (f", {details['masks']} masks" if answer.method == "rise" else "")
-             + (f", stability {details['stability']:.3f}" if details.get("stability") is not None else "")
-             + ("" if details.get("complete", True) else " (the time budget ran out first)")]
+    lines = [f"score {answer.score:+.4f}  ({label}: {answer.question.describe()})"]
+    lines += [f"zero-shot answer: {answer.zero_shot.text}"] if answer.zero_shot else []
+    lines += [f"{answer.method}, {details['precision']} on {details['device']}, {details['seconds']:.1f} s"
+              + (f", {details['masks']} masks" if answer.method == "rise" else "")
+              + (f", stability {details['stability']:.3f}" if details.get("stability") is not None else "")
+              + ("" if details.get("complete", True) else " (the time budget ran out first)")]
     lines += [f"{name} -> {path}" for name, path in (("overlay", paths["out"]), ("heatmap", paths["heatmap"]),
                                                     ("colour bar", paths["colorbar"])) if path]
     print("\n".join(([image] if several else []) + [indent + line for line in lines]), flush=True)
@@ -347,3 +373,19 @@ def _read_heatmap(path: str) -> np.ndarray:
     if heatmap.ndim != 2:
         raise CocoaError(f"{path} holds a {heatmap.ndim}-d array; a heatmap is 2-d (H x W).")
     return heatmap.astype(np.float32)
+
+
+def to_json(payload: object) -> str:
+    """One JSON line with every float at 7 significant digits: what float32 results carry, and no
+    0.7000000000000001 from float64 arithmetic on the way."""
+    return json.dumps(_rounded(payload))
+
+
+def _rounded(value: object) -> object:
+    if isinstance(value, float):
+        return float(f"{value:.7g}")
+    if isinstance(value, dict):
+        return {key: _rounded(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_rounded(item) for item in value]
+    return value

@@ -14,6 +14,7 @@ from ..engine.render import SCALES
 from ..engine.rise import AUTO, DEFAULT_ESTIMATOR, ESTIMATORS
 from ..engine.targets import SIMILARITIES, TARGETS
 from ..models import DEFAULT_MODEL, PRECISIONS
+from ..models.trust import TRUST_HELP
 
 
 class _Help(argparse.HelpFormatter):
@@ -68,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       "probability of the corpus against the foil classes (the paper's corpus "
                                       "majority probability)")
     evaluate_parser.add_argument("--plot", metavar="PNG", help="save the curves as a plot")
+    evaluate_parser.add_argument("--methods", type=method_list, default=None, metavar="M1,M2,...",
+                                 help="one table instead: each method's map scored in both measures, ranked by "
+                                      "--measure (e.g. rise,integrated-gradients,legrad,attention-relevance)")
 
     compare_parser = commands.add_parser(
         "compare", help="which of several captions each region of an image looks like", formatter_class=_Help,
@@ -102,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "cache (from its URL) or the Hugging Face hub's cache (HF_HOME; HF_ENDPOINT for a mirror).")
     download_parser.add_argument("name", metavar="NAME", help="a model name (see `models`), e.g. ViT-B/32, "
                                  "open_clip:ViT-B-32:laion2b_s34b_b79k or hf:google/siglip-base-patch16-224")
+    _trust_options(download_parser)
     _batch_parser(commands)
     # `serve` hands its arguments to the web app's own parser (main() routes them before this one).
     commands.add_parser("serve", help="the web app and its HTTP API, as app.py serves it (options: serve --help; "
@@ -204,11 +209,29 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
                        help="an OpenAI CLIP name (ViT-B/32 ...), open_clip:ARCH[:TAG] or hf:REPO_OR_DIR (see `models`)")
     model.add_argument("--weights", metavar="PATH", help="local checkpoint: an OpenAI CLIP .pt (JIT archive or state "
                        "dict), or with --model open_clip:ARCH one for that architecture")
+    _trust_options(model)
     model.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     model.add_argument("--precision", choices=PRECISIONS, default="auto",
                        help="auto: fp16 on CUDA, bf16 autocast on CPUs that have it, else fp32")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, no line per weights source tried")
+
+
+def _trust_options(group: argparse._ActionsContainer) -> None:
+    """--revision and --trust-checkpoint: where every command that loads a model takes them."""
+    group.add_argument("--revision", metavar="REV", help="hub revision (branch, tag or commit) to pin; same as "
+                       "NAME@REV")
+    group.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
+
+
+def method_list(text: str) -> list[str]:
+    """Comma-separated method names, each one of METHODS."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    wrong = [name for name in names if name not in METHODS]
+    if not names or wrong:
+        raise argparse.ArgumentTypeError(f"{wrong[0] if wrong else text!r} is not a method; give some of "
+                                         f"{','.join(METHODS)}, separated by commas")
+    return names
 
 
 def count_or_auto(text: str) -> int | str:

@@ -6,9 +6,10 @@ their units and sum to zero over k for every picture,
     sum_k <z, t_k - mean_{j != k} t_j> = 0,
 
 so their maps (RISE's regression or centred estimator, or gradients) compare pixel by pixel and
-sum to zero as well. Each pixel goes to the caption whose map is highest there; the margin over
-the runner-up says how clearly, and where it is below `tie_margin` times the picture's largest
-margin, no caption wins the pixel ("no clear winner").
+sum to zero as well. (The attention methods keep only positive parts, through a ReLU: their maps
+compare pixel by pixel but do not sum to zero.) Each pixel goes to the caption whose map is
+highest there; the margin over the runner-up says how clearly, and where it is below `tie_margin`
+times the picture's largest margin, no caption wins the pixel ("no clear winner").
 """
 from __future__ import annotations
 

@@ -18,6 +18,7 @@ the pixels gives the baseline both should beat.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,6 +31,7 @@ from PIL import Image
 
 from ..errors import QuestionError, SettingsError, check_seed
 from ..models import Model, eval_mode
+from . import fonts
 from .images import Framed, ImageSource, check_baseline, frame, load_image
 from .images import baseline as baseline_of
 from .targets import Question, members, resolve
@@ -66,9 +68,9 @@ class Curves:
         gain = aucs["insertion_auc"] - aucs["random_insertion_auc"]  # higher is better
         drop = aucs["random_deletion_auc"] - aucs["deletion_auc"]  # lower is better
         beats = "beats" if gain > 0 and drop > 0 else "does not clearly beat"
-        # 4 significant digits, not 4 decimals: probabilities against 999 foils are tiny and still ordered.
-        return (f"This heatmap {beats} a random ranking of the pixels: insertion area {gain:+.4g} and deletion area "
-                f"{-drop:+.4g} against the random order's.")
+        gain_text, drop_text = alike(gain, -drop)
+        return (f"This heatmap {beats} a random ranking of the pixels: insertion area {gain_text} and deletion area "
+                f"{drop_text} against the random order's.")
 
     def to_dict(self) -> dict:
         curves = {f.name: getattr(self, f.name).tolist() for f in dataclasses.fields(self) if f.name != "measure"}
@@ -90,10 +92,22 @@ class Curves:
             axes.set_ylabel(MEASURE_LABELS[self.measure])
             axes.legend(fontsize=8)
         if title:
-            figure.suptitle(title, fontsize=10)
+            figure.suptitle(fonts.drawable(title), fontsize=10, fontfamily=fonts.families())
         figure.tight_layout()
         figure.canvas.draw()
         return Image.fromarray(np.asarray(figure.canvas.buffer_rgba())[..., :3].copy())
+
+
+def alike(*values: float, digits: int = 4) -> list[str]:
+    """Signed numbers for one sentence, all with the same decimals: `digits` significant digits of the largest.
+
+    Not a fixed 4 decimals: probabilities against 999 foils are tiny and still ordered.
+    >>> alike(0.041, -0.03452)
+    ['+0.04100', '-0.03452']
+    """
+    largest = max((abs(value) for value in values if math.isfinite(value)), default=0.0)
+    decimals = max(0, digits - 1 - math.floor(math.log10(largest))) if largest > 0 else digits
+    return [f"{value:+.{decimals}f}" for value in values]
 
 
 @dataclass(frozen=True)
@@ -117,9 +131,14 @@ class CorpusProbability:
 
     def __call__(self, embeddings: torch.Tensor) -> torch.Tensor:
         """(B, D) raw image embeddings -> (B,) probabilities in [0, 1]."""
+        return self.distribution(embeddings)[:, 0]
+
+    def distribution(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """(B, D) raw image embeddings -> (B, 1 + F) probabilities of every class, the corpus first: a softmax
+        (each row sums to 1), for sigmoid heads too (their bias cancels, as above)."""
         units = embeddings.float() / embeddings.float().norm(dim=-1, keepdim=True)
         logits = self.scale * units @ self.classes.T  # shape = [B, 1 + F]
-        return torch.softmax(logits, dim=-1)[:, 0]
+        return torch.softmax(logits, dim=-1)
 
 
 def measure_of(question: Question) -> Question:

@@ -20,12 +20,14 @@ from PIL import Image
 from ..errors import SettingsError, writing
 from ..models import Model
 from . import render
+from .attention import ATTENTION_METHODS, SELF_NOTE, attention_map, trace
 from .gradients import GRADIENT_METHODS, GradientSettings, attribute, precision
 from .images import Framed, ImageSource, frame, load_image, unframe
 from .rise import DEFAULT_ESTIMATOR, ESTIMATORS, PassCache, Progress, RiseResult, RiseSettings, run_rise
 from .targets import Question, Target, resolve
+from .zeroshot import ZeroShot, zero_shot
 
-METHODS = ("rise",) + GRADIENT_METHODS
+METHODS = ("rise",) + GRADIENT_METHODS + ATTENTION_METHODS
 FLAT_NOTE = ("The map is flat (its range is below numerical noise): no region of the picture changes the score, "
              "so it is shown in one colour.")
 DEFAULT_CACHE = PassCache()  # masked passes of recent pictures, so a new question costs no forward pass
@@ -42,6 +44,8 @@ class Explanation:
     notes: things the user should know (e.g. a caption was truncated).
     content_map: (h, w) float32, the map as computed, over the picture's content box at the model's
         input (images.Framed.box); insertion and deletion rank it. None for a map read from a file.
+    zero_shot: the model's own answer to the question in words (`zero_shot.text`, e.g. "rocket 87%, woman 13%"),
+        from its zero-shot head over the corpus and the foil classes; None without a corpus and a foil, or a head.
     """
 
     heatmap: np.ndarray
@@ -52,6 +56,7 @@ class Explanation:
     details: dict = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     content_map: np.ndarray | None = None
+    zero_shot: ZeroShot | None = None
 
     def __post_init__(self) -> None:
         if render.is_flat(self.heatmap) and FLAT_NOTE not in self.notes:
@@ -59,8 +64,9 @@ class Explanation:
 
     @property
     def scale(self) -> str:
-        """The colour scale that suits the method: min-max for RISE (as in the paper), signed otherwise."""
-        return "minmax" if self.method == "rise" else "signed"
+        """The colour scale that suits the method: signed for gradient attributions, min-max otherwise (RISE, as
+        in the paper; the attention methods, whose maps are not negative)."""
+        return "signed" if self.method in GRADIENT_METHODS else "minmax"
 
     def overlay(self, *, opacity: float = 0.5, scale: str | None = None, cmap: str | None = None) -> Image.Image:
         """The heatmap over the picture, at the picture's size (RGB)."""
@@ -117,6 +123,8 @@ def explain(
     baseline: what removed pixels show, "blur" (the paper's), "mean" or "black"; blur_sigma: the
     blur's sigma in input pixels (default 5 x n_px / 224; 5 is the paper's code at any size).
     gradient: Integrated Gradients' steps, GradientSHAP's samples and noise.
+    method: "rise" (default), "integrated-gradients", "gradient-shap", or for vision transformers
+    "legrad" and "attention-relevance" (one forward pass; see engine/attention.py).
     Returns a list when given a list.
 
     >>> model = load("shapes-demo")                                         # doctest: +SKIP
@@ -144,6 +152,7 @@ def explain(
         cached = cache.get(key) if cache is not None else None
         image_embedding = cached.image_embedding if cached is not None else model.encode_canvas(framed.canvas)
         targets = [resolve(model, q, image_embedding, framing) for q in questions]  # bad questions fail before the pass
+        words = [zero_shot(model, q, image_embedding, framing) for q in questions]  # once, not at every frame
 
         def answers_of(result: RiseResult) -> list[Explanation]:
             run = result.run
@@ -152,8 +161,8 @@ def explain(
             if settings.auto:
                 details.update(auto=True, stability_target=settings.stability)
             per_answer = [{"stability": _rounded(value)} for value in result.stability.tolist()]
-            return _answers(result.maps, targets, framed, picture, image_embedding, method, model, framing, details,
-                            started, per_answer, baseline=baseline, blur_sigma=blur_sigma)
+            return _answers(result.maps, targets, words, framed, picture, image_embedding, method, model, framing,
+                            details, started, per_answer, baseline=baseline, blur_sigma=blur_sigma)
 
         on_frame = None
         if on_update is not None:
@@ -169,35 +178,53 @@ def explain(
         answers = answers_of(result)
         if on_update is not None:
             on_update(answers[0] if single else answers)
+    elif method in ATTENTION_METHODS:
+        traced, image_embedding = trace(model, framed)  # the one forward pass; the score and the maps share it
+        targets = [_noted(resolve(model, q, image_embedding, framing), method) for q in questions]
+        maps = [attention_map(traced, framed, model.n_px, t, method) for t in targets]
+        answers = _answers(maps, targets, framed, picture, image_embedding, method, model, framing,
+                           {"precision": precision(model), "patch_grid": list(traced.grid)}, started,
+                           baseline=baseline, blur_sigma=blur_sigma)
     else:
         settings = dataclasses.replace(gradient, seed=seed, baseline=baseline, blur_sigma=blur_sigma)
         with torch.no_grad():  # in the precision the gradients use, so that the score and the map agree
             image_embedding = model.encode_images(framed.canvas[None].to(model.device))[0]
         targets = [resolve(model, q, image_embedding, framing) for q in questions]
+        words = [zero_shot(model, q, image_embedding, framing) for q in questions]
         results = [attribute(model, framed, t, method, settings) for t in targets]
         own = {"steps": settings.n_steps} if method == "integrated-gradients" else {
             "samples": settings.n_samples, "stdev": settings.stdev}
         details = {"convergence_delta": [d for _, d in results], "seed": seed, "precision": precision(model), **own}
-        answers = _answers([m for m, _ in results], targets, framed, picture, image_embedding, method, model, framing,
-                           details, started, baseline=baseline, blur_sigma=blur_sigma)
+        answers = _answers([m for m, _ in results], targets, words, framed, picture, image_embedding, method, model,
+                           framing, details, started, baseline=baseline, blur_sigma=blur_sigma)
     return answers[0] if single else answers
 
 
-def _answers(maps: Sequence[torch.Tensor], targets: Sequence[Target], framed: Framed, picture: Image.Image,
-             image_embedding: torch.Tensor, method: str, model: Model, framing: str, details: dict,
-             started: float, per_answer: Sequence[dict] | None = None, *, baseline: str = "blur",
-             blur_sigma: float | None = None) -> list[Explanation]:
-    """One Explanation per map and target, with the shared details (and each answer's own, if given)."""
+def _answers(maps: Sequence[torch.Tensor], targets: Sequence[Target], words: Sequence[ZeroShot | None],
+             framed: Framed, picture: Image.Image, image_embedding: torch.Tensor, method: str, model: Model,
+             framing: str, details: dict, started: float, per_answer: Sequence[dict] | None = None, *,
+             baseline: str = "blur", blur_sigma: float | None = None) -> list[Explanation]:
+    """One Explanation per map and target (with its zero-shot answer in words), with the shared details (and each
+    answer's own, if given)."""
     details = {"precision": model.precision, **details, "device": str(model.device), "framing": framing,
-               "model": model.name, "baseline": baseline, "blur_sigma": blur_sigma,
+               "model": model.name, "provenance": dataclasses.asdict(model.provenance) if model.provenance else None,
+               "baseline": baseline, "blur_sigma": blur_sigma,
                "seconds": time.perf_counter() - started}
     return [
         Explanation(heatmap=unframe(heat, framed), score=float(target(image_embedding[None])[0]), image=picture,
                     question=target.question, method=method, notes=target.notes,
                     details={**details, **(per_answer[index] if per_answer else {})},
-                    content_map=heat.float().cpu().numpy())
-        for index, (heat, target) in enumerate(zip(maps, targets, strict=True))
+                    content_map=heat.float().cpu().numpy(), zero_shot=said)
+        for index, (heat, target, said) in enumerate(zip(maps, targets, words, strict=True))
     ]
+
+
+def _noted(target: Target, method: str) -> Target:
+    """The target, with a note where its gradient vanishes by construction (see attention.SELF_NOTE)."""
+    itself = target.question.target == "label-free" and target.normalize
+    if method == "attention-relevance" and itself:
+        return dataclasses.replace(target, notes=(*target.notes, SELF_NOTE))
+    return target
 
 
 def _rounded(value: float) -> float | None:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from captum.attr import GradientShap, IntegratedGradients
 
-from ..errors import SettingsError, check_seed
+from ..errors import SettingsError, check_seed, shown
 from ..models import Model
 from .images import Framed, check_baseline
 from .images import baseline as baseline_of
@@ -43,7 +43,7 @@ class GradientSettings:
         for name in ("n_steps", "n_samples", "internal_batch_size"):
             value = getattr(self, name)
             if not (isinstance(value, int) and 1 <= value <= 10_000):
-                raise SettingsError(f"{name} must be a whole number from 1 to 10,000; got {value!r}.")
+                raise SettingsError(f"{name} must be a whole number from 1 to 10,000; got {shown(value)}.")
         if not 0.0 <= self.stdev <= 10.0:
             raise SettingsError(f"stdev must lie between 0 and 10; got {self.stdev!r}.")
         check_seed(self.seed)

@@ -17,9 +17,10 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from ..errors import SettingsError, writing
+from . import fonts
 
 SCALES = ("minmax", "signed")
 DEFAULT_CMAPS = {"minmax": "jet", "signed": "bwr"}
@@ -147,10 +148,11 @@ def _with_legend(image: Image.Image, names: Sequence[str], colours: Sequence[tup
     line for `undecided` with an empty swatch (widened with white on the right where a name is wider than
     the picture)."""
     size = max(12, min(28, image.width // 30))
-    font = ImageFont.load_default(size=size)
     line = int(size * 1.5)
-    lines = [*names, *([undecided] if undecided else [])]
-    width = max(image.width, 2 * size + int(max(font.getlength(name) for name in lines)) + size)  # names in full
+    lines = [fonts.drawable(name) for name in [*names, *([undecided] if undecided else [])]]
+    faces = [fonts.legend_font(name, size) for name in lines]  # any script: the first font with all its glyphs
+    width = max(image.width, 2 * size + int(max(f.getlength(name) for f, name in zip(faces, lines, strict=True)))
+                + size)  # names in full
     legend = Image.new("RGB", (width, line * len(lines) + size // 2), (255, 255, 255))
     draw = ImageDraw.Draw(legend)
     for index, name in enumerate(lines):
@@ -160,7 +162,7 @@ def _with_legend(image: Image.Image, names: Sequence[str], colours: Sequence[tup
             draw.rectangle(swatch, fill=tuple(round(255 * v) for v in colours[index]))
         else:
             draw.rectangle(swatch, outline=(110, 110, 110), width=max(1, size // 10))
-        draw.text((2 * size, y), name, fill=(0, 0, 0), font=font)
+        draw.text((2 * size, y), name, fill=(0, 0, 0), font=faces[index])
     combined = Image.new("RGB", (width, image.height + legend.height), (255, 255, 255))
     combined.paste(image, (0, 0))
     combined.paste(legend, (0, image.height))
@@ -183,7 +185,7 @@ def colorbar_figure(heatmap: np.ndarray, *, scale: str = "minmax", cmap: str | N
     shown = axes.imshow(heatmap, cmap=_cmap(cmap or DEFAULT_CMAPS[scale]), vmin=low, vmax=high)
     axes.set_axis_off()
     if title:
-        axes.set_title(title, fontsize=10)
+        axes.set_title(fonts.drawable(title), fontsize=10, fontfamily=fonts.families())
     figure.colorbar(shown, ax=axes, fraction=0.046, pad=0.02,
                     label="attribution" if scale == "signed" else "attribution (min to max)")
     figure.tight_layout()

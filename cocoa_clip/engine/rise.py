@@ -42,7 +42,7 @@ from threading import Lock
 
 import torch
 
-from ..errors import SettingsError, check_seed
+from ..errors import SettingsError, check_seed, shown
 from ..models import ClipModel, eval_mode
 from .images import Framed, check_baseline, digest
 from .images import baseline as baseline_of
@@ -85,7 +85,7 @@ class RiseSettings:
             if value is not None and value != AUTO and not (
                     isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_MASKS):
                 raise SettingsError(f"The {name} must be a whole number from 1 to {MAX_MASKS:,}"
-                                    f"{' or auto' if name == 'number of masks' else ''}; got {value!r}.")
+                                    f"{' or auto' if name == 'number of masks' else ''}; got {shown(value)}.")
         if self.max_masks == AUTO:
             raise SettingsError(f"The most masks must be a whole number from 1 to {MAX_MASKS:,}; got 'auto'.")
         if not (isinstance(self.grid, int) and 2 <= self.grid <= 64):

@@ -18,6 +18,7 @@ Corpus and foil may mix captions (wrapped by a template) and images.
 from __future__ import annotations
 
 import string
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 
@@ -128,7 +129,7 @@ def resolve(model: Model, question: Question, image_embedding: torch.Tensor | No
     image_embedding: (D,) raw embedding of the explicand; only the label-free targets use it.
     """
     cosine = question.similarity == "cosine"
-    notes: list[str] = []
+    notes: list[str] = [note] if (note := script_note([*question.corpus, *question.foil])) else []
 
     def mean_of(side: str) -> torch.Tensor:
         embeddings = members(model, question, side, framing, notes)
@@ -174,6 +175,27 @@ def embed(model: Model, captions: Sequence[str], images: Sequence[ImageSource], 
         with eval_mode(model):
             parts.append(model.encode_images(canvases.to(model.device)))
     return torch.cat(parts)
+
+
+def script_note(captions: Sequence[str]) -> str | None:
+    """One note for the captions written mostly in a script other than Latin (or in emoji), or None.
+
+    CLIP and its kin learnt from English captions: such a caption is accepted, but its answer may mean little.
+    """
+    foreign = [caption for caption in captions if _mostly_non_latin(caption)]
+    if not foreign:
+        return None
+    listed = ", ".join(repr(caption) for caption in foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+    return (f"CLIP reads English: {listed} {'is' if len(foreign) == 1 else 'are'} mostly in another script, which "
+            "a model trained on English captions reads poorly, so the answer may mean little; try English words.")
+
+
+def _mostly_non_latin(caption: str) -> bool:
+    """Fewer than half of the caption's letters and pictographs (emoji) are Latin letters; digits, punctuation
+    and spaces do not count."""
+    marks = [c for c in caption if unicodedata.category(c)[0] == "L" or unicodedata.category(c) == "So"]
+    latin = sum(unicodedata.name(c, "").startswith("LATIN") for c in marks)
+    return latin < len(marks) / 2
 
 
 def clean_caption(caption: object, where: str, index: int) -> str:

@@ -5,6 +5,7 @@
     loading.py     load(name), download(name), available_models(): device and precision, then the adapter
     families/      one adapter per family, as peers: openai, openclip, hf, wrapped (cc.wrap)
     weights.py     the sources of OpenAI's weights; hub.py, the Hugging Face hub as every family reaches it
+    trust.py       which weights files are opened how (no file runs code unless known or trusted); provenance
     shapes.py      the shapes world the bundled shapes-demo model was trained on; random_models.py, redrawn weights
 
 Imports run one way: families -> encoder, hub, weights, registry; nothing here imports the engine or a surface.
@@ -20,6 +21,7 @@ from .loading import (
     download,
     load,
     resolve_precision,
+    split_revision,
     weights_on_disk,
 )
 from .registry import BUNDLED, FAMILIES, family_of
@@ -27,5 +29,5 @@ from .registry import BUNDLED, FAMILIES, family_of
 __all__ = [
     "MEAN", "STD", "LearntHead", "Model", "Preprocessing", "eval_mode", "ClipModel", "normalize",
     "clip_package", "clip_text", "DEFAULT_MODEL", "PRECISIONS", "available_models", "default_device",
-    "download", "load", "resolve_precision", "weights_on_disk", "BUNDLED", "FAMILIES", "family_of",
+    "download", "load", "resolve_precision", "split_revision", "weights_on_disk", "BUNDLED", "FAMILIES", "family_of",
 ]

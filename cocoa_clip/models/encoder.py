@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import QuestionError
+from .tracing import AttentionTrace, no_attention
 
 # OpenAI CLIP's normalisation constants (clip/clip.py, _transform), also open_clip's and most CLIP ports'.
 MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -54,6 +55,22 @@ class Preprocessing:
         return (pixels - mean) / std
 
 
+@dataclass(frozen=True)
+class Provenance:
+    """What a model was loaded from, so that a user can pin what they saw.
+
+    source: where the weights came from ("file", "bundled", "clip cache", "hub", "open_clip", "transformers", ...);
+    file: the weights file read; revision: the hub revision asked for; commit: the hub commit the file came from;
+    sha256: the file's SHA-256. Each is None where it does not apply or is not known.
+    """
+
+    source: str
+    file: str | None = None
+    revision: str | None = None
+    commit: str | None = None
+    sha256: str | None = None
+
+
 @dataclass(eq=False, kw_only=True)
 class Model:
     """An image encoder (and, for most families, a text encoder) with what the explainers need to know.
@@ -62,6 +79,7 @@ class Model:
     text side, `token_ids`, `context_length` and `_embed_captions`. `precision` is what batched forward
     passes use ("fp32", "bf16" autocast on CPU, or "fp16" weights on CUDA). `family` and `weights` say where the model
     came from; they start `key`, which also names this loaded instance, so caches never mix models.
+    `provenance` names the file loaded and its SHA-256 (None for a wrapped encoder).
     """
 
     name: str
@@ -70,6 +88,7 @@ class Model:
     preprocessing: Preprocessing | None = None  # None only while a subclass's __post_init__ reads it off the net
     family: str = "clip"
     weights: str = ""
+    provenance: Provenance | None = None
     key: str = ""
     _texts: OrderedDict = field(default_factory=OrderedDict, repr=False)  # caption -> (embedding, note or None)
 
@@ -88,6 +107,14 @@ class Model:
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.preprocessing.normalize(pixels)
+
+    def attention_trace(self, normalised: torch.Tensor) -> AttentionTrace:
+        """One differentiable pass of a vision transformer's image tower, with its attention probabilities
+        (tracing.AttentionTrace), for the attention-based methods. normalised: (B, 3, n_px, n_px).
+
+        Families whose image tower is a ViT fill this in; other models refuse in a sentence.
+        """
+        raise no_attention(self.name, "is not a vision transformer whose attention maps cocoa-clip can reach")
 
     @property
     def weight_dtype(self) -> torch.dtype:

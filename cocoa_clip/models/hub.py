@@ -5,7 +5,7 @@ import socket
 import urllib.parse
 import urllib.request
 
-from ..errors import ModelLoadError
+from ..errors import AUDIENCE, ModelLoadError, spelled
 
 
 def reachable(url: str, timeout: float = 5.0) -> None:
@@ -31,8 +31,11 @@ def check_hub(name: str) -> None:
     try:
         reachable(constants.ENDPOINT)
     except OSError as error:
-        raise ModelLoadError(f"Could not get {name}: {error}. Connect to the internet once (or run `cocoa-clip "
-                             f"download {name}` where you can), or point HF_ENDPOINT at a mirror.") from error
+        elsewhere = "" if AUDIENCE.get() == "download" else spelled(
+            f' (or run cocoa_clip.models.download("{name}") where you can)', f" (or run `cocoa-clip download {name}` "
+            "where you can)")
+        raise ModelLoadError(f"Could not get {name}: {error}. Connect to the internet once{elsewhere}, or point "
+                             "HF_ENDPOINT at a mirror.") from error
 
 
 def hub_offline() -> bool:
@@ -41,14 +44,33 @@ def hub_offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE)
 
 
-def hub_cached(repo: str, filenames: tuple[str, ...]) -> str | None:
-    """The path of the first of `filenames` that the Hugging Face hub cache holds for `repo`, or None (no network)."""
+def hub_cached(repo: str, filenames: tuple[str, ...], revision: str | None = None) -> str | None:
+    """The path of the first of `filenames` that the Hugging Face hub cache holds for `repo` (at `revision`, else
+    its main branch), or None (no network)."""
     try:
         from huggingface_hub import constants, try_to_load_from_cache
     except ImportError:
         return None
     for filename in filenames:
-        path = try_to_load_from_cache(repo, filename, cache_dir=constants.HF_HUB_CACHE)
+        path = try_to_load_from_cache(repo, filename, cache_dir=constants.HF_HUB_CACHE, revision=revision)
         if isinstance(path, str):
             return path
     return None
+
+
+def hub_first(repo: str, filenames: tuple[str, ...], revision: str | None, cached_only: bool = False) -> str:
+    """Fetch (or find in the hub cache) the first of `filenames` that `repo` has at `revision`; its local path.
+
+    Raises FileNotFoundError when it has none of them.
+    """
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError
+
+    absent = LocalEntryNotFoundError if cached_only else RemoteEntryNotFoundError
+    for filename in filenames:
+        try:
+            return hf_hub_download(repo, filename, revision=revision, local_files_only=cached_only,
+                                   cache_dir=constants.HF_HUB_CACHE)
+        except absent:  # this file is not there: the next one may be
+            continue
+    raise FileNotFoundError(f"{repo}: {'not in the hub cache' if cached_only else 'no weights file on the hub'}")

@@ -21,32 +21,51 @@ def available_models() -> list[str]:
     return OPENAI.adapter().available()
 
 
+def split_revision(name: str, revision: str | None = None) -> tuple[str, str | None]:
+    """`NAME@REVISION` -> (NAME, REVISION), the hub revision (branch, tag or commit) to pin; `revision` is the one
+    given apart (--revision), which must agree. A name whose own spelling has an "@" (ViT-L/14@336px, a folder)
+    is kept whole."""
+    family, rest = resolve(name)
+    head, at, tail = name.rpartition("@")
+    whole = rest in available_models() if family is OPENAI else \
+        Path(rest.removeprefix("local-dir:")).expanduser().exists()
+    if whole or not at or not tail:
+        return name, revision
+    if revision is not None and revision != tail:
+        raise SettingsError(f"{name} names revision {tail!r} but --revision says {revision!r}; give one of them.")
+    return head, tail
+
+
 def weights_on_disk(name: str, download_root: str | None = None) -> Found | None:
-    """Where the weights of model `name` are on this machine (so it loads offline), or None."""
+    """Where the weights of model `name` (NAME@REVISION too) are on this machine (so it loads offline), or None."""
+    name, revision = split_revision(name)
     family, rest = resolve(name)
     if family is OPENAI:
-        return family.adapter().on_disk(rest, download_root)
-    path = family.adapter().on_disk(rest)
-    return Found(Path(path), "hub cache") if path else None
+        return family.adapter().on_disk(rest, download_root, revision)
+    path = family.adapter().on_disk(rest, revision)
+    return Found(Path(path), "hub cache", revision) if path else None
 
 
-def download(name: str, download_root: str | None = None) -> Found:
+def download(name: str, download_root: str | None = None, *, revision: str | None = None,
+             trust_checkpoint: bool = False) -> Found:
     """Fetch model `name`'s weights ahead of time, to where the next `load` finds them offline.
 
     For a family model, loading it is what fetches exactly the files a later load needs (weights,
     tokenizer, processor), through the library's own hub client; the hub's reachability is checked
     first, so that an offline machine gets its sentence in seconds rather than after the client's retries.
     """
-    family, rest = resolve(name)
+    bare, revision = split_revision(name, revision)
+    family, rest = resolve(bare)
     if family is OPENAI:
-        return family.adapter().download(rest, download_root)
+        return family.adapter().download(rest, download_root, revision)
+    name = f"{bare}@{revision}" if revision else bare
     if (found := weights_on_disk(name)) is not None:
         return Found(found.path, "on disk")
     if hub_offline():
         raise ModelLoadError(f"{name} is not in the Hugging Face hub cache and HF_HUB_OFFLINE is set; "
                              "fetch it where the hub can be reached (HF_HUB_OFFLINE unset).")
     check_hub(name)
-    load(name, device="cpu", precision="fp32")
+    load(name, device="cpu", precision="fp32", trust_checkpoint=trust_checkpoint)
     found = weights_on_disk(name)
     return Found(found.path if found else Path("the library's cache"), "hub")
 
@@ -58,6 +77,8 @@ def load(
     device: str | torch.device | None = None,
     precision: str = "auto",
     download_root: str | None = None,
+    revision: str | None = None,
+    trust_checkpoint: bool = False,
 ) -> Model:
     """Load a model by name, or OpenAI CLIP from a local checkpoint.
 
@@ -68,16 +89,23 @@ def load(
     package's cache and URL, the Hugging Face hub copy: see weights.py); `download_root` is the clip
     package's cache folder. Raises ModelLoadError with what to do when the weights cannot be had.
 
+    A hub name takes a revision to pin (`NAME@REVISION`, or `revision`); `model.provenance` names the file
+    loaded, its commit and SHA-256. No file runs code: pickles are read as tensors only, and TorchScript
+    archives open only when known by SHA-256 (OpenAI's, the bundled ones); others are refused with an
+    UnsafeCheckpointError (trust.py). `trust_checkpoint=True` lifts that, and is unsafe: the file's code runs.
+
     >>> model = load("shapes-demo")                                     # doctest: +SKIP
     >>> model = load(weights="ViT-B-32.pt")                             # doctest: +SKIP
     >>> model = load("open_clip:ViT-B-16-SigLIP-256:webli")             # doctest: +SKIP
-    >>> model = load("hf:openai/clip-vit-base-patch32")                 # doctest: +SKIP
+    >>> model = load("hf:openai/clip-vit-base-patch32@main")            # doctest: +SKIP
     """
     device = _device(device)
     precision = _precision(precision, device)
+    name, revision = split_revision(name, revision)
     family, rest = resolve(name)
     options = {"download_root": download_root} if family is OPENAI else {}
-    return family.adapter().load(rest, weights=weights, device=device, precision=precision, **options)
+    return family.adapter().load(rest, weights=weights, device=device, precision=precision, revision=revision,
+                                 trust=trust_checkpoint, **options)
 
 
 def default_device() -> torch.device:

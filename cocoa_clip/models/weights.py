@@ -7,6 +7,9 @@
     4. the Hugging Face hub copy, downloaded into the hub's cache (honours HF_HOME, HF_ENDPOINT
        for a mirror, HF_HUB_OFFLINE).
 
+A revision (`ViT-B/32@REVISION`, or `revision=`) pins the hub copy: then only the two hub sources
+are tried, at that revision (the clip package's file has no revisions; its SHA-256 pins it).
+
 (`--weights PATH` comes before all of them; `load` handles it.) The hub copies are the
 same OpenAI weights in open_clip's format, what open_clip's own `openai` tags download: their
 state dict has the keys and shapes of OpenAI's checkpoint, so `clip.model.build_model` reads
@@ -25,18 +28,19 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ModelLoadError
+from ..errors import AUDIENCE, ModelLoadError, spelled
 from .families.openai_package import clip_package
-from .hub import hub_offline, reachable
+from .hub import hub_first, hub_offline, reachable
 from .registry import BUNDLED
+from .trust import sha256
 
 log = logging.getLogger(__name__)
 
 URL_TIMEOUT_S = 20.0
 # open_clip's file names: the safetensors file first (no pickle), the PyTorch one where only it exists.
 HUB_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
-# The hub repository of each OpenAI model (open_clip's pretrained.py, tag "openai"). No revision is
-# pinned: the repositories' commit hashes could not be looked up from here; see the README.
+# The hub repository of each OpenAI model (open_clip's pretrained.py, tag "openai"). No revision is pinned by
+# default (the repositories' commit hashes could not be looked up from here); a user pins one with NAME@REVISION.
 HUB_REPOS = {
     "RN50": "timm/resnet50_clip.openai",
     "RN101": "timm/resnet101_clip.openai",
@@ -48,15 +52,17 @@ HUB_REPOS = {
     "ViT-L/14": "timm/vit_large_patch14_clip_224.openai",
     "ViT-L/14@336px": "timm/vit_large_patch14_clip_336.openai",
 }
-HUB_REVISION: str | None = None
 
 
 @dataclass(frozen=True)
 class Found:
-    """A weights file on disk, and which source gave it ("clip cache", "hub cache", "clip URL", "hub")."""
+    """A weights file on disk, which source gave it ("clip cache", "hub cache", "clip URL", "hub"), the hub
+    revision asked for, and its SHA-256 where the source has checked it already."""
 
     path: Path
     source: str
+    revision: str | None = None
+    sha256: str | None = None
 
 
 class _Stderr(logging.Handler):
@@ -95,14 +101,15 @@ def expected_sha256(name: str) -> str:
     return package_url(name).split("/")[-2]
 
 
-def find(name: str, root: str | os.PathLike | None = None, *, network: bool = True) -> Found:
+def find(name: str, root: str | os.PathLike | None = None, *, network: bool = True,
+         revision: str | None = None) -> Found:
     """The weights of OpenAI model `name` (a `clip.available_models()` name), from the first source that works.
 
-    network=False looks at the two caches only. Raises ModelLoadError listing every source tried and
-    what to do, when none works.
+    network=False looks at the two caches only; revision pins the hub copy (and skips the clip package's
+    sources). Raises ModelLoadError listing every source tried and what to do, when none works.
     """
     tried: dict[str, str] = {}  # source -> why it failed
-    for source, attempt in _sources(name, root, network):
+    for source, attempt in _sources(name, root, network, revision):
         try:
             path = attempt()
         except Exception as error:  # a dead URL, DNS, a missing hub entry, a bad checksum: try the next source
@@ -110,26 +117,31 @@ def find(name: str, root: str | os.PathLike | None = None, *, network: bool = Tr
             log.info("weights for %s: %s: %s", name, source, tried[source])
             continue
         log.info("weights for %s: %s: %s", name, source, path)
-        return Found(Path(path), source)
+        checked = expected_sha256(name) if source in ("clip cache", "clip URL") else None
+        return Found(Path(path), source, revision, checked)
     raise ModelLoadError(_advice(name, root, tried), tried=tuple(tried))
 
 
-def on_disk(name: str, root: str | os.PathLike | None = None) -> Found | None:
+def on_disk(name: str, root: str | os.PathLike | None = None, revision: str | None = None) -> Found | None:
     """The weights of `name` if a cache holds them (no network), else None."""
     try:
-        return find(name, root, network=False)
+        return find(name, root, network=False, revision=revision)
     except ModelLoadError:
         return None
 
 
-def _sources(name: str, root: str | os.PathLike | None, network: bool) -> list[tuple[str, object]]:
-    sources = [("clip cache", lambda: _from_clip_cache(name, root)), ("hub cache", lambda: _from_hub(name, True))]
+def _sources(name: str, root: str | os.PathLike | None, network: bool,
+             revision: str | None) -> list[tuple[str, object]]:
+    pinned = revision is not None  # the clip package's file has no revisions
+    sources = [] if pinned else [("clip cache", lambda: _from_clip_cache(name, root))]
+    sources.append(("hub cache", lambda: _from_hub(name, True, revision)))
     if not network:
         return sources
     if hub_offline():
         sources.append(("network", _refuse_offline))
     else:
-        sources += [("clip URL", lambda: _from_url(name, root)), ("hub", lambda: _from_hub(name, False))]
+        sources += [] if pinned else [("clip URL", lambda: _from_url(name, root))]
+        sources.append(("hub", lambda: _from_hub(name, False, revision)))
     return sources
 
 
@@ -163,36 +175,20 @@ def _from_url(name: str, root: str | os.PathLike | None) -> Path:
     return target
 
 
-def _from_hub(name: str, cached_only: bool) -> Path:
+def _from_hub(name: str, cached_only: bool, revision: str | None) -> Path:
     """The hub copy through huggingface_hub (its cache, HF_ENDPOINT and HF_HUB_OFFLINE), safetensors first."""
-    from huggingface_hub import constants, hf_hub_download
-    from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError
+    from huggingface_hub import constants
 
     repo = HUB_REPOS.get(name)
     if repo is None:
         raise LookupError("no hub copy is known for this model")
     if not cached_only:
         reachable(constants.ENDPOINT)  # fail in seconds offline, not after the hub client's retries
-    absent = LocalEntryNotFoundError if cached_only else RemoteEntryNotFoundError
-    for filename in HUB_FILES:
-        try:
-            return Path(hf_hub_download(repo, filename, revision=HUB_REVISION, local_files_only=cached_only,
-                                        cache_dir=constants.HF_HUB_CACHE))
-        except absent:  # this file is not there: the next one may be
-            continue
-    raise FileNotFoundError(f"{repo}: {'not in the hub cache' if cached_only else 'no weights file on the hub'}")
+    return Path(hub_first(repo, HUB_FILES, revision, cached_only))
 
 
 def _refuse_offline() -> Path:
     raise ConnectionError("skipped: HF_HUB_OFFLINE is set")
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while chunk := stream.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _reason(error: BaseException) -> str:
@@ -204,11 +200,20 @@ def _reason(error: BaseException) -> str:
 
 
 def _advice(name: str, root: str | os.PathLike | None, tried: dict[str, str]) -> str:
-    bundled = ", ".join(n for n, p in BUNDLED.items() if p.is_file())
-    return (
-        f"Could not get the {name} weights. Tried: {'; '.join(f'{s} ({why})' for s, why in tried.items())}. "
-        f"To fix it: run `cocoa-clip download {name}` on a machine with internet, or place the OpenAI checkpoint "
-        f"at {cache_path(name, root)}, or pass --weights PATH, or point HF_ENDPOINT at a Hugging Face mirror "
-        f"that has {HUB_REPOS.get(name, 'a copy')}"
-        + (f", or try the tool offline with the bundled model: --model {bundled}." if bundled else ".")
-    )
+    """What failed, and what to do about it in the reader's terms (errors.AUDIENCE): a download command never
+    advises downloading, and the library's callers get Python rather than flags."""
+    bundled = next((n for n, p in BUNDLED.items() if p.is_file()), None)
+    mirror = f"point HF_ENDPOINT at a Hugging Face mirror that has {HUB_REPOS.get(name, 'a copy')}"
+    if AUDIENCE.get() == "download":
+        steps = ["connect this machine to the internet (with HF_HUB_OFFLINE unset)",
+                 f"copy the OpenAI checkpoint from a machine that has it to {cache_path(name, root)}", mirror]
+    else:
+        steps = [spelled(f'run cocoa_clip.models.download("{name}") on a machine with internet',
+                         f"run `cocoa-clip download {name}` on a machine with internet"),
+                 f"place the OpenAI checkpoint at {cache_path(name, root)}",
+                 spelled("pass weights=PATH", "pass --weights PATH"), mirror]
+        if bundled:
+            steps.append(spelled(f'try the library offline with the bundled model: cc.load("{bundled}")',
+                                 f"try the tool offline with the bundled model: --model {bundled}"))
+    reasons = "; ".join(f"{source} ({why})" for source, why in tried.items())
+    return f"Could not get the {name} weights. Tried: {reasons}. To fix it: {', or '.join(steps)}."

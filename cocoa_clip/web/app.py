@@ -34,7 +34,9 @@ import gradio as gr
 from starlette.exceptions import HTTPException
 
 import cocoa_clip as cc
+from cocoa_clip.errors import AUDIENCE
 from cocoa_clip.models import BUNDLED, DEFAULT_MODEL
+from cocoa_clip.models.trust import TRUST_HELP
 from cocoa_clip.models.weights import report_sources
 from cocoa_clip.web import hosting
 from cocoa_clip.web import inputs as valid
@@ -47,7 +49,8 @@ __all__ = ["CocoaApp", "build_demo", "launch_options", "load_model", "main", "pa
 
 
 def launch_options() -> dict:
-    """Safe launch settings (see the README); `run_history` only where this Gradio accepts it."""
+    """Safe launch settings (docs/security.md says what each guards against); `run_history` only where this
+    Gradio accepts it."""
     options = dict(ssr_mode=False, enable_monitoring=False, share=False, show_error=False,
                    max_file_size=MAX_UPLOAD, run_history=False, theme=gr.themes.Soft(), css=CSS,
                    app_kwargs={"exception_handlers": {HTTPException: valid.gradio_refusal}})
@@ -59,14 +62,16 @@ def launch_options() -> dict:
 
 
 def load_model(name: str | None = None, weights: str | None = None, device: str | None = None,
-               say: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> tuple[cc.ClipModel, str]:
+               say: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
+               trust_checkpoint: bool = False) -> tuple[cc.ClipModel, str]:
     """The model to serve, and a notice for the banner when it is not the one asked for.
 
     A model the user named (--model, --weights) must load. With nothing named, ViT-B/32 is tried and,
     when its weights cannot be had (offline), the bundled shapes-demo model runs instead, if present.
+    trust_checkpoint: --trust-checkpoint, which lets a weights file run code (cc.load's, unsafe).
     """
     if name is not None or weights is not None:
-        return cc.load(name or DEFAULT_MODEL, weights=weights, device=device), ""
+        return cc.load(name or DEFAULT_MODEL, weights=weights, device=device, trust_checkpoint=trust_checkpoint), ""
     try:
         return cc.load(DEFAULT_MODEL, device=device), ""
     except cc.ModelLoadError as error:
@@ -83,8 +88,8 @@ def load_model(name: str | None = None, weights: str | None = None, device: str 
 
 
 def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=prog, description="Serve the cocoa-clip web app (and its HTTP API).",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # Each help states its default itself: argparse's "(default: None)" would contradict the sentence before it.
+    parser = argparse.ArgumentParser(prog=prog, description="Serve the cocoa-clip web app (and its HTTP API).")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--model", metavar="NAME",
                        help=f"an OpenAI CLIP name, open_clip:ARCH[:TAG] or hf:REPO_OR_DIR (default {DEFAULT_MODEL}, "
@@ -93,10 +98,14 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
                        "the others on first use, at most two in memory)")
     parser.add_argument("--weights", metavar="PATH", help="local checkpoint: OpenAI CLIP .pt, or one for --model "
                         "open_clip:ARCH")
+    parser.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
-    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-                        help="address to listen on (0.0.0.0 serves other machines)")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    host, port = os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), int(os.environ.get("GRADIO_SERVER_PORT", 7860))
+    parser.add_argument("--host", default=host,
+                        help="address to listen on; 0.0.0.0 serves other machines (default: GRADIO_SERVER_NAME if "
+                             "set, else 127.0.0.1, this machine only)")
+    parser.add_argument("--port", type=int, default=port,
+                        help="port to listen on (default: GRADIO_SERVER_PORT if set, else 7860)")
     limits = parser.add_argument_group("limits for a public deployment")
     limits.add_argument("--max-masks", type=_positive(int), metavar="N",
                         help=f"most RISE masks a visitor may ask for (default {MAX_MASKS['cpu']:,} on a CPU, "
@@ -105,7 +114,8 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
                         help="time budget of a RISE run; it then answers from the masks done "
                              f"(default {TIME_BUDGET_S['cpu']:.0f} on a CPU, {TIME_BUDGET_S['cuda']:.0f} on a GPU)")
     limits.add_argument("--disk-budget", type=_positive(float), metavar="MB", default=DISK_BUDGET_MB,
-                        help="most disk used for visitors (uploads, Gradio's cache, downloads); oldest files go first")
+                        help="most disk used for visitors (uploads, Gradio's cache, downloads); oldest files go first "
+                             f"(default {DISK_BUDGET_MB:,})")
     return parser.parse_args(argv)
 
 
@@ -125,18 +135,27 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Serve the app: `python app.py [options]` or `cocoa-clip serve [options]` (prog names the command in --help)."""
     args = parse_args(argv, prog)
     report_sources()  # one console line per weights source tried
+    audience = AUDIENCE.set("cli")  # the console's advice names this command's flags, not Python calls
     try:
         names = [name.strip() for name in (args.models or "").split(",") if name.strip()]
-        model, notice = load_model(names[0] if names else args.model, args.weights, args.device)
+        model, notice = load_model(names[0] if names else args.model, args.weights, args.device,
+                                   trust_checkpoint=args.trust_checkpoint)
     except cc.CocoaError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    finally:
+        AUDIENCE.reset(audience)
     hosting.remove_on_signals()  # SIGTERM too ends through atexit, which removes visitors' files
-    shelf = ModelShelf(names, lambda name: cc.load(name, device=args.device), loaded=model) if names else None
+    shelf = ModelShelf(names, lambda name: cc.load(name, device=args.device, trust_checkpoint=args.trust_checkpoint),
+                       loaded=model) if names else None
     demo = build_demo(model, notice=notice, max_masks=args.max_masks, job_seconds=args.job_seconds,
                       disk_budget_mb=args.disk_budget, shelf=shelf)
     globals()["demo"] = demo
-    demo.launch(server_name=args.host, server_port=args.port, **launch_options())
+    # Quiet: Gradio's own lines end with a hint to set share=True, which this app turns off on purpose.
+    demo.launch(server_name=args.host, server_port=args.port, quiet=True, prevent_thread_lock=True,
+                **launch_options())
+    print(f"* Running on {demo.local_url} (Ctrl-C stops it)", flush=True)
+    demo.block_thread()
     return 0
 
 

@@ -16,7 +16,8 @@ import gradio as gr
 from PIL import Image
 
 import cocoa_clip as cc
-from cocoa_clip.engine.evaluate import MEASURE_LABELS, curves_of
+from cocoa_clip.engine.evaluate import MEASURE_LABELS, alike, curves_of
+from cocoa_clip.engine.faithfulness import applicable_methods, compare_methods
 from cocoa_clip.engine.gradients import GradientSettings
 from cocoa_clip.engine.images import BASELINES
 from cocoa_clip.engine.rise import default_batch_size
@@ -242,25 +243,47 @@ class CocoaApp:
     def check(self, token: Any, measure: Any = "similarity", progress: gr.Progress = gr.Progress(),
               request: gr.Request = None) -> tuple:
         """Insertion and deletion curves of the visitor's latest answer, recording `measure`: (plot, areas in words)."""
-        answers = self.answers.get(hosting.visitor(request), token)
-        if answers is None:
-            raise valid.refuse("Explain a picture first (or again: each visitor's latest answer is kept for a while).")
-        answer = answers[0]
+        answer = self._latest(token, request)
         with valid.user_errors():
             measure = valid.choice(measure, "measure", [v for _, v in words.MEASURE_CHOICES])
             progress(0.0, desc="Insertion and deletion: re-scoring the picture as pixels come and go")
             model = self._model(answer.details["model"] if self.shelf else None)  # the model that answered
             curves = curves_of(model, answer, steps=CURVE_STEPS, measure=measure)
         aucs = curves.aucs()
-        # 4 significant digits, not 4 decimals: probabilities against 999 foils are tiny and still ordered.
-        text = (f"Curves of the {MEASURE_LABELS[measure]}. Insertion area {aucs['insertion_auc']:+.4g} "
-                f"(random order {aucs['random_insertion_auc']:+.4g}, higher is better); "
-                f"deletion area {aucs['deletion_auc']:+.4g} (random order {aucs['random_deletion_auc']:+.4g}, "
+        insertion, random_insertion, deletion, random_deletion = alike(
+            *(aucs[name] for name in ("insertion_auc", "random_insertion_auc", "deletion_auc", "random_deletion_auc")))
+        text = (f"Curves of the {MEASURE_LABELS[measure]}. Insertion area {insertion} (random order "
+                f"{random_insertion}, higher is better); deletion area {deletion} (random order {random_deletion}, "
                 f"lower is better). {curves.verdict()}")
         return curves.plot(answer.question.describe()), text
 
+    @gpu
+    @job
+    def check_methods(self, token: Any, measure: Any = "similarity", progress: gr.Progress = gr.Progress(),
+                      request: gr.Request = None) -> str:
+        """Every method that applies, on the visitor's latest picture and question, scored side by side and ranked
+        by `measure` (engine/faithfulness.py): the table as Markdown."""
+        answer = self._latest(token, request)
+        with valid.user_errors():
+            measure = valid.choice(measure, "measure", [v for _, v in words.MEASURE_CHOICES])
+            progress(0.0, desc="Explaining with every method, then inserting and deleting each map's pixels")
+            model = self._model(answer.details["model"] if self.shelf else None)
+            table = compare_methods(model, answer.image, answer.question, applicable_methods(model), rank_by=measure,
+                                    framing=answer.details.get("framing", "pad"), steps=CURVE_STEPS,
+                                    masks=self.default_masks, baseline=answer.details.get("baseline", "blur"))
+        return f"```\n{table.text()}\n```"
+
+    def _latest(self, token: Any, request: gr.Request | None) -> cc.Explanation:
+        """The visitor's latest answer (its first question), or a refusal in a sentence."""
+        answers = self.answers.get(hosting.visitor(request), token)
+        if answers is None:
+            raise valid.refuse("Explain a picture first (or again: each visitor's latest answer is kept for a while).")
+        return answers[0]
+
     def estimate(self, method: Any = "rise", masks: Any = None, *, markdown: bool = True) -> str:
         """A time estimate for a RISE run: masks divided by the throughput measured on this machine."""
+        if method in ("legrad", "attention-relevance"):
+            return "One forward and one backward pass: an answer at once (vision transformers only)."
         if method != "rise":
             return "Gradient methods: one backward pass per step, a few seconds on a GPU, longer on a CPU."
         try:
@@ -347,6 +370,7 @@ class CocoaApp:
                          nbytes=picture.width * picture.height * 3 + sum(a.heatmap.nbytes for a in answers))
         first = answers[0]
         reading = words.reading(first) + ("" if len(answers) == 1 else f" Reverse question: {answers[1].score:+.4f}.")
+        reading = "\n\n".join(filter(None, [words.in_words(first), reading]))  # the answer first, the map second
         return (overlays[0], overlays[1] if len(answers) > 1 else None, first.colorbar(scale=scale),
                 f"{first.score:+.4f}", reading, words.status(first), files, token)
 

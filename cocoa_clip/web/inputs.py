@@ -20,6 +20,7 @@ from PIL import Image
 from starlette.exceptions import HTTPException
 
 import cocoa_clip as cc
+from cocoa_clip.errors import shown
 
 log = logging.getLogger("cocoa_clip.app")
 
@@ -180,7 +181,7 @@ def whole(value: Any, what: str, low: int, high: int, default: int) -> int:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise refuse(f"The {what} must be a whole number from {low:,} to {high:,}; got {value!r}.")
+        raise refuse(f"The {what} must be a whole number from {low:,} to {high:,}; got {shown(value)}.")
     return value
 
 
@@ -192,7 +193,7 @@ def masks(value: Any, high: int, default: int) -> int | str:
         return whole(value, "number of masks", 1, high, default)
     except gr.Error as error:
         raise refuse(f"The number of masks must be a whole number from 1 to {high:,}, or 0 for auto (until the map "
-                     f"is stable); got {value!r}.") from error
+                     f"is stable); got {shown(value)}.") from error
 
 
 def number(value: Any, what: str, low: float, high: float) -> float:

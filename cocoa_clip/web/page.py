@@ -193,9 +193,9 @@ def _answer(w: SimpleNamespace) -> None:
             gr.Markdown("**Foil rather than corpus**", elem_classes=["picture-title"])
             w.overlay_reverse = gr.Image(label="Foil rather than corpus", show_label=False, format="png",
                                          interactive=False, elem_id="overlay-reverse")
-    w.score = gr.Textbox(label="Score of the whole picture (the reading below says what it measures)",
+    w.reading = gr.Markdown(label="Reading", elem_id="reading")  # the model's answer in words, then the score's reading
+    w.score = gr.Textbox(label="Score of the whole picture (the reading above says what it measures)",
                          value="", interactive=False, max_lines=1, elem_id="score")
-    w.reading = gr.Markdown(label="Reading", elem_id="reading")
     w.status = gr.Markdown(label="Status", elem_id="status")
     with gr.Accordion("Raw heatmap and downloads", open=False):
         w.colorbar = gr.Image(label="Heatmap with colour bar", show_label=False, format="png",
@@ -212,6 +212,9 @@ def _answer(w: SimpleNamespace) -> None:
     w.curves = gr.Image(label="Insertion and deletion curves", show_label=False, format="png",
                         interactive=False, elem_id="curves")
     w.curves_text = gr.Markdown(label="Areas", elem_id="curves-text")
+    w.check_methods = gr.Button("Compare the methods on this question (every method's map, checked the same way)",
+                                elem_id="check-methods")
+    w.methods_table = gr.Markdown(label="Methods compared", elem_id="methods-table")
 
 
 def _comparison(w: SimpleNamespace) -> None:
@@ -250,6 +253,10 @@ def _wire(w: SimpleNamespace, app: CocoaApp) -> None:
     _ready_again(_one_at_a_time(w.check, "Checking…").then(
         app.check, [w.answer_token, w.measure], [w.curves, w.curves_text], api_name="check", concurrency_limit=1,
         concurrency_id="model", show_progress_on=[w.curves], validator=app.admit(app.check, 2, where=1)), w.check)
+    _ready_again(_one_at_a_time(w.check_methods, "Comparing methods…").then(
+        app.check_methods, [w.answer_token, w.measure], w.methods_table, api_name="check_methods",
+        concurrency_limit=1, concurrency_id="model", show_progress_on=[w.methods_table],
+        validator=app.admit(app.check_methods, 2, where=1)), w.check_methods)
     compare_inputs = [w.image, w.compare_captions, w.template, w.method, w.masks, w.seed, w.framing, w.baseline,
                       w.blur_sigma, w.steps, w.samples, w.stdev, *w.choice]
     _ready_again(_one_at_a_time(w.compare, "Comparing…").then(

@@ -1,4 +1,4 @@
-"""What the page says: the choices' labels, the reading of a score, the status of a run."""
+"""What the page says: the choices' labels, the model's answer in words, the reading of a score, the status of a run."""
 from __future__ import annotations
 
 import dataclasses
@@ -16,7 +16,8 @@ TARGET_CHOICES = [("COCOA: corpus rather than foil", "cocoa"), ("corpus only", "
                   ("label-free: the image itself", "label-free"),
                   ("contrastive label-free: the image itself rather than the foil", "contrastive-label-free")]
 METHOD_CHOICES = [("RISE (as in the paper)", "rise"), ("Integrated Gradients", "integrated-gradients"),
-                  ("GradientSHAP", "gradient-shap")]
+                  ("GradientSHAP", "gradient-shap"), ("LeGrad (vision transformers)", "legrad"),
+                  ("Attention relevance, Chefer et al. (vision transformers)", "attention-relevance")]
 SCALE_CHOICES = [("auto (min-max for RISE, signed for gradients)", "auto"), ("min-max", "minmax"),
                  ("signed, centred on zero", "signed")]
 MEASURE_CHOICES = [("contrastive corpus similarity", "similarity"),
@@ -31,6 +32,11 @@ def label(choices: list[tuple[str, str]], value: str) -> str:
 
 def duration(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
+def in_words(answer: cc.Explanation) -> str:
+    """The model's own zero-shot answer, first on the page ("rocket 87%, woman 13%"); empty when there is none."""
+    return f"**The model's own answer:** {answer.zero_shot.text}" if answer.zero_shot else ""
 
 
 def reading(answer: cc.Explanation) -> str:
@@ -65,7 +71,11 @@ def noted(answers: list[cc.Explanation], note: str) -> list[cc.Explanation]:
 def status(answer: cc.Explanation) -> str:
     details = answer.details
     where = f"{details.get('precision')} on {details.get('device')}"
-    if answer.method != "rise":
+    if "patch_grid" in details:  # the attention methods: one pass, read at the model's patch grid
+        rows, cols = details["patch_grid"]
+        text = (f"{label(METHOD_CHOICES, answer.method)}: {details['seconds']:.2f} s, one pass, a map of "
+                f"{rows} x {cols} patches ({where}).")
+    elif answer.method != "rise":
         settings = (f"{details['steps']} steps" if "steps" in details
                     else f"{details['samples']} samples, noise {details['stdev']:g}")
         text = f"{label(METHOD_CHOICES, answer.method)} ({settings}): {details['seconds']:.1f} s ({where})."

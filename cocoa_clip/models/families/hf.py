@@ -8,6 +8,10 @@ and lower-cased for SigLIP 2, as its model card asks.
 
 Siglip2Model (NaFlex) takes a variable grid of patches; here it sees a square of
 sqrt(max_num_patches) x sqrt(max_num_patches) patches, which is what its processor gives square pictures.
+
+`hf:REPO_ID@REVISION` pins the hub revision. No weights file runs code: transformers reads safetensors
+first and a .bin with torch.load(weights_only=True), even with --trust-checkpoint; a .bin that needs more
+is refused in trust.py's sentence, which then says to convert it.
 """
 from __future__ import annotations
 
@@ -23,9 +27,12 @@ import torch
 from ...errors import ModelLoadError
 from ..encoder import LearntHead, Model, Preprocessing
 from ..hub import check_hub, hub_cached
+from ..tracing import AttentionTrace, differentiable_input, no_attention, pooling_head
+from ..trust import is_torchscript, provenance, refusal, refused_by_torch
 from . import ready
 
 MODEL_TYPES = ("clip", "siglip", "siglip2")
+WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin")  # transformers' own names, in the order it prefers
 _FILTERS = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL's resampling codes, as image processors store them
 
 
@@ -44,8 +51,12 @@ class HfModel(LearntHead, Model):
         return int(self.net.config.text_config.max_position_embeddings)
 
     def encode_normalised(self, normalised: torch.Tensor) -> torch.Tensor:
+        return _features(self.net.get_image_features(**self._pixels(normalised)))
+
+    def _pixels(self, normalised: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The image tower's inputs for normalised (B, 3, n_px, n_px) pictures."""
         if self.patch_size is None:
-            return _features(self.net.get_image_features(pixel_values=normalised))
+            return {"pixel_values": normalised}
         patch = self.patch_size
         batch, channels, height, width = normalised.shape
         rows, cols = height // patch, width // patch
@@ -54,8 +65,29 @@ class HfModel(LearntHead, Model):
         patches = patches.reshape(batch, rows * cols, patch * patch * channels)  # shape = [B, patches, p * p * 3]
         mask = torch.ones(batch, rows * cols, dtype=torch.long, device=normalised.device)
         shapes = torch.tensor([[rows, cols]] * batch, device=normalised.device)
-        return _features(self.net.get_image_features(pixel_values=patches, pixel_attention_mask=mask,
-                                                     spatial_shapes=shapes))
+        return {"pixel_values": patches, "pixel_attention_mask": mask, "spatial_shapes": shapes}
+
+    def attention_trace(self, normalised: torch.Tensor) -> AttentionTrace:
+        vision = self.net.vision_model
+        head = getattr(vision, "head", None)
+        if self.net.config.model_type != "clip" and head is None:
+            raise no_attention(self.name, "has neither a class token nor an attention-pooling head")
+        before = self.net.config._attn_implementation
+        self.net.set_attn_implementation("eager")  # the only one that returns probabilities autograd can reach
+        try:
+            output = vision(**self._pixels(differentiable_input(normalised, vision)), output_attentions=True,
+                            output_hidden_states=True)
+        finally:
+            self.net.set_attn_implementation(before)
+
+        def readout(block_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+            if head is None:  # CLIP: the class token, layer-normed, then projected (CLIPModel.get_image_features)
+                return self.net.visual_projection(vision.post_layernorm(block_tokens[:, 0])), None
+            return pooling_head(head, vision.post_layernorm(block_tokens))  # SigLIP: its pooler_output
+
+        patch = self.patch_size or int(self.net.config.vision_config.patch_size)
+        side = self.n_px // patch
+        return AttentionTrace(output.attentions, output.hidden_states[1:], readout, (side, side))
 
     def _read(self, text: str) -> str:
         return text.lower() if self.lower_case else text
@@ -75,8 +107,10 @@ def _features(output: object) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
-def load(source: str, *, weights: str | os.PathLike | None, device: torch.device, precision: str) -> HfModel:
-    """source: a hub repository id ("google/siglip-base-patch16-224") or a save_pretrained folder."""
+def load(source: str, *, weights: str | os.PathLike | None, device: torch.device, precision: str,
+         revision: str | None = None, trust: bool = False) -> HfModel:
+    """source: a hub repository id ("google/siglip-base-patch16-224") or a save_pretrained folder; revision: the
+    repository's branch, tag or commit. trust changes nothing: transformers reads tensors only (see below)."""
     name = f"hf:{source}"
     if weights is not None:
         raise ModelLoadError(f"{name} reads its weights from the repository or folder; drop --weights "
@@ -85,25 +119,34 @@ def load(source: str, *, weights: str | os.PathLike | None, device: torch.device
         raise ModelLoadError(f"No folder at {source}; pass hf:DIR with a folder written by save_pretrained, "
                              "or hf:REPO_ID.")
     source = str(Path(source).expanduser()) if Path(source).expanduser().is_dir() else source
+    if revision is not None and Path(source).is_dir():
+        raise ModelLoadError(f"A revision pins a hub repository; the folder {source} has none, so drop @{revision}.")
     try:
         import transformers
     except ImportError as error:
         raise ModelLoadError("hf: names need the transformers package: pip install transformers.") from error
-    if on_disk(source) is None:
+    if on_disk(source, revision) is None:
         check_hub(name)  # offline: a sentence in seconds, not after the hub client's retries
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            config = transformers.AutoConfig.from_pretrained(source)
+            config = transformers.AutoConfig.from_pretrained(source, revision=revision)
             if config.model_type not in MODEL_TYPES:
                 raise ModelLoadError(f"{name} is a {config.model_type!r} model; cocoa-clip reads CLIP, SigLIP and "
                                      "SigLIP 2 models from transformers.")
-            net = transformers.AutoModel.from_pretrained(source)
-            processor = transformers.AutoImageProcessor.from_pretrained(source)
-            tokenizer = transformers.AutoTokenizer.from_pretrained(source)
+            # No remote code (its default, said aloud). transformers reads safetensors first, and a .bin with
+            # torch.load(weights_only=True) whatever it is asked (5.25.0's _load_pretrained_model), so `trust`
+            # cannot open more here.
+            net = transformers.AutoModel.from_pretrained(source, revision=revision, trust_remote_code=False)
+            processor = transformers.AutoImageProcessor.from_pretrained(source, revision=revision)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(source, revision=revision)
     except ModelLoadError:
         raise
     except Exception as error:  # hub, file and format errors all mean "no usable model"
+        if refused_by_torch(error):
+            file = _weights_file(source, revision) or name
+            raise refusal(file, "a TorchScript archive" if is_torchscript(file) else
+                          "a pickle that holds more than tensors", trust_helps=False) from error
         raise ModelLoadError(_advice(name, source, error)) from error
     patch_size = None
     if config.model_type == "siglip2":
@@ -120,14 +163,22 @@ def load(source: str, *, weights: str | os.PathLike | None, device: torch.device
                                   _FILTERS.get(int(processor.resample), "bicubic"))
     return HfModel(net=ready(net, device, precision), tokenizer=tokenizer, lower_case=config.model_type == "siglip2",
                    patch_size=patch_size, name=name, device=device, precision=precision, preprocessing=preprocessing,
-                   weights=source)
+                   weights=source, provenance=provenance("folder" if Path(source).is_dir() else "hub",
+                                                         _weights_file(source, revision), revision=revision))
 
 
-def on_disk(source: str) -> str | None:
+def _weights_file(source: str, revision: str | None) -> str | None:
+    """The weights file transformers read from the folder or the hub cache (safetensors before .bin, as it does)."""
+    if Path(source).is_dir():
+        return next((str(Path(source) / f) for f in WEIGHTS_FILES if (Path(source) / f).is_file()), None)
+    return hub_cached(source, WEIGHTS_FILES, revision)
+
+
+def on_disk(source: str, revision: str | None = None) -> str | None:
     """The folder, or the cached hub copy's config of a repository id, or None."""
     if Path(source).expanduser().is_dir():
         return str(Path(source).expanduser())
-    return hub_cached(source, ("config.json",))
+    return hub_cached(source, ("config.json",), revision)
 
 
 def cached(repos: list[str]) -> list[tuple[str, str]]:
@@ -139,7 +190,7 @@ def cached(repos: list[str]) -> list[tuple[str, str]]:
             model_type = json.loads(Path(config).read_text()).get("model_type") if config else None
         except (OSError, ValueError):
             continue
-        if model_type in MODEL_TYPES and hub_cached(repo, ("model.safetensors", "pytorch_model.bin")):
+        if model_type in MODEL_TYPES and hub_cached(repo, WEIGHTS_FILES):
             found.append((repo, str(Path(config).parent)))
     return found
 
