@@ -119,8 +119,9 @@ def test_manifest_and_report(local_run):
 def test_the_report_names_the_stopping_rule_only_for_auto_masks(tmp_path, masks, shown):
     """A fixed-count run did not stop at a stability: its settings line must not say "stability 0.97"."""
     explain = {"masks": masks, "stability": 0.97, "max_masks": None}
-    write_report(tmp_path / "report.html", [], {"settings": {"model": {"name": "shapes-demo", "weights": ""},
-                                                             "explain": explain, "evaluate": False}})
+    model = {"name": "shapes-demo", "weights": "", "precision": "fp32", "device": "cpu"}
+    write_report(tmp_path / "report.html", [], {"settings": {"model": model, "explain": explain, "evaluate": False},
+                                                "runs": [{}]})
     page = (tmp_path / "report.html").read_text()
     assert f"masks {masks}" in page and ("stability 0.97" in page) == shown and "max_masks" not in page
 
