@@ -121,7 +121,7 @@ def test_the_report_names_the_stopping_rule_only_for_auto_masks(tmp_path, masks,
     explain = {"masks": masks, "stability": 0.97, "max_masks": None}
     model = {"name": "shapes-demo", "weights": "", "precision": "fp32", "device": "cpu"}
     write_report(tmp_path / "report.html", [], {"settings": {"model": model, "explain": explain, "evaluate": False},
-                                                "runs": [{}]})
+                                                "runs": [{"engine": "local", "counts": {"rows": 0, "failed": 0}}]})
     page = (tmp_path / "report.html").read_text()
     assert f"masks {masks}" in page and ("stability 0.97" in page) == shown and "max_masks" not in page
 
@@ -361,7 +361,8 @@ def test_settings_are_what_runs_not_what_was_left_open(tiny_checkpoint, tmp_path
     assert (on_gpu["model"]["device"], on_gpu["model"]["precision"], on_gpu["explain"]["masks"]) == ("cuda", "fp16",
                                                                                                       20_000)
     on_cpu = open_job.resolved("cpu").settings()
-    assert on_cpu["model"]["device"] == "cpu" and on_cpu["explain"]["masks"] == 2_000
+    assert on_cpu["model"]["device"] == "cpu" and (on_cpu["explain"]["masks"], on_cpu["explain"]["max_masks"]) == (
+        "auto", 4_000)  # auto by default on a CPU
     auto = job_for(tmp_path, tiny_checkpoint, options={"masks": "auto"}).resolved().settings()["explain"]
     assert (auto["masks"], auto["max_masks"], auto["estimator"]) == ("auto", 4_000, "regression")
 

@@ -240,5 +240,5 @@ def test_the_map_forms_while_rise_runs(page):
     if os.environ.get("COCOA_SCREENSHOT") == "1":
         page.wait_for_timeout(1500)  # a few frames on
         page.screenshot(path=str(REPO / "assets" / "live_frame.png"), full_page=False)
-    page.locator("#status").get_by_text("RISE: 2,000 masks").wait_for()
+    page.locator("#status").get_by_text("RISE:", exact=False).wait_for()  # auto, the default on a CPU
     assert "Stability 0." in page.locator("#status").inner_text()

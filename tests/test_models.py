@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import cocoa_clip as cc
-from cocoa_clip.models import BUNDLED, clip_package, resolve_precision
+from cocoa_clip.errors import AUDIENCE
+from cocoa_clip.models import BUNDLED, clip_package, loading, resolve_precision
 from cocoa_clip.models.random_models import write_checkpoint
 
 
@@ -43,22 +44,27 @@ def test_offline_download_names_the_cache_path_and_weights_flag(monkeypatch, tmp
     monkeypatch.setattr(clip_package().clip, "_download", offline)
     with pytest.raises(cc.ModelLoadError) as error:
         cc.load("ViT-B/32", device="cpu", download_root=str(tmp_path))
-    message = str(error.value)
-    assert str(tmp_path / "ViT-B-32.pt") in message and "--weights" in message
+    message = str(error.value)  # read by a Python caller: Python advice
+    assert str(tmp_path / "ViT-B-32.pt") in message and "weights=PATH" in message and "--weights" not in message
     if BUNDLED["shapes-demo"].is_file():
-        assert "--model shapes-demo" in message
+        assert 'cc.load("shapes-demo")' in message
+    token = AUDIENCE.set("cli")  # read at a command line: flags
+    try:
+        with pytest.raises(cc.ModelLoadError) as error:
+            cc.load("ViT-B/32", device="cpu", download_root=str(tmp_path))
+    finally:
+        AUDIENCE.reset(token)
+    assert "--weights PATH" in str(error.value) and "weights=PATH" not in str(error.value)
 
 
 def test_precision_choices(monkeypatch):
     assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
     assert resolve_precision("auto", torch.device("cuda")) == "fp16"
-    expected = "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
-    assert resolve_precision("auto", torch.device("cpu")) == expected
-    for units, precision in ((True, "bf16"), (False, "fp32")):  # a CPU with and without bf16 units
-        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda units=units: units)
+    for flags, precision in (({"avx512_bf16"}, "bf16"), ({"avx512f"}, "fp32")):  # a CPU with and without bf16 units
+        monkeypatch.setattr(loading, "cpu_flags", lambda flags=flags: frozenset(flags))
         assert resolve_precision("auto", torch.device("cpu")) == precision
     with pytest.raises(cc.SettingsError, match="precision"):
-        resolve_precision("int8", torch.device("cpu"))
+        resolve_precision("int4", torch.device("cpu"))
     with pytest.raises(cc.SettingsError, match="CUDA only"):
         cc.load("ViT-B/32", device="cpu", precision="fp16")
 

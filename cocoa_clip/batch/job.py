@@ -83,9 +83,9 @@ class Job:
                                     precision=resolve_precision(self.model.precision, device))
         options = {**self.options, "method": self.options.get("method") or "rise",
                    "estimator": self.options.get("estimator") or DEFAULT_ESTIMATOR}
-        if options["method"] == "rise":  # None means 20,000 masks on a GPU and 2,000 on a CPU
-            rise = RiseSettings(options.get("masks"), max_masks=options.get("max_masks"))
-            options["max_masks" if rise.auto else "masks"] = rise.masks_for(device)
+        if options["method"] == "rise":  # None means 20,000 masks on a GPU and auto on a CPU
+            rise = RiseSettings(options.get("masks"), max_masks=options.get("max_masks")).for_device(device)
+            options.update(masks=rise.n_masks, **({"max_masks": rise.max_masks} if rise.auto else {}))
         return dataclasses.replace(self, model=model, options=options)
 
     def settings(self) -> dict:

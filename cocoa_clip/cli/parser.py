@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..batch import ENGINES
+from ..engine.auto import AUTO, AUTO_CAP, MAX_MASKS
 from ..engine.compare import MAX_CAPTIONS
 from ..engine.evaluate import MEASURES
 from ..engine.explain import METHODS
@@ -11,7 +12,7 @@ from ..engine.gradients import GradientSettings
 from ..engine.images import BASELINES, FRAMING_ALIASES, FRAMINGS
 from ..engine.presets import DEFAULT_TEMPLATE, FOIL_PRESETS
 from ..engine.render import SCALES
-from ..engine.rise import AUTO, DEFAULT_ESTIMATOR, ESTIMATORS
+from ..engine.rise import DEFAULT_ESTIMATOR, ESTIMATORS
 from ..engine.targets import SIMILARITIES, TARGETS
 from ..models import DEFAULT_MODEL, PRECISIONS
 from ..models.trust import TRUST_HELP
@@ -171,12 +172,14 @@ def _method_options(parser: argparse.ArgumentParser, estimator: bool) -> None:
     how = parser.add_argument_group("method")
     how.add_argument("--method", choices=METHODS, default="rise", help="attribution method")
     how.add_argument("--masks", type=count_or_auto, default=None,
-                     help="RISE masks, or auto: until the map is stable (default: 20000 on a GPU, 2000 on a CPU)")
+                     help=f"RISE masks, 1 to {MAX_MASKS['cpu']:,} on a CPU or {MAX_MASKS['cuda']:,} on a GPU; or auto "
+                          "(or 0): until the map is stable (default: auto on a CPU, 20000 on a GPU)")
     how.add_argument("--stability", type=float, default=0.97,
                      help="with --masks auto: stop when every map's estimated correlation with its limit reaches "
-                          "this (default 0.97)")
+                          "this at two checkpoints in a row (default 0.97)")
     how.add_argument("--max-masks", type=int, default=None,
-                     help="with --masks auto: the most masks to draw (default: 20000 on a GPU, 4000 on a CPU)")
+                     help=f"with --masks auto: the most masks to draw (default: {AUTO_CAP['cpu']:,} on a CPU, "
+                          f"{AUTO_CAP['cuda']:,} on a GPU)")
     how.add_argument("--seed", type=int, default=0, help="random seed of the masks / noise")
     how.add_argument("--baseline", choices=BASELINES, default="blur",
                      help="what removed pixels show: the blurred picture (the paper's), the model's mean colour "
@@ -212,7 +215,8 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     _trust_options(model)
     model.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     model.add_argument("--precision", choices=PRECISIONS, default="auto",
-                       help="auto: fp16 on CUDA, bf16 autocast on CPUs that have it, else fp32")
+                       help="auto: fp16 on CUDA, bf16 autocast on CPUs with bf16 arithmetic, else fp32; int8 (CPU): "
+                            "the image tower's Linear layers in int8 for RISE's passes")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, no line per weights source tried")
 
@@ -235,5 +239,5 @@ def method_list(text: str) -> list[str]:
 
 
 def count_or_auto(text: str) -> int | str:
-    """--masks: a whole number or "auto"."""
+    """--masks: a whole number (0 means auto) or "auto"; the range is the library's, checked for the device."""
     return AUTO if text.strip().lower() == AUTO else int(text)

@@ -107,22 +107,27 @@ def explain(
     stability: float = 0.97,
     max_masks: int | None = None,
     on_update: Callable[[Explanation | list[Explanation]], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Explanation | list[Explanation]:
     """Explain one picture for one question, or for several at the price of one RISE pass.
 
-    image: a path, bytes, PIL image or array. masks: RISE masks (default 20,000 on a GPU, 2,000
-    on a CPU), or "auto": draw masks until every map's estimated correlation with its
-    infinite-mask limit reaches `stability`, at most `max_masks` (default 20,000 on a GPU, 4,000
-    on a CPU). framing: "pad" (whole picture, default), "model" (the model's own preprocessing;
-    alias "crop") or "squash".
+    image: a path, bytes, PIL image or array. masks: a number of RISE masks (1 to 20,000 on a CPU,
+    to 200,000 on a GPU), or "auto" (or 0): draw masks until every map's estimated correlation
+    with its infinite-mask limit reaches `stability` at two checkpoints in a row, at most
+    `max_masks` (default 4,000 on a CPU, 20,000 on a GPU). Default (None): auto on a CPU,
+    20,000 masks on a GPU (the paper's setting). framing: "pad" (whole picture, default), "model"
+    (the model's own preprocessing; alias "crop") or "squash".
     estimator: "regression" (default, least noise), "centered" or "paper" (the paper's).
     time_budget: seconds after which RISE stops and answers from the masks done. seed: RISE's
     masks, or GradientSHAP's noise. on_update: called with the answers so far as RISE runs
-    (after the first batch, then about every half second), last with the final answers.
+    (after a small first batch of rise.FIRST_BATCH masks, then after full batches at most every
+    half second), last with the final answers.
     details carry "masks" (masks used) and "stability".
     baseline: what removed pixels show, "blur" (the paper's), "mean" or "black"; blur_sigma: the
     blur's sigma in input pixels (default 5 x n_px / 224; 5 is the paper's code at any size).
     gradient: Integrated Gradients' steps, GradientSHAP's samples and noise.
+    should_stop: asked between batches of masks (or of gradient steps); True raises errors.Cancelled,
+    e.g. when the person who asked has gone.
     method: "rise" (default), "integrated-gradients", "gradient-shap", or for vision transformers
     "legrad" and "attention-relevance" (one forward pass; see engine/attention.py).
     Returns a list when given a list.
@@ -147,7 +152,7 @@ def explain(
 
     if method == "rise":
         settings = RiseSettings(masks, seed=seed, batch_size=batch_size, stability=stability, max_masks=max_masks,
-                                baseline=baseline, blur_sigma=blur_sigma)
+                                baseline=baseline, blur_sigma=blur_sigma).for_device(model.device)
         key = PassCache.key(model, framed, settings)
         cached = cache.get(key) if cache is not None else None
         image_embedding = cached.image_embedding if cached is not None else model.encode_canvas(framed.canvas)
@@ -172,7 +177,7 @@ def explain(
 
         deadline = time.monotonic() + time_budget if time_budget is not None else None
         result = run_rise(model, framed, settings, targets, estimator, resume=cached, progress=progress,
-                          deadline=deadline, on_frame=on_frame)
+                          deadline=deadline, on_frame=on_frame, should_stop=should_stop)
         if cache is not None:
             cache.put(key, result.run)
         answers = answers_of(result)
@@ -191,7 +196,7 @@ def explain(
             image_embedding = model.encode_images(framed.canvas[None].to(model.device))[0]
         targets = [resolve(model, q, image_embedding, framing) for q in questions]
         words = [zero_shot(model, q, image_embedding, framing) for q in questions]
-        results = [attribute(model, framed, t, method, settings) for t in targets]
+        results = [attribute(model, framed, t, method, settings, should_stop) for t in targets]
         own = {"steps": settings.n_steps} if method == "integrated-gradients" else {
             "samples": settings.n_samples, "stdev": settings.stdev}
         details = {"convergence_delta": [d for _, d in results], "seed": seed, "precision": precision(model), **own}

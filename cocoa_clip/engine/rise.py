@@ -42,8 +42,9 @@ from threading import Lock
 
 import torch
 
-from ..errors import SettingsError, check_seed, shown
+from ..errors import Cancelled, SettingsError, check_seed
 from ..models import ClipModel, eval_mode
+from .auto import AUTO, NULL_MASKS, auto_cap, checkpoints, mask_count, null, settled
 from .images import Framed, check_baseline, digest
 from .images import baseline as baseline_of
 from .masks import MaskSet, sample_masks
@@ -52,11 +53,9 @@ from .targets import Target
 ESTIMATORS = ("regression", "centered", "paper")
 COMPARABLE = ("regression", "centered")  # estimate Cov(score, mask) / p: maps that compare across questions
 DEFAULT_ESTIMATOR = "regression"
-MAX_MASKS = 200_000
-AUTO = "auto"
 BLOCKS = 8  # the regression's features: each mask averaged over 8 x 8 pixel blocks
 RIDGE = 0.01  # ridge penalty as a share of the features' mean variance: keeps few-mask fits tame
-FIRST_CHECK = 64  # masks before "auto" first estimates stability
+FIRST_BATCH = 8  # masks in the first batch when frames are wanted: a rough first map within a second or so
 Progress = Callable[[int, int], None]  # (masks done, masks in all)
 
 
@@ -64,10 +63,11 @@ Progress = Callable[[int, int], None]  # (masks done, masks in all)
 class RiseSettings:
     """RISE hyper-parameters; defaults are the paper's (appendix I), but for the mask count.
 
-    n_masks None means 20,000 on a GPU (the paper's CLIP setting) and 2,000 on a CPU; "auto" draws
-    masks until every map's stability reaches `stability`, at most `max_masks` (default 20,000 on
-    a GPU, 4,000 on a CPU). batch_size None picks one from the device (halved on out-of-memory errors).
-    baseline, blur_sigma: what masked pixels show (see images.baseline; the paper's is a blur).
+    n_masks: a whole number, "auto" (or 0): draw masks until every map's stability reaches
+    `stability` (see auto.py), at most `max_masks`; None means the device's default, auto on a CPU
+    and 20,000 on a GPU (the paper's CLIP setting). `for_device` settles both for a device and
+    checks them against its range (auto.MAX_MASKS). batch_size None picks one from the device
+    (halved on out-of-memory errors). baseline, blur_sigma: what masked pixels show (see images.baseline).
     """
 
     n_masks: int | str | None = None
@@ -81,13 +81,10 @@ class RiseSettings:
     blur_sigma: float | None = None
 
     def __post_init__(self) -> None:
-        for name, value in (("number of masks", self.n_masks), ("most masks", self.max_masks)):
-            if value is not None and value != AUTO and not (
-                    isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_MASKS):
-                raise SettingsError(f"The {name} must be a whole number from 1 to {MAX_MASKS:,}"
-                                    f"{' or auto' if name == 'number of masks' else ''}; got {shown(value)}.")
-        if self.max_masks == AUTO:
-            raise SettingsError(f"The most masks must be a whole number from 1 to {MAX_MASKS:,}; got 'auto'.")
+        if self.n_masks is not None:  # checked against the widest range; for_device narrows it to the device's
+            object.__setattr__(self, "n_masks", mask_count(self.n_masks, None))
+        if self.max_masks is not None:
+            object.__setattr__(self, "max_masks", auto_cap(self.max_masks, None))
         if not (isinstance(self.grid, int) and 2 <= self.grid <= 64):
             raise SettingsError(f"The RISE grid must be a whole number from 2 to 64; got {self.grid!r}.")
         if not 0.0 < self.p_keep < 1.0:
@@ -101,25 +98,23 @@ class RiseSettings:
 
     @property
     def auto(self) -> bool:
+        """True for "auto" (None becomes auto or a count only in `for_device`)."""
         return self.n_masks == AUTO
 
+    def for_device(self, device: torch.device) -> RiseSettings:
+        """These settings on `device`: the default count settled, counts checked against the device's range."""
+        n_masks = mask_count(self.n_masks, device)
+        max_masks = auto_cap(self.max_masks, device) if n_masks == AUTO else self.max_masks
+        return dataclasses.replace(self, n_masks=n_masks, max_masks=max_masks)
+
     def masks_for(self, device: torch.device) -> int:
-        """The masks to draw: the count asked for, or for "auto" the most it may draw."""
-        if self.auto:
-            return self.max_masks or (20_000 if device.type == "cuda" else 4_000)
-        return self.n_masks or (20_000 if device.type == "cuda" else 2_000)
+        """The masks to draw on `device`: the count asked for, or for "auto" the most it may draw."""
+        settled = self.for_device(device)
+        return settled.max_masks if settled.auto else settled.n_masks
 
     def checkpoints(self, device: torch.device) -> list[int]:
-        """Mask counts at which "auto" estimates stability: 64, then about 12% more each time, and the cap.
-
-        Fixed by the settings alone (not the batch size), so a seed stops at the same count on every machine.
-        """
-        cap, points = self.masks_for(device), []
-        count = FIRST_CHECK
-        while count < cap:
-            points.append(count)
-            count += max(32, count // 8)
-        return points + [cap]
+        """Mask counts at which "auto" estimates stability (auto.checkpoints of its cap on `device`)."""
+        return checkpoints(self.masks_for(device))
 
 
 @dataclass
@@ -181,7 +176,7 @@ def masked_passes(
     resume: MaskedPass | None = None,
     breaks: Sequence[int] = (),
     deadline: float | None = None,
-    batch_seconds: float | None = None,
+    first_batch: int | None = None,
 ) -> Iterator[MaskedPass]:
     """The pass so far after every batch, up to settings.masks_for(device) masks.
 
@@ -190,8 +185,8 @@ def masked_passes(
     pass of the same picture and settings to continue (its masks are the first ones of the seed;
     it yields its own prefixes at `breaks` first, at no cost). `breaks`: mask counts at which a
     batch ends, so that a caller can stop there. `deadline` (time.monotonic() seconds) stops early,
-    keeping the masks done. `batch_seconds`: start with small batches and keep
-    each about this long (for live frames); the maps do not depend on batch sizes.
+    keeping the masks done. `first_batch`: masks in the first batch (then full ones), so that a
+    first frame comes early; the maps do not depend on batch sizes.
     """
     started = time.perf_counter()
     n_masks = settings.masks_for(model.device)
@@ -210,10 +205,9 @@ def masked_passes(
         if done == n_masks:
             return
         baseline = baseline_of(content, model.preprocessing, settings.baseline, settings.blur_sigma)
-        size = min(batch, 16) if batch_seconds else batch
+        size = min(batch, first_batch or batch)
         while done < n_masks and (deadline is None or time.monotonic() < deadline):
             stop = min([done + size, n_masks] + [b for b in breaks if b > done])
-            tic = time.perf_counter()
             try:
                 mask = masks.render(done, stop, model.device)[:, None]  # shape = [B, 1, h, w]
                 pixels = framed.with_content(baseline + mask * (content - baseline))
@@ -224,9 +218,7 @@ def masked_passes(
                 batch = size = max(1, size // 2)
                 _release(model.device)
                 continue
-            if batch_seconds:  # aim each batch at batch_seconds, within [8, batch]
-                per_mask = (time.perf_counter() - tic) / (stop - done)
-                size = int(min(batch, max(8, batch_seconds / max(per_mask, 1e-9))))
+            size = batch
             done = stop
             yield dataclasses.replace(run.head(done), seconds=time.perf_counter() - started, batch_size=batch,
                                       complete=done == n_masks, cached=False)
@@ -312,23 +304,32 @@ def run_rise(
     deadline: float | None = None,
     on_frame: Frames | None = None,
     frame_seconds: float = 0.5,
+    should_stop: Callable[[], bool] | None = None,
 ) -> RiseResult:
-    """Run (or resume) a pass to its count, or with settings.auto until every map is stable; return the maps.
+    """Run (or resume) a pass to its count, or with "auto" until every map is stable (auto.settled).
 
-    on_frame gets the maps so far after the first batch, then every `frame_seconds` or so; the
-    caller has the final result (not sent to on_frame).
+    on_frame gets the maps so far after a first batch of FIRST_BATCH masks, then every
+    `frame_seconds` or so (after full batches); the caller has the final result (not sent to
+    on_frame). Under auto, questions whose corpus equals their foil have flat maps whatever the
+    masks: when every question is such, the run stops after NULL_MASKS masks. should_stop is asked
+    after every batch; True raises Cancelled (a cancelled run has no answer, unlike one out of time).
     """
+    settings = settings.for_device(model.device)
+    if settings.auto and all(null(target.direction) for target in targets):
+        settings = dataclasses.replace(settings, max_masks=min(NULL_MASKS, settings.max_masks))
     total = settings.masks_for(model.device)
     breaks = settings.checkpoints(model.device) if settings.auto else ()
-    last_frame, run = -math.inf, None
+    last_frame, run, readings = -math.inf, None, []
     for run in masked_passes(model, framed, settings, resume=resume, breaks=breaks, deadline=deadline,
-                             batch_seconds=frame_seconds / 2 if on_frame is not None else None):
+                             first_batch=FIRST_BATCH if on_frame is not None else None):
+        if should_stop is not None and should_stop():
+            raise Cancelled()
         done = len(run.masks)
         if progress is not None:
             progress(done, total)
         if settings.auto and done in breaks and done < total:
-            values = scores(run, targets)
-            if bool((stability(run.masks, values, estimator) >= settings.stability).all()):
+            readings.append(stability(run.masks, scores(run, targets), estimator))
+            if settled(readings, settings.stability):
                 run = dataclasses.replace(run, complete=True)
                 break
         if on_frame is not None and time.monotonic() - last_frame >= frame_seconds and done < total:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import QuestionError
+from .quantize import forward_only
 from .tracing import AttentionTrace, no_attention
 
 # OpenAI CLIP's normalisation constants (clip/clip.py, _transform), also open_clip's and most CLIP ports'.
@@ -77,8 +78,9 @@ class Model:
 
     `preprocessing` is how the model reads a picture. Subclasses fill in `encode_normalised` and, with a
     text side, `token_ids`, `context_length` and `_embed_captions`. `precision` is what batched forward
-    passes use ("fp32", "bf16" autocast on CPU, or "fp16" weights on CUDA). `family` and `weights` say where the model
-    came from; they start `key`, which also names this loaded instance, so caches never mix models.
+    passes use ("fp32", "bf16" autocast, the "int8" image tower on CPU, or "fp16" weights on CUDA). `family`
+    and `weights` say where the model came from; they start `key`, which also names this loaded instance, so
+    caches never mix models.
     `provenance` names the file loaded and its SHA-256 (None for a wrapped encoder).
     """
 
@@ -136,9 +138,11 @@ class Model:
             return self.encode_images(canvas[None].to(self.device))[0]
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """The context batched forward passes run in (bf16 autocast on CPU when chosen)."""
+        """The context batched forward passes run in: bf16 autocast, or the int8 image tower (quantize.py)."""
         if self.precision == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        if self.precision == "int8":
+            return forward_only()
         return contextlib.nullcontext()
 
     # --- the text side ----------------------------------------------------------------------------

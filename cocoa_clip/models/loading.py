@@ -9,11 +9,13 @@ import torch
 from ..errors import ModelLoadError, SettingsError
 from .encoder import Model
 from .hub import check_hub, hub_offline
+from .quantize import int8_image_tower
 from .registry import OPENAI, resolve
 from .weights import Found
 
 DEFAULT_MODEL = "ViT-B/32"
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")  # x86 and Arm /proc/cpuinfo flags of bf16 arithmetic in hardware
 
 
 def available_models() -> list[str]:
@@ -104,8 +106,11 @@ def load(
     name, revision = split_revision(name, revision)
     family, rest = resolve(name)
     options = {"download_root": download_root} if family is OPENAI else {}
-    return family.adapter().load(rest, weights=weights, device=device, precision=precision, revision=revision,
-                                 trust=trust_checkpoint, **options)
+    model = family.adapter().load(rest, weights=weights, device=device, precision=precision, revision=revision,
+                                  trust=trust_checkpoint, **options)
+    if precision == "int8":
+        int8_image_tower(model.net)
+    return model
 
 
 def default_device() -> torch.device:
@@ -113,20 +118,47 @@ def default_device() -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """`auto`: fp16 on CUDA (the weights `clip.load` gives there), bf16 autocast on CPUs with bf16 units, else fp32."""
+    """`auto`: fp16 on CUDA (the weights `clip.load` gives there); on a CPU, bf16 autocast where the CPU
+    has bf16 arithmetic (`native_bf16`), else fp32."""
     if precision not in PRECISIONS:
         raise SettingsError(f"Unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}.")
     if precision != "auto":
         return precision
     if device.type == "cuda":
         return "fp16"
-    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+    return "bf16" if native_bf16() else "fp32"
+
+
+def native_bf16() -> bool:
+    """Whether this CPU does bf16 arithmetic in hardware (AVX512-BF16, AMX or Arm BF16), from /proc/cpuinfo's
+    flags; where there is no /proc/cpuinfo, oneDNN's own check. Elsewhere bf16 is emulated, several times
+    slower than fp32 (oneDNN's check alone says yes for any AVX-512 CPU)."""
+    flags = cpu_flags()
+    if flags is None:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return any(flag in flags for flag in BF16_FLAGS)
+
+
+def cpu_flags() -> frozenset[str] | None:
+    """The CPU's feature flags as /proc/cpuinfo lists them (x86 "flags", Arm "Features"); None without the file."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    lines = [value for key, _, value in (line.partition(":") for line in text.splitlines())
+             if key.strip() in ("flags", "Features")]
+    return frozenset(lines[0].split()) if lines else frozenset()
 
 
 def _precision(precision: str, device: torch.device) -> str:
     precision = resolve_precision(precision, device)
     if precision == "fp16" and device.type != "cuda":
-        raise SettingsError("fp16 runs on CUDA only; use fp32 or bf16 on the CPU.")
+        raise SettingsError("fp16 runs on CUDA only; use fp32, int8 or bf16 on the CPU.")
+    if precision == "int8" and device.type != "cpu":
+        raise SettingsError("int8 runs on CPUs only; use fp16 or fp32 on CUDA.")
+    if precision == "bf16" and device.type == "cpu" and not native_bf16():
+        raise SettingsError("This CPU has no bf16 arithmetic (no avx512_bf16 or amx_bf16 flag), so bf16 would be "
+                            "emulated, several times slower than fp32; use fp32 or int8.")
     return precision
 
 

@@ -20,6 +20,7 @@ from PIL import Image
 from starlette.exceptions import HTTPException
 
 import cocoa_clip as cc
+from cocoa_clip.engine.auto import mask_count
 from cocoa_clip.errors import shown
 
 log = logging.getLogger("cocoa_clip.app")
@@ -185,15 +186,13 @@ def whole(value: Any, what: str, low: int, high: int, default: int) -> int:
     return value
 
 
-def masks(value: Any, high: int, default: int) -> int | str:
-    """RISE's mask count from the box: "auto" for 0 (or "auto"), else a whole number from 1 to `high`."""
-    if value == 0 or (isinstance(value, str) and value.strip().lower() == "auto"):
-        return "auto"
+def masks(value: Any, device: str, high: int) -> int | str:
+    """RISE's mask count from the box or an API call, as the library reads it (engine.auto.mask_count: "auto"
+    for 0 or "auto", the device's default for None, else a whole number from 1 to `high`); its sentence if not."""
     try:
-        return whole(value, "number of masks", 1, high, default)
-    except gr.Error as error:
-        raise refuse(f"The number of masks must be a whole number from 1 to {high:,}, or 0 for auto (until the map "
-                     f"is stable); got {shown(value)}.") from error
+        return mask_count(value, device, high)
+    except cc.SettingsError as error:
+        raise refuse(str(error)) from error
 
 
 def number(value: Any, what: str, low: float, high: float) -> float:

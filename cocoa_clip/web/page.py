@@ -117,7 +117,7 @@ def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True,
     demo.queue(max_size=2 * QUEUE_SIZE, api_open=False)
     app.admission = hosting.Admission(lambda: hosting.queued_jobs(demo, "model"), max_waiting=QUEUE_SIZE)
     app.disk.keep_present()  # the examples Gradio has just copied in stay, however old
-    app.disk.watch()
+    hosting.every(5.0, app.housekeeping, "cocoa-housekeeping")
     demo.cocoa_app = app  # for tests and scripts
     return demo
 
@@ -151,7 +151,7 @@ def _options(w: SimpleNamespace, app: CocoaApp) -> None:
     w.method = gr.Dropdown(METHOD_CHOICES, value="rise", label="Method", elem_id="method")
     # A number box, not a slider: a slider clamps a typed 999999 to its maximum and runs that.
     w.masks = gr.Number(app.default_masks, label="RISE masks", precision=0, elem_id="masks",
-                        info=f"100 to {app.max_masks:,}: more masks, smoother map, longer run; "
+                        info=f"1 to {app.max_masks:,}: more masks, smoother map, longer run; "
                              "0: auto, until the map is stable")
     paper = GradientSettings()
     w.steps = gr.Number(paper.n_steps, label="Integrated Gradients steps", precision=0, visible=False,

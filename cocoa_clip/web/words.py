@@ -100,5 +100,5 @@ def public_name(name: str) -> str:
 def live_status(answer: cc.Explanation) -> str:
     """The status line while RISE runs: masks so far and how stable the map already is."""
     stability = answer.details.get("stability")
-    return (f"RISE running: {answer.details['masks']:,} masks so far"
-            + (f", stability {stability:.3f}" if stability is not None else "") + "; the map refines as masks come.")
+    return (f"RISE running, the map is still forming: {answer.details['masks']:,} masks so far"
+            + (f", stability {stability:.3f}" if stability is not None else "") + "; it refines as masks come.")
