@@ -29,7 +29,15 @@ from .engine.presets import DEFAULT_TEMPLATE, FOIL_PRESETS, class_names
 from .engine.render import overlay, save_heatmap
 from .engine.rise import ESTIMATORS, PassCache, RiseSettings
 from .engine.targets import TARGETS, Question, Target
-from .errors import CocoaError, ImageError, ModelLoadError, QuestionError, SettingsError, UnsafeCheckpointError
+from .errors import (
+    Cancelled,
+    CocoaError,
+    ImageError,
+    ModelLoadError,
+    QuestionError,
+    SettingsError,
+    UnsafeCheckpointError,
+)
 from .models import ClipModel, Model, Preprocessing, available_models, load
 from .models.families.wrapped import wrap
 
@@ -39,5 +47,6 @@ __all__ = [
     "load_image", "overlay", "save_heatmap", "class_names", "PassCache", "RiseSettings",
     "insertion_deletion", "Curves", "compare", "Comparison", "compare_methods", "MethodTable",
     "METHODS", "TARGETS", "FRAMINGS", "ESTIMATORS", "MEASURES", "FOIL_PRESETS", "DEFAULT_TEMPLATE",
-    "CocoaError", "ImageError", "ModelLoadError", "QuestionError", "SettingsError", "UnsafeCheckpointError",
+    "Cancelled", "CocoaError", "ImageError", "ModelLoadError", "QuestionError", "SettingsError",
+    "UnsafeCheckpointError",
 ]

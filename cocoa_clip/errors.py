@@ -46,6 +46,13 @@ class SettingsError(CocoaError):
     """A method setting (masks, seed, device, ...) is out of range."""
 
 
+class Cancelled(CocoaError):
+    """The caller's `should_stop` said stop (its client left, or the server is shutting down): no answer."""
+
+    def __init__(self, message: str = "The run was stopped before it finished; ask again for an answer."):
+        super().__init__(message)
+
+
 def shown(value: object) -> str:
     """A refused value as a message shows it: a whole number with thousands separators, like the limits beside it
     ("from 1 to 100,000; got 1,000,000,000"), anything else as Python writes it."""

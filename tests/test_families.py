@@ -4,6 +4,7 @@ and forward pass."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -229,7 +230,7 @@ def offline(monkeypatch):
 
 
 @pytest.mark.parametrize("name, message", [
-    ("open_clip:ViT-B-32:laion2b_s34b_b79k", r"Connect to the internet once .*--weights PATH"),
+    ("open_clip:ViT-B-32:laion2b_s34b_b79k", r'Connect to the internet .*cc\.load\("open_clip:ViT-B-32", weights=PATH'),
     ("hf:openai/clip-vit-base-patch32", r"Connect to the internet once .*hf:DIR"),
     ("open_clip:ViT-B-32", r"needs its weights: open_clip:ViT-B-32:TAG"),
     ("open_clip:ViT-B-32:nonsense", r"no weights 'nonsense' for ViT-B-32"),
@@ -363,6 +364,7 @@ def test_the_app_offers_several_models_loads_them_on_first_use_and_names_each_an
     from tests.conftest_app import app, write_photo
 
     names = ["tiny", f"hf:{family_dirs['hf-siglip']}", f"open_clip:local-dir:{family_dirs['open_clip']}"]
+    public = ["tiny", "hf:hf-siglip", f"open_clip:local-dir:{Path(family_dirs['open_clip']).name}"]  # no folders
     loads = []
 
     def load(name):
@@ -373,14 +375,14 @@ def test_the_app_offers_several_models_loads_them_on_first_use_and_names_each_an
     web = app.CocoaApp(tiny, shelf=shelf)
     photo = str(write_photo(tmp_path / "photo.png", 50, 30))
     answers = {}
-    for name in (names[1], names[2], names[0], None):
+    for name in (public[1], public[2], public[0], None):
         result = web.explain(photo, corpus="dog", foil="cat", masks=100, model_name=name)
         answers[name] = result
         assert len(shelf.loaded) <= 2
     assert loads == [names[1], names[2], "tiny"]  # on first use; "tiny" came loaded, then made room for two others
-    assert "Model: hf:hf-siglip." in answers[names[1]][5] and "Model: tiny." in answers[None][5]
-    assert float(answers[names[1]][3]) != pytest.approx(float(answers[names[0]][3]))  # another model, another score
-    latest = web.explain(photo, corpus="dog", foil="cat", masks=100, model_name=names[1])
+    assert "Model: hf:hf-siglip." in answers[public[1]][5] and "Model: tiny." in answers[None][5]
+    assert float(answers[public[1]][3]) != pytest.approx(float(answers[public[0]][3]))  # another model, another score
+    latest = web.explain(photo, corpus="dog", foil="cat", masks=100, model_name=public[1])
     assert loads[3:] == [names[1]]  # hf-siglip had made room for the others, so it loads again
     curves_of, measured = handlers.curves_of, []
     monkeypatch.setattr(handlers, "curves_of", lambda model, *args, **options: measured.append(model.name)
@@ -391,7 +393,7 @@ def test_the_app_offers_several_models_loads_them_on_first_use_and_names_each_an
         web.explain(photo, corpus="dog", foil="cat", masks=100, model_name="ViT-H/99")
     demo = app.build_demo(tiny, shelf=shelf, calibrate=False)
     dropdowns = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "model"]
-    assert len(dropdowns) == 1 and [c[1] for c in dropdowns[0].choices] == names
+    assert len(dropdowns) == 1 and [c[1] for c in dropdowns[0].choices] == public
     assert app.parse_args(["--models", "ViT-B/32,hf:x"]).models == "ViT-B/32,hf:x"
 
 

@@ -107,6 +107,7 @@ def explain(
     stability: float = 0.97,
     max_masks: int | None = None,
     on_update: Callable[[Explanation | list[Explanation]], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Explanation | list[Explanation]:
     """Explain one picture for one question, or for several at the price of one RISE pass.
 
@@ -125,6 +126,8 @@ def explain(
     baseline: what removed pixels show, "blur" (the paper's), "mean" or "black"; blur_sigma: the
     blur's sigma in input pixels (default 5 x n_px / 224; 5 is the paper's code at any size).
     gradient: Integrated Gradients' steps, GradientSHAP's samples and noise.
+    should_stop: asked between batches of masks (or of gradient steps); True raises errors.Cancelled,
+    e.g. when the person who asked has gone.
     method: "rise" (default), "integrated-gradients", "gradient-shap", or for vision transformers
     "legrad" and "attention-relevance" (one forward pass; see engine/attention.py).
     Returns a list when given a list.
@@ -174,7 +177,7 @@ def explain(
 
         deadline = time.monotonic() + time_budget if time_budget is not None else None
         result = run_rise(model, framed, settings, targets, estimator, resume=cached, progress=progress,
-                          deadline=deadline, on_frame=on_frame)
+                          deadline=deadline, on_frame=on_frame, should_stop=should_stop)
         if cache is not None:
             cache.put(key, result.run)
         answers = answers_of(result)
@@ -183,8 +186,9 @@ def explain(
     elif method in ATTENTION_METHODS:
         traced, image_embedding = trace(model, framed)  # the one forward pass; the score and the maps share it
         targets = [_noted(resolve(model, q, image_embedding, framing), method) for q in questions]
+        words = [zero_shot(model, q, image_embedding, framing) for q in questions]
         maps = [attention_map(traced, framed, model.n_px, t, method) for t in targets]
-        answers = _answers(maps, targets, framed, picture, image_embedding, method, model, framing,
+        answers = _answers(maps, targets, words, framed, picture, image_embedding, method, model, framing,
                            {"precision": precision(model), "patch_grid": list(traced.grid)}, started,
                            baseline=baseline, blur_sigma=blur_sigma)
     else:
@@ -193,7 +197,7 @@ def explain(
             image_embedding = model.encode_images(framed.canvas[None].to(model.device))[0]
         targets = [resolve(model, q, image_embedding, framing) for q in questions]
         words = [zero_shot(model, q, image_embedding, framing) for q in questions]
-        results = [attribute(model, framed, t, method, settings) for t in targets]
+        results = [attribute(model, framed, t, method, settings, should_stop) for t in targets]
         own = {"steps": settings.n_steps} if method == "integrated-gradients" else {
             "samples": settings.n_samples, "stdev": settings.stdev}
         details = {"convergence_delta": [d for _, d in results], "seed": seed, "precision": precision(model), **own}

@@ -9,14 +9,14 @@ discretisation error.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from captum.attr import GradientShap, IntegratedGradients
 
-from ..errors import SettingsError, check_seed, shown
+from ..errors import Cancelled, SettingsError, check_seed, shown
 from ..models import Model
 from .images import Framed, check_baseline
 from .images import baseline as baseline_of
@@ -51,10 +51,12 @@ class GradientSettings:
 
 
 def attribute(model: Model, framed: Framed, target: Target, method: str = "integrated-gradients",
-              settings: GradientSettings = GradientSettings()) -> tuple[torch.Tensor, float | None]:
+              settings: GradientSettings = GradientSettings(),
+              should_stop: Callable[[], bool] | None = None) -> tuple[torch.Tensor, float | None]:
     """Attribute the target over the picture: returns ((h, w) float32 over the content box, convergence delta).
 
     The delta (Integrated Gradients only) is sum(map) - (target(x) - target(baseline)).
+    should_stop is asked before every forward pass (a batch of steps); True raises Cancelled.
     """
     if method not in GRADIENT_METHODS:
         raise SettingsError(f"Unknown gradient method {method!r}; choose one of {', '.join(GRADIENT_METHODS)}.")
@@ -64,6 +66,8 @@ def attribute(model: Model, framed: Framed, target: Target, method: str = "integ
     inputs, baselines = model.normalize(canvas), model.normalize(baseline)
 
     def forward(normalised: torch.Tensor) -> torch.Tensor:
+        if should_stop is not None and should_stop():
+            raise Cancelled()
         return target(model.encode_normalised(normalised).float())
 
     with _seeded(settings.seed, model.device):

@@ -42,7 +42,7 @@ from threading import Lock
 
 import torch
 
-from ..errors import SettingsError, check_seed
+from ..errors import Cancelled, SettingsError, check_seed
 from ..models import ClipModel, eval_mode
 from .auto import AUTO, NULL_MASKS, auto_cap, checkpoints, mask_count, null, settled
 from .images import Framed, check_baseline, digest
@@ -304,13 +304,15 @@ def run_rise(
     deadline: float | None = None,
     on_frame: Frames | None = None,
     frame_seconds: float = 0.5,
+    should_stop: Callable[[], bool] | None = None,
 ) -> RiseResult:
     """Run (or resume) a pass to its count, or with "auto" until every map is stable (auto.settled).
 
     on_frame gets the maps so far after a first batch of FIRST_BATCH masks, then every
     `frame_seconds` or so (after full batches); the caller has the final result (not sent to
     on_frame). Under auto, questions whose corpus equals their foil have flat maps whatever the
-    masks: when every question is such, the run stops after NULL_MASKS masks.
+    masks: when every question is such, the run stops after NULL_MASKS masks. should_stop is asked
+    after every batch; True raises Cancelled (a cancelled run has no answer, unlike one out of time).
     """
     settings = settings.for_device(model.device)
     if settings.auto and all(null(target.direction) for target in targets):
@@ -320,6 +322,8 @@ def run_rise(
     last_frame, run, readings = -math.inf, None, []
     for run in masked_passes(model, framed, settings, resume=resume, breaks=breaks, deadline=deadline,
                              first_batch=FIRST_BATCH if on_frame is not None else None):
+        if should_stop is not None and should_stop():
+            raise Cancelled()
         done = len(run.masks)
         if progress is not None:
             progress(done, total)

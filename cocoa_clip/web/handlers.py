@@ -25,6 +25,7 @@ from cocoa_clip.engine.rise import default_batch_size
 from cocoa_clip.web import hosting, words
 from cocoa_clip.web import inputs as valid
 from cocoa_clip.web.inputs import MAX_SEED
+from cocoa_clip.web.jobs import STOPPING, Work
 from cocoa_clip.web.shelf import ModelShelf
 
 try:  # ZeroGPU (Hugging Face Spaces); app.py, the Space's entry point, imports it before torch
@@ -32,10 +33,15 @@ try:  # ZeroGPU (Hugging Face Spaces); app.py, the Space's entry point, imports 
 except ImportError:
     spaces = None
 
+INTERNAL = ("on_update", "should_stop")  # explain's parameters for explain_live, not the API's
 TIME_BUDGET_S = {"cpu": 300.0, "cuda": 100.0}  # RISE stops and answers from the masks done
 MAX_GRADIENT_STEPS = 500          # Integrated Gradients steps, GradientSHAP samples
 CURVE_STEPS = 50
 DISK_BUDGET_MB = 1024             # everything written for visitors: uploads, Gradio's cache, downloads
+MIN_DISK_BUDGET_MB = 100          # one answer at MAX_SIDE: upload (up to 20 MB), two heatmaps, four PNGs
+ANSWER_MEMORY_MB = 512            # visitors' latest answers kept for "Check this explanation"
+ANSWER_IDLE_MINUTES = 30.0        # ... each until its visitor has been idle this long
+MAX_SESSIONS = 1000               # visitors whose session (Gradio's) and latest answer (ours) stay in memory
 
 
 def gpu(function: Callable) -> Callable:
@@ -44,24 +50,20 @@ def gpu(function: Callable) -> Callable:
 
 
 def job(method: Callable) -> Callable:
-    """After each job (answered, refused or failed): the visitor may ask again, freed memory goes back
-    to the system and the disk budget is kept. Works for plain and generator methods; Gradio still sees
-    the method's own signature (and passes its gr.Request)."""
-    if inspect.isgeneratorfunction(method):
-        @functools.wraps(method)
-        def stream(self: CocoaApp, *args: Any, **kwargs: Any) -> Iterator:
-            try:
-                yield from method(self, *args, **kwargs)
-            finally:
-                self.after_job(_request(args, kwargs))
-        return stream
-
+    """A job on the device: it counts as its visitor's from its start, waits for the device (the job
+    before may still be stopping), and after it (answered, refused, failed or stopped) the visitor may ask
+    again, freed memory goes back to the system and the disk budget is kept. Gradio still sees the
+    method's own signature (and passes its gr.Request)."""
     @functools.wraps(method)
     def call(self: CocoaApp, *args: Any, **kwargs: Any) -> Any:
+        request = _request(args, kwargs)
+        if self.admission is not None:
+            self.admission.started(hosting.visitor(request), hosting.address(request, self.trust_proxy))
         try:
-            return method(self, *args, **kwargs)
+            with self.work.turn():
+                return method(self, *args, **kwargs)
         finally:
-            self.after_job(_request(args, kwargs))
+            self.after_job(request)
     return call
 
 
@@ -80,12 +82,19 @@ class CocoaApp:
 
     def __init__(self, model: cc.ClipModel, *, notice: str = "", cache_bytes: int = 512 << 20,
                  max_masks: int | None = None, job_seconds: float | None = None,
-                 disk_budget_mb: float = DISK_BUDGET_MB, shelf: ModelShelf | None = None):
+                 disk_budget_mb: float = DISK_BUDGET_MB, shelf: ModelShelf | None = None,
+                 answer_memory_mb: float = ANSWER_MEMORY_MB, answer_idle_minutes: float = ANSWER_IDLE_MINUTES,
+                 max_sessions: int = MAX_SESSIONS, trust_proxy: bool = False):
         """max_masks, job_seconds: a deployment's caps (default per device: engine.auto.MAX_MASKS, TIME_BUDGET_S).
         The masks box takes what the library takes (0 or auto for auto), up to the smaller of the two maxima.
-        disk_budget_mb: bound on everything this process writes for visitors (oldest files go first)."""
+        disk_budget_mb: bound on everything this process writes for visitors (oldest files go first).
+        answer_memory_mb, answer_idle_minutes, max_sessions: bounds on the visitors' answers kept for "Check"
+        (max_sessions also goes to Gradio's launch: see app.launch_options).
+        trust_proxy: count visitors by their forwarded address too (see hosting.address).
+        With a `shelf` (--models), `model` is its first model, and the shelf alone holds it (so that it
+        can be dropped like the others)."""
         hosting.tame_malloc()
-        self.model = model
+        self._served = None if shelf is not None else model
         self.shelf = shelf  # --models: the models a visitor may choose, loaded on first use
         self.notice = notice
         self.cache = cc.PassCache(max_bytes=cache_bytes)
@@ -95,8 +104,11 @@ class CocoaApp:
         self.default_masks = 0 if default == AUTO else min(default, self.max_masks)  # the box shows auto as 0
         self.job_seconds = job_seconds or TIME_BUDGET_S.get(self.device, TIME_BUDGET_S["cpu"])
         self.masks_per_second: float | None = None  # measured: by calibrate(), then by every fresh pass
-        self.answers = hosting.AnswerStore()
+        self.answers = hosting.AnswerStore(max_visitors=max_sessions, max_bytes=int(answer_memory_mb * (1 << 20)),
+                                           idle_seconds=answer_idle_minutes * 60)
         self.admission: hosting.Admission | None = None  # set by build_demo, which has the queue
+        self.trust_proxy = trust_proxy
+        self.work = Work()
         workspace = hosting.workspace()
         # Inside Gradio's folder, so that Gradio serves the downloads without copying them.
         self._outputs = Path(tempfile.mkdtemp(prefix="outputs-", dir=workspace.gradio))
@@ -132,11 +144,13 @@ class CocoaApp:
         progress: gr.Progress = gr.Progress(),
         request: gr.Request = None,
         on_update: Callable[[list[cc.Explanation]], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> tuple:
         """Explain `image` for the question (and its reverse when asked).
 
         Returns (overlay, reverse overlay or None, heatmap with colour bar, score as text, reading, status,
         download paths, answer token). Every bad input raises gr.Error with a sentence to act on.
+        should_stop: True once the client has gone; the run then stops within a batch, and keeps no answer.
         """
         with valid.user_errors():
             picture, size_note = valid.picture(image)
@@ -159,7 +173,11 @@ class CocoaApp:
                      "scale": valid.choice(scale, "colour scale", [v for _, v in words.SCALE_CHOICES])}
             options = self._run_options(method, masks, seed, framing, progress, baseline=baseline,
                                         blur_sigma=blur_sigma, steps=steps, samples=samples, stdev=stdev)
-            answers = cc.explain(self._model(model_name), picture, questions, on_update=on_update, **options)
+            stop = self.work.should_stop(should_stop)
+            answers = cc.explain(self._model(model_name), picture, questions, on_update=on_update,
+                                 should_stop=stop, **options)
+            if stop():  # gone while the answer was being made: an orphan keeps no answer
+                raise cc.Cancelled()
             self._measured(answers[0])
             answers = words.noted(answers, size_note)
             return self._present(answers, style, hosting.visitor(request))
@@ -173,10 +191,11 @@ class CocoaApp:
             return
         frames: queue.Queue = queue.Queue()
         outcome: dict[str, Any] = {}
+        gone = threading.Event()
 
         def work() -> None:
             try:
-                outcome["answer"] = self.explain(*inputs, on_update=frames.put)
+                outcome["answer"] = self.explain(*inputs, on_update=frames.put, should_stop=gone.is_set)
             except BaseException as error:  # noqa: BLE001 - raised again in the event's thread
                 outcome["error"] = error
             finally:
@@ -185,22 +204,29 @@ class CocoaApp:
         # The event's context travels with the work: Gradio's progress bar finds its event through it.
         threading.Thread(target=contextvars.copy_context().run, args=(work,), daemon=True).start()
         style = inspect.signature(self.explain).bind(*inputs).arguments
-        while (answers := frames.get()) is not None:
-            if not frames.empty():
-                continue  # a newer frame (or the end) is waiting: show that instead
-            first = answers[0]
-            overlay = first.overlay(opacity=float(style.get("opacity", 0.5)),
-                                    scale=None if style.get("scale", "auto") == "auto" else style["scale"])
-            yield (overlay, *[gr.skip()] * 4, words.live_status(first), *[gr.skip()] * 2)
+        try:
+            while (answers := frames.get()) is not None:
+                if not frames.empty():
+                    continue  # a newer frame (or the end) is waiting: show that instead
+                first = answers[0]
+                overlay = first.overlay(opacity=float(style.get("opacity", 0.5)),
+                                        scale=None if style.get("scale", "auto") == "auto" else style["scale"])
+                yield (overlay, *[gr.skip()] * 4, words.live_status(first), *[gr.skip()] * 2)
+        finally:
+            # Closed by a cancel or a disconnect (GeneratorExit at the yield): the work stops within a batch,
+            # in its own thread, and frees the visitor's place (job's after_job) only then. Not joined here:
+            # Gradio closes generators in its event loop, which a join would hold up for every visitor.
+            gone.set()
         if "error" in outcome:
             raise outcome["error"]
         yield outcome["answer"]
 
     # Gradio names the API's parameters after the signature: explain's inputs (and its progress bar).
     explain_live.__signature__ = inspect.signature(explain).replace(
-        parameters=[p for p in inspect.signature(explain).parameters.values() if p.name != "on_update"])
+        parameters=[p for p in inspect.signature(explain).parameters.values() if p.name not in INTERNAL])
     # ... and finds its gr.Request (the visitor, whose answer "Check" reads) through the annotations.
-    explain_live.__annotations__ = {name: kind for name, kind in explain.__annotations__.items() if name != "on_update"}
+    explain_live.__annotations__ = {name: kind for name, kind in explain.__annotations__.items()
+                                    if name not in INTERNAL}
 
     @gpu
     @job
@@ -229,7 +255,7 @@ class CocoaApp:
             options = self._run_options(method, masks, seed, framing, progress, baseline=baseline,
                                         blur_sigma=blur_sigma, steps=steps, samples=samples, stdev=stdev)
             comparison = cc.compare(self._model(model_name), picture, names, template=valid.template(template),
-                                    **options)
+                                    should_stop=self.work.should_stop(), **options)
             self._measured(comparison.answers[0])
         decided = comparison.decided_shares
         parts = [f"- **{caption}**: {share:.0%} of the picture, {decided[caption]:.0%} of the decided pixels; "
@@ -249,7 +275,8 @@ class CocoaApp:
         with valid.user_errors():
             measure = valid.choice(measure, "measure", [v for _, v in words.MEASURE_CHOICES])
             progress(0.0, desc="Insertion and deletion: re-scoring the picture as pixels come and go")
-            model = self._model(answer.details["model"] if self.shelf else None)  # the model that answered
+            answered_by = words.public_name(answer.details["model"]) if self.shelf else None
+            model = self._model(answered_by)
             curves = curves_of(model, answer, steps=CURVE_STEPS, measure=measure)
         aucs = curves.aucs()
         insertion, random_insertion, deletion, random_deletion = alike(
@@ -348,8 +375,13 @@ class CocoaApp:
             progress(0.0, desc=f"{words.label(words.METHOD_CHOICES, method)}: computing gradients")
         return options
 
+    @property
+    def model(self) -> cc.Model:
+        """The model served (with --models, the first one: loaded again if the shelf dropped it)."""
+        return self._served if self.shelf is None else self.shelf.get(self.shelf.names[0])
+
     def _model(self, name: Any) -> cc.Model:
-        """The model a visitor chose from --models (loaded on first use), else the one served."""
+        """The model a visitor chose from --models by its public name (loaded on first use), else the one served."""
         if self.shelf is None or name in (None, ""):
             return self.model
         return self.shelf.get(valid.choice(name, "model", self.shelf.names))
@@ -386,14 +418,26 @@ class CocoaApp:
     def after_job(self, request: gr.Request | None) -> None:
         if self.admission is not None:
             self.admission.finished(hosting.visitor(request))
+        self.housekeeping()
+
+    def housekeeping(self) -> None:
+        """After every job and every few seconds: answers of visitors gone idle go, freed memory goes back to
+        the system, and the disk budget is kept (uploads arrive between jobs)."""
+        self.answers.sweep()
         hosting.trim_memory()
         self.disk.enforce()
 
     def admit(self, event: Callable, inputs: int, where: int = 0) -> Callable:
         """The queue's door for `event` (Gradio's `validator`, one verdict per each of its `inputs`): refuses a
-        visitor's second job, and every job while the queue is full, with a sentence on input number `where`."""
+        visitor's second job, every job while the queue is full and once the server stops, with a sentence on
+        input number `where`; a job let in has its place reserved at once."""
         @functools.wraps(event)  # the event's signature, so that Gradio passes the gr.Request here too
         def validator(*args: Any) -> list[dict]:
-            refusal = self.admission.refusal(hosting.visitor(_request(args, {}))) if self.admission else None
+            request = _request(args, {})
+            refusal = None
+            if self.work.stopping.is_set():
+                refusal = STOPPING
+            elif self.admission is not None:
+                refusal = self.admission.admit(hosting.visitor(request), hosting.address(request, self.trust_proxy))
             return [gr.validate(refusal is None or index != where, refusal or "") for index in range(inputs)]
         return validator

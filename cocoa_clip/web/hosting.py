@@ -3,9 +3,13 @@
 - `Workspace`: one folder per server process holding everything written for visitors (Gradio's
   uploads and cache, our downloads), removed on exit (SIGTERM and SIGINT too); folders of dead
   servers are removed when the next one starts.
-- `DiskBudget`: that folder stays under a size, the oldest files going first.
-- `AnswerStore`: each visitor's latest answers, kept with the visitor and bounded in total.
-- `Admission`: at most one queued or running job per visitor, and a busy queue said in words.
+- `DiskBudget`: that folder stays under a size, the oldest files going first (never the last
+  minute's, which may be an answer Gradio has yet to serve).
+- `AnswerStore`: each visitor's latest answers, kept with the visitor, bounded in total and
+  dropped after an idle time.
+- `Admission`: at most one queued or running job per visitor (per session, and per address behind
+  a trusted proxy), and a busy queue said in words; deciding and reserving are one step.
+- `no_core_files`: a crash leaves no core file (model weights, visitors' pictures) on the disk.
 - `tame_malloc` / `trim_memory`: glibc's allocator told to give freed memory back, so resident
   memory stays flat over thousands of different pictures (without it, arenas fragment).
 """
@@ -17,7 +21,6 @@ import ctypes
 import ctypes.util
 import functools
 import logging
-import math
 import os
 import shutil
 import signal
@@ -25,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -139,13 +143,62 @@ def remove_stale(base: Path) -> int:
     return removed
 
 
-def remove_on_signals() -> None:
+def remove_on_signals(before_exit: Callable[[], bool] = lambda: True) -> None:
     """SIGTERM ends the process through SystemExit, so that atexit removes the workspace (the default
-    SIGTERM skips atexit; SIGINT already raises KeyboardInterrupt). Call from the main thread."""
+    SIGTERM skips atexit; SIGINT already raises KeyboardInterrupt). Call from the main thread.
+
+    `before_exit` runs first (stop the jobs, answer their clients) and says whether every worker thread
+    has ended. If one has not, the process leaves through os._exit once the workspace is removed:
+    finalising the interpreter while a daemon thread is inside torch ends that thread with
+    pthread_exit, whose unwinding through torch's C++ frames calls std::terminate ("terminate called
+    without an active exception", SIGABRT). A second SIGTERM while the first is handled is ignored.
+    """
+    stopping = threading.Event()
+
     def stop(signum: int, frame: Any) -> None:
+        if stopping.is_set():
+            return
+        stopping.set()
+        if not before_exit():
+            workspace().remove()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(128 + signum)
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, stop)
+
+
+def no_core_files() -> None:
+    """No core dump from this process: one holds the models and visitors' pictures (a 1.16 GB core
+    was seen), lands in the working directory, outside the disk budget and the workspace's clean-up."""
+    try:
+        import resource
+    except ImportError:  # Windows: no core files to speak of
+        return
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def every(seconds: float, chore: Callable[[], object], name: str) -> threading.Thread:
+    """Run the bound method `chore` every `seconds` in a daemon thread while its object lives (the thread
+    holds it weakly, so that an app dropped by its owner, e.g. a test's, is freed); errors are logged."""
+    method = weakref.WeakMethod(chore)
+
+    def loop() -> None:
+        while True:
+            time.sleep(seconds)
+            bound = method()
+            if bound is None:
+                return
+            try:
+                bound()
+            except Exception as error:  # a bad round (a file gone meanwhile, a full disk) must not end the chores
+                log.warning("%s: %s", name, error)
+            del bound
+
+    thread = threading.Thread(target=loop, name=name, daemon=True)
+    thread.start()
+    return thread
 
 
 def _files(root: Path) -> list[tuple[float, int, str]]:
@@ -164,18 +217,19 @@ def _files(root: Path) -> list[tuple[float, int, str]]:
 class DiskBudget:
     """Keeps the files under `root` within `max_bytes`, removing the oldest first.
 
-    `enforce()` runs after every job and every `interval` seconds in a thread (uploads arrive between jobs).
+    `enforce()` runs after every job and every few seconds (`every`; uploads arrive between jobs).
     Files present at `keep_present()` (the app's own, e.g. the example pictures Gradio copies in at start)
-    count towards the budget but stay.
+    count towards the budget but stay, and so do files younger than `min_age` seconds: an answer's files
+    are written before Gradio serves them, so the budget may run over by the last minute's files rather
+    than break an answer in flight.
     """
 
-    def __init__(self, root: Path, max_bytes: int, interval: float = 5.0):
+    def __init__(self, root: Path, max_bytes: int, min_age: float = 60.0):
         self.root = root
         self.max_bytes = max_bytes
-        self.interval = interval
+        self.min_age = min_age
         self.kept: frozenset[str] = frozenset()
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
 
     def keep_present(self) -> None:
         self.kept = frozenset(path for _, _, path in _files(self.root))
@@ -188,9 +242,10 @@ class DiskBudget:
         with self._lock:
             files = sorted(_files(self.root))
             total = sum(size for _, size, _ in files)
-            for _, size, path in files:
-                if total <= self.max_bytes:
-                    break
+            recent = time.time() - self.min_age
+            for modified, size, path in files:
+                if total <= self.max_bytes or modified > recent:
+                    break  # sorted by age: the rest are recent too
                 if path in self.kept:
                     continue
                 with contextlib.suppress(OSError):
@@ -201,20 +256,6 @@ class DiskBudget:
                         os.rmdir(folder)  # a request's folder, emptied (new empty folders are left alone)
             return total
 
-    def watch(self) -> None:
-        """Enforce the budget every `interval` seconds in a daemon thread (once per budget)."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="cocoa-disk-budget", daemon=True)
-            self._thread.start()
-
-    def _loop(self) -> None:
-        while self.root.is_dir():
-            try:
-                self.enforce()
-            except OSError as error:
-                log.warning("disk budget: %s", error)
-            time.sleep(self.interval)
-
 
 # -------------------------------------------------------------------- visitors
 
@@ -223,34 +264,52 @@ class AnswerStore:
     """Each visitor's latest answer, under a random token, kept until that visitor asks again.
 
     Bounded per visitor (one answer, the one "Check this explanation" reads) and in total: when
-    `max_bytes` or `max_visitors` is exceeded, the visitors idle longest lose theirs first. A token
-    only opens its own visitor's answer.
+    `max_bytes` or `max_visitors` is exceeded, the visitors idle longest lose theirs first, and an
+    answer unread for `idle_seconds` goes (its visitor has most likely left). A token only opens its
+    own visitor's answer. `clock`: time.monotonic, or a test's.
     """
 
-    def __init__(self, max_visitors: int = 1000, max_bytes: int = 512 << 20):
+    def __init__(self, max_visitors: int = 1000, max_bytes: int = 512 << 20, idle_seconds: float = 1800.0,
+                 clock: Callable[[], float] = time.monotonic):
         self.max_visitors = max_visitors
         self.max_bytes = max_bytes
-        self._entries: OrderedDict[str, tuple[str, Any, int]] = OrderedDict()  # visitor -> (token, answer, bytes)
+        self.idle_seconds = idle_seconds
+        self.clock = clock
+        # visitor -> (token, answer, bytes, last used), least recently used first
+        self._entries: OrderedDict[str, tuple[str, Any, int, float]] = OrderedDict()
         self._lock = threading.Lock()
 
     def put(self, visitor: str, token: str, answer: Any, nbytes: int) -> None:
         with self._lock:
-            self._entries[visitor] = (token, answer, nbytes)
+            self._entries[visitor] = (token, answer, nbytes, self.clock())
             self._entries.move_to_end(visitor)
+            self._expire()
             while len(self._entries) > 1 and (len(self._entries) > self.max_visitors or self.nbytes > self.max_bytes):
                 self._entries.popitem(last=False)
 
     def get(self, visitor: str, token: Any) -> Any | None:
         with self._lock:
+            self._expire()
             entry = self._entries.get(visitor)
             if entry is None or entry[0] != token:
                 return None
+            self._entries[visitor] = (*entry[:3], self.clock())
             self._entries.move_to_end(visitor)
             return entry[1]
 
+    def sweep(self) -> None:
+        """Drop the answers idle longer than `idle_seconds` (also done on every put and get)."""
+        with self._lock:
+            self._expire()
+
+    def _expire(self) -> None:
+        oldest = self.clock() - self.idle_seconds
+        while self._entries and next(iter(self._entries.values()))[3] < oldest:
+            self._entries.popitem(last=False)
+
     @property
     def nbytes(self) -> int:
-        return sum(size for _, _, size in self._entries.values())
+        return sum(entry[2] for entry in self._entries.values())
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -262,42 +321,75 @@ def visitor(request: Any) -> str:
     return session if isinstance(session, str) and session else LOCAL
 
 
-class Admission:
-    """Decides at the queue's door (Gradio's event `validator`) whether a job may join.
+def address(request: Any, trust_proxy: bool) -> str | None:
+    """The client's address behind a trusted proxy, or None (the per-visitor limit then counts sessions only).
 
-    A visitor with a job waiting or running is refused, and so is everyone while `max_waiting` jobs
-    wait, each with a sentence. `jobs()` lists (visitor, waiting, enqueued at) for the jobs the queue
-    holds; a running job counts until `finished(visitor)` is called for it (Gradio keeps its
-    bookkeeping a moment longer, after the answer has reached the visitor).
+    Only with `trust_proxy`: the right-most X-Forwarded-For entry, the one the proxy in front of this
+    server appended (the peer it saw); entries to its left come from the client and can be forged.
+    Without a proxy header, the connection's own peer. Without `trust_proxy` no header is read: anyone
+    could send one.
+    """
+    if not trust_proxy:
+        return None
+    headers = getattr(request, "headers", None)
+    values = headers.getlist("x-forwarded-for") if hasattr(headers, "getlist") else []
+    hops = [hop.strip() for value in values for hop in value.split(",") if hop.strip()]
+    if hops:
+        return hops[-1]
+    return getattr(getattr(request, "client", None), "host", None)
+
+
+ONE_JOB = "You already have a job waiting or running: wait for its answer (or stop it) before asking again."
+
+
+class Admission:
+    """Decides at the queue's door (Gradio's event `validator`) whether a job may join, and keeps its place.
+
+    A visitor (a session; behind a trusted proxy, also an address) with a job waiting or running is
+    refused, and so is everyone while `max_waiting` jobs wait, each with a sentence. `admit` decides
+    and reserves under one lock, so that concurrent callers cannot overshoot the bound. A job counts
+    from `admit` until `finished(session)`, which the job calls when its work has really stopped
+    (a cancelled job's thread may run a batch longer than Gradio's event). `started(session)` marks it
+    running; a place whose event never ran and that Gradio's queue no longer holds (`queued`: (session,
+    waiting, enqueued at) of its events) is given back after `grace` seconds (cancelled while waiting).
     """
 
-    def __init__(self, jobs: Callable[[], list[tuple[str, bool, float]]], max_waiting: int,
-                 remembered: int = 10_000):
-        self.jobs = jobs
+    def __init__(self, queued: Callable[[], list[tuple[str, bool, float]]], max_waiting: int,
+                 grace: float = 5.0, clock: Callable[[], float] = time.monotonic):
+        self.queued = queued
         self.max_waiting = max_waiting
-        self.remembered = remembered
-        self._finished: OrderedDict[str, float] = OrderedDict()  # visitor -> time.monotonic() of their last answer
+        self.grace = grace
+        self.clock = clock
+        self._jobs: dict[str, list] = {}  # session -> [address, admitted at, started]
         self._lock = threading.Lock()
 
-    def finished(self, who: str) -> None:
+    def admit(self, session: str, address: str | None = None) -> str | None:
+        """The sentence refusing a new job from `session` (at `address`), or None once its place is reserved."""
         with self._lock:
-            self._finished[who] = time.monotonic()
-            self._finished.move_to_end(who)
-            while len(self._finished) > self.remembered:
-                self._finished.popitem(last=False)
+            self._give_back_abandoned()
+            if session in self._jobs or (address is not None and
+                                         any(job[0] == address for job in self._jobs.values())):
+                return ONE_JOB
+            waiting = sum(not started for _, _, started in self._jobs.values())
+            if waiting >= self.max_waiting:
+                return f"The app is busy ({waiting} jobs are waiting); please try again in a few minutes."
+            self._jobs[session] = [address, self.clock(), False]
+            return None
 
-    def refusal(self, who: str) -> str | None:
-        """The sentence refusing a new job from `who`, or None to let it in."""
-        jobs = self.jobs()
+    def started(self, session: str, address: str | None = None) -> None:
         with self._lock:
-            answered = self._finished.get(who, -math.inf)
-        if any(owner == who and (waiting or enqueued > answered) for owner, waiting, enqueued in jobs):
-            return ("You already have a job waiting or running: wait for its answer (or stop it) "
-                    "before asking again.")
-        waiting = sum(waiting for _, waiting, _ in jobs)
-        if waiting >= self.max_waiting:
-            return f"The app is busy ({waiting} jobs are waiting); please try again in a few minutes."
-        return None
+            self._jobs.setdefault(session, [address, self.clock(), True])[2] = True
+
+    def finished(self, session: str) -> None:
+        with self._lock:
+            self._jobs.pop(session, None)
+
+    def _give_back_abandoned(self) -> None:
+        queued = {session for session, _, _ in self.queued()}
+        late = self.clock() - self.grace
+        for session, (_, admitted, started) in list(self._jobs.items()):
+            if not started and admitted < late and session not in queued:
+                del self._jobs[session]
 
 
 def queued_jobs(blocks: Any, concurrency_id: str) -> list[tuple[str, bool, float]]:
