@@ -1,8 +1,8 @@
 """RISE on a CPU, in one run: masks/s per precision, the first live frame, and time to a 0.97 map
 for the project's default against the paper's code.
 
-    python benchmarks/cpu_speed.py --model ViT-B/32 --auto-count 168 --paper-count 2000
-    python benchmarks/cpu_speed.py --model shapes-demo --scenes 3 --auto-count 168 --paper-count 2000
+    python benchmarks/cpu_speed.py --model ViT-B/32 --auto-count 142 --paper-count 1000
+    python benchmarks/cpu_speed.py --model shapes-demo --scenes 3 --auto-count 142 --paper-count 1000
 
 --model ViT-B/32 (or another `--architecture` of random_models) is a CLIP of that shape with random
 weights (speed does not depend on the weight values); shapes-demo is the bundled model, whose
