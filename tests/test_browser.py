@@ -96,7 +96,7 @@ def test_a_typed_mask_count_out_of_range_is_refused_in_a_sentence(page, typed):
     page.locator("#masks input").fill(typed)
     page.locator("#masks input").press("Tab")
     sentence = (f"The number of masks must be a whole number from 1 to 20,000, or 0 for auto (until the map is "
-                f"stable); got {typed}.")
+                f"stable); got {int(typed):,}.")  # written as the limits are
     page.locator("#estimate").get_by_text(sentence).wait_for()
     page.set_input_files("#image input[type=file]", str(PICTURE))
     page.locator("#corpus textarea").fill("cat")
@@ -201,6 +201,11 @@ def test_the_demo_model_finds_the_orange_cross(page):
     page.click("#explain")
     page.locator("#reading").get_by_text('"orange cross" rather than "yellow square"').wait_for()
     assert overlay_size(page) == (256, 256)
+    # The answer first: the model's own answer in words, above the score and its reading.
+    said = page.locator("#reading").inner_text()
+    assert re.match(r"The model's own answer: orange cross \d+%, yellow square \d+%", said), said
+    reading_y, score_y = (page.locator(selector).bounding_box()["y"] for selector in ("#reading", "#score"))
+    assert reading_y < score_y
     assert float(score_text(page)) > 0.01
 
     page.locator("#measure input").click()

@@ -230,7 +230,7 @@ def offline(monkeypatch):
 
 
 @pytest.mark.parametrize("name, message", [
-    ("open_clip:ViT-B-32:laion2b_s34b_b79k", r"Connect to the internet once .*--weights PATH"),
+    ("open_clip:ViT-B-32:laion2b_s34b_b79k", r'Connect to the internet .*cc\.load\("open_clip:ViT-B-32", weights=PATH'),
     ("hf:openai/clip-vit-base-patch32", r"Connect to the internet once .*hf:DIR"),
     ("open_clip:ViT-B-32", r"needs its weights: open_clip:ViT-B-32:TAG"),
     ("open_clip:ViT-B-32:nonsense", r"no weights 'nonsense' for ViT-B-32"),

@@ -27,7 +27,7 @@ def test_demo_checkpoint_loads_through_the_normal_loader(demo):
 def test_demo_scores_its_own_captions_above_absent_colours(demo):
     """Zero-shot on held-out scenes: each object's caption beats every caption of a colour not in the scene.
 
-    (The demo model learnt colour, not shape: "red circle" and "red square" embed alike; see the README.)
+    (The demo model learnt colour, not shape: "red circle" and "red square" embed alike; see docs/models.md.)
     """
     rng = np.random.default_rng(7)
     texts, _ = demo.encode_texts([cc.DEFAULT_TEMPLATE.format(name) for name in CLASS_NAMES])

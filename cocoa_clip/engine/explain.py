@@ -186,8 +186,9 @@ def explain(
     elif method in ATTENTION_METHODS:
         traced, image_embedding = trace(model, framed)  # the one forward pass; the score and the maps share it
         targets = [_noted(resolve(model, q, image_embedding, framing), method) for q in questions]
+        words = [zero_shot(model, q, image_embedding, framing) for q in questions]
         maps = [attention_map(traced, framed, model.n_px, t, method) for t in targets]
-        answers = _answers(maps, targets, framed, picture, image_embedding, method, model, framing,
+        answers = _answers(maps, targets, words, framed, picture, image_embedding, method, model, framing,
                            {"precision": precision(model), "patch_grid": list(traced.grid)}, started,
                            baseline=baseline, blur_sigma=blur_sigma)
     else:

@@ -28,13 +28,12 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UnsafeCheckpointError
+from ..errors import UnsafeCheckpointError, spelled
 from .encoder import Provenance
 from .families.openai_package import clip_package
 
 # The bundled checkpoints are TorchScript archives (scripts/train_shapes_demo.py); pinned so they open as OpenAI's do.
 BUNDLED_SHA256 = {"shapes-demo": "336e9d6cd49304a69d0b9097af48e9c88818a987238e458f072621a138a211be"}
-TRUST_HINT = "pass --trust-checkpoint (trust_checkpoint=True) only if you trust whoever made it, as its code then runs"
 TRUST_HELP = ("UNSAFE: also open weights files that can run code (pickles with more than tensors, TorchScript "
               "archives that are not OpenAI's); only for files whose maker you trust")
 
@@ -86,10 +85,12 @@ def read_state_dict(path: str | Path, *, trust: bool, digest: str) -> dict[str, 
 
 
 def refusal(path: object, kind: str, trust_helps: bool = True) -> UnsafeCheckpointError:
-    """The one sentence that refuses a file whose loading could run code, and says what to do."""
+    """The one sentence that refuses a file whose loading could run code, and says what to do (the opt-in as its
+    reader types it: errors.AUDIENCE)."""
+    opt_in = spelled("pass trust_checkpoint=True", "pass --trust-checkpoint")
     return UnsafeCheckpointError(
         f"Refused {path}: it is {kind}, and loading it could run code, so convert it to safetensors where you got it"
-        + (f", or {TRUST_HINT}." if trust_helps else ".")
+        + (f", or {opt_in} only if you trust whoever made it, as its code then runs." if trust_helps else ".")
     )
 
 

@@ -125,13 +125,14 @@ def build_demo(model: cc.ClipModel, *, notice: str = "", calibrate: bool = True,
 def _question(w: SimpleNamespace, app: CocoaApp, knows_shapes: bool) -> None:
     """The picture, the question (corpus, foil, preset), the Explain and swap buttons, and the time estimate."""
     w.image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard", "webcam"],
-                       elem_id="image", height=360)
+                       elem_id="image", height=280)  # 280: Explain stays above the fold at 1280 x 900
+    # Examples go in the info line, not as grey placeholder text, which reads as input (beside a preset, as a foil).
     w.corpus = gr.Textbox(label="What to look for (corpus), one caption per line", lines=2,
-                          placeholder="red circle" if knows_shapes else "dog", max_length=MAX_TEXT_CHARS,
+                          info=f"e.g. {'red circle' if knows_shapes else 'dog'}", max_length=MAX_TEXT_CHARS,
                           elem_id="corpus")
     w.foil = gr.Textbox(label="Rather than (foil), one caption per line", lines=2,
-                        placeholder="blue star" if knows_shapes else "cat", max_length=MAX_TEXT_CHARS,
-                        elem_id="foil")
+                        info=f"e.g. {'blue star' if knows_shapes else 'cat'}; or leave it empty and add a preset",
+                        max_length=MAX_TEXT_CHARS, elem_id="foil")
     w.foil_preset = gr.Dropdown(FOIL_PRESET_CHOICES, value="none", label="Or add a foil preset",
                                 info="CIFAR-100: the 99 other classes, as in the paper",
                                 elem_id="foil-preset")
@@ -203,8 +204,9 @@ def _answer(w: SimpleNamespace) -> None:
         w.downloads = gr.File(label="Overlay PNG and heatmap .npy (float32, H x W)", interactive=False,
                               file_count="multiple",
                               elem_id="downloads")
-    with gr.Row(equal_height=True):
-        w.check = gr.Button("Check this explanation (insertion / deletion)", elem_id="check", scale=1)
+    with gr.Row():  # not equal_height: stretched to the dropdown's height the button read as a white card
+        w.check = gr.Button("Check this explanation (insertion / deletion)", variant="primary", size="md",
+                            elem_id="check", scale=1)
         w.measure = gr.Dropdown(MEASURE_CHOICES, value="similarity", elem_id="measure", scale=2,
                                 label="Measured on the picture as its pixels are inserted or deleted",
                                 info="the paper's two measures; the probability is CLIP's zero-shot "
@@ -226,7 +228,7 @@ def _comparison(w: SimpleNamespace) -> None:
     with gr.Row():
         with gr.Column(scale=1):
             w.compare_captions = gr.Textbox(label="Captions to compare, one per line (2 to 10)", lines=4,
-                                            placeholder="dog\ngrass\nsky", max_length=MAX_TEXT_CHARS,
+                                            info="e.g. dog, grass and sky, on three lines", max_length=MAX_TEXT_CHARS,
                                             elem_id="compare-captions")
             w.compare = gr.Button("Compare", variant="primary", elem_id="compare")
             w.compare_parts = gr.Markdown(label="Parts", elem_id="compare-parts")
@@ -259,7 +261,9 @@ def _wire(w: SimpleNamespace, app: CocoaApp) -> None:
         validator=app.admit(app.check_methods, 2, where=1)), w.check_methods)
     compare_inputs = [w.image, w.compare_captions, w.template, w.method, w.masks, w.seed, w.framing, w.baseline,
                       w.blur_sigma, w.steps, w.samples, w.stdev, *w.choice]
-    _ready_again(_one_at_a_time(w.compare, "Comparing…").then(
+    cleared = _one_at_a_time(w.compare, "Comparing…").then(  # a failed run leaves no earlier parts beside its error
+        lambda: (None, ""), None, [w.compare_overlay, w.compare_parts], queue=False, api_visibility="private")
+    _ready_again(cleared.then(
         app.compare, compare_inputs, [w.compare_overlay, w.compare_parts], api_name="compare", preprocess=False,
         concurrency_limit=1, concurrency_id="model", show_progress_on=[w.compare_overlay],
         validator=app.admit(app.compare, len(compare_inputs)),
