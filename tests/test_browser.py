@@ -95,8 +95,8 @@ def test_a_typed_mask_count_out_of_range_is_refused_in_a_sentence(page, typed):
     page.get_by_text("Options", exact=True).click()
     page.locator("#masks input").fill(typed)
     page.locator("#masks input").press("Tab")
-    sentence = (f"The number of masks must be a whole number from 1 to 20,000, or 0 for auto (until the map is "
-                f"stable); got {int(typed):,}.")  # written as the limits are
+    sentence = (f"The number of masks must be a whole number from 1 to 20,000 on a CPU, or 0 or auto for auto "
+                f"(masks until the map is stable); got {int(typed):,}.")  # written as the limits are
     page.locator("#estimate").get_by_text(sentence).wait_for()
     page.set_input_files("#image input[type=file]", str(PICTURE))
     page.locator("#corpus textarea").fill("cat")
