@@ -148,7 +148,8 @@ def test_output_paths_are_exactly_the_ones_given(tiny_checkpoint, picture, tmp_p
     (["explain", "--corpus", "dog", "--method", "integrated-gradients", "--steps", "0"], "n_steps"),
     (["explain", "--corpus", "dog", "--method", "gradient-shap", "--stdev", "-1"], "stdev"),
     # A refused number is written as the limits beside it are, with thousands separators.
-    (["explain", "--corpus", "dog", "--foil", "cat", "--masks", "1000000000"], "200,000 or auto; got 1,000,000,000."),
+    (["explain", "--corpus", "dog", "--foil", "cat", "--masks", "1000000000"],
+     "masks until the map is stable); got 1,000,000,000."),
     (["explain", "--corpus", "dog", "--method", "gradient-shap", "--samples", "123456"], "10,000; got 123,456."),
 ])
 def test_settings_are_checked_before_the_model_loads(picture, command, message, capsys):
