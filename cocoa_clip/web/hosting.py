@@ -176,7 +176,9 @@ def no_core_files() -> None:
         import resource
     except ImportError:  # Windows: no core files to speak of
         return
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    # The soft limit is what the kernel reads; the hard one stays, so a process that serves in-process (a test)
+    # can still raise it again afterwards.
+    resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
 
 
 def every(seconds: float, chore: Callable[[], object], name: str) -> threading.Thread:
