@@ -9,6 +9,7 @@ font has is drawn as a plain box on purpose, so that no warning is raised.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 
 from matplotlib import font_manager
@@ -25,8 +26,19 @@ MISSING = "\u25a1"  # WHITE SQUARE, in DejaVu Sans: what a character no installe
 @functools.cache
 def installed() -> tuple[tuple[str, str, frozenset[int]], ...]:
     """(family, font file, code points it draws) for each of FAMILIES that is installed, in FAMILIES' order."""
+    _add_fonts_newer_than_the_cache()
     paths = [(family, _path_of(family)) for family in FAMILIES]
     return tuple((family, path, frozenset(FT2Font(path).get_charmap())) for family, path in paths if path)
+
+
+def _add_fonts_newer_than_the_cache() -> None:
+    """Fonts installed after matplotlib cached its font list (the Noto packages added to a machine that had drawn
+    before) are not in that list: add them, so that they are found without deleting matplotlib's cache."""
+    known = {font.fname for font in font_manager.fontManager.ttflist}
+    for path in font_manager.findSystemFonts():
+        if path not in known:
+            with contextlib.suppress(Exception):  # a file FreeType cannot read is one font less, not an error
+                font_manager.fontManager.addfont(path)
 
 
 def _path_of(family: str) -> str | None:
