@@ -20,7 +20,7 @@ from ..errors import CocoaError, SettingsError, check_seed
 from ..models import ClipModel, available_models, load, split_revision
 from ..models.loading import default_device, resolve_precision
 from ..models.registry import BUNDLED, family_of, resolve
-from ..models.weights import sha256
+from ..models.trust import sha256
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif")
 TABLE_SUFFIXES = (".csv", ".jsonl", ".parquet")
